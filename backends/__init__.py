@@ -1,0 +1,1 @@
+"""Framework workers. Each subpackage imports exactly one framework; nothing here imports either."""

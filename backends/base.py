@@ -1,0 +1,225 @@
+"""The worker protocol: one Runner per framework, the check logic written once, here.
+
+A subclass supplies framework primitives (tensors, modules, state, loss, optimizer); the ops
+that the coordinator calls (setup, forward, loss, train, ...) live in this class so the two
+sides cannot drift apart. Nothing here imports a framework.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+
+from harness import pairfile
+
+
+class Stepper:
+    """One training step's optimizer side: subclasses wrap a framework optimizer + scheduler."""
+
+    def lr(self) -> float:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """Clip, update, advance the scheduler."""
+        raise NotImplementedError
+
+    def zero_grad(self) -> None:
+        raise NotImplementedError
+
+
+class Runner:
+    framework = ""
+    tensor_types: tuple = ()
+
+    def __init__(self, options: dict):
+        self.options = options
+        self.cfg: dict = {}
+        self.pair = None
+        self.model = None
+        self._initial: dict | None = None
+        self._dirty = False  # weights moved since the initial state was taken
+
+    # ---------------------------------------------------------------- dispatch
+    def handle(self, op: str, kwargs: dict):
+        fn = getattr(self, f"op_{op}", None)
+        if fn is None:
+            raise ValueError(f"unknown op '{op}'")
+        if op != "setup" and self.model is None:
+            raise RuntimeError(f"'{op}' before 'setup'")
+        return fn(**kwargs)
+
+    # ---------------------------------------------------------------- framework primitives
+    def version(self) -> str: ...
+    def device(self) -> str: ...
+    def seed_all(self, seed: int) -> None: ...
+    def model_type(self): ...
+    def module_table(self, model) -> list: ...
+    def state(self, model) -> dict: ...
+    def load_state(self, model, state: dict) -> None: ...
+    def set_train(self, model, training: bool) -> None: ...
+    def no_grad(self): return contextlib.nullcontext()
+    def to_tensor(self, array: np.ndarray): ...
+    def to_numpy(self, tensor) -> np.ndarray: ...
+    def backward(self, loss) -> None: ...
+    def grads(self, model) -> dict: ...
+    def params(self, model) -> dict: ...
+    def builtin_loss(self, kind: str, output, labels): ...
+    def builtin_metric(self, kind: str, output, labels, k: int) -> dict: ...
+    def make_stepper(self, model, total_steps: int) -> Stepper: ...
+
+    # ---------------------------------------------------------------- helpers
+    def _pair_fn(self, stem: str):
+        return getattr(self.pair, f"{stem}_{self.framework}", None)
+
+    def tensors(self, batch: dict) -> dict:
+        return {k: self.to_tensor(v) for k, v in batch.items()}
+
+    def flatten(self, value, prefix: str = "out") -> dict:
+        """Outputs of any nesting -> {"out": ..} / {"out.0": ..} / {"out.logits": ..}."""
+        if isinstance(value, self.tensor_types):
+            return {prefix: self.to_numpy(value)}
+        if isinstance(value, dict) or hasattr(value, "items"):
+            items = value.items()
+        elif isinstance(value, (list, tuple)):
+            items = enumerate(value)
+        elif value is None:
+            return {}
+        elif isinstance(value, (int, float, np.ndarray, np.generic)):
+            return {prefix: np.asarray(value)}
+        else:
+            raise TypeError(f"cannot flatten model output of type {type(value).__name__} at '{prefix}'")
+        out = {}
+        for k, v in items:
+            out.update(self.flatten(v, f"{prefix}.{k}"))
+        return out
+
+    def _first_tensor(self, value, key: str | None):
+        if key is None:
+            if isinstance(value, self.tensor_types):
+                return value
+            flat_names = list(self._tensor_leaves(value, "out"))
+            if not flat_names:
+                raise ValueError("the model output holds no tensor")
+            return flat_names[0][1]
+        for name, t in self._tensor_leaves(value, "out"):
+            if name == key:
+                return t
+        raise KeyError(f"output key '{key}' (from [loss]/[metric] output) not in the model output")
+
+    def _tensor_leaves(self, value, prefix):
+        if isinstance(value, self.tensor_types):
+            yield prefix, value
+        elif isinstance(value, dict) or hasattr(value, "items"):
+            for k, v in value.items():
+                yield from self._tensor_leaves(v, f"{prefix}.{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                yield from self._tensor_leaves(v, f"{prefix}.{i}")
+
+    def run_forward(self, batch: dict):
+        custom = self._pair_fn("forward")
+        if custom is not None:
+            return custom(self.model, batch)
+        inputs = self.cfg["data"]["inputs"]
+        if inputs is None:
+            labels = set(self.cfg["data"]["labels"])
+            inputs = [k for k in batch if k not in labels]
+        return self.model(*[batch[k] for k in inputs])
+
+    def run_loss(self, output, batch: dict):
+        kind = self.cfg["loss"]["kind"]
+        if kind == "pair":
+            fn = self._pair_fn("loss")
+            if fn is None:
+                raise ValueError(f"[loss] kind = \"pair\" but the pair module defines no loss_{self.framework}")
+            return fn(output, batch)
+        labels = batch[self.cfg["data"]["labels"][0]]
+        return self.builtin_loss(kind, self._first_tensor(output, self.cfg["loss"]["output"]), labels)
+
+    def scalar(self, tensor) -> np.ndarray:
+        arr = self.to_numpy(tensor)
+        if arr.size != 1:
+            raise ValueError(f"the loss must be a scalar, got shape {arr.shape}")
+        return arr.reshape(())
+
+    # ---------------------------------------------------------------- ops
+    def op_setup(self, cfg: dict) -> dict:
+        self.cfg = cfg
+        path = Path(cfg["pair"])
+        self.pair = pairfile.load(path, keep=self.framework, where=f"{self.framework} worker")
+        build = self._pair_fn("build")
+        if build is None:
+            raise ValueError(f"{path} defines no build_{self.framework}")
+        self.seed_all(cfg["data"]["seed"])
+        self.model = build()
+        expected = self.model_type()
+        if not isinstance(self.model, expected):
+            raise TypeError(
+                f"build_{self.framework}() returned {type(self.model).__module__}.{type(self.model).__name__}, "
+                f"expected a {expected.__module__}.{expected.__name__}"
+            )
+        return {
+            "framework": self.framework,
+            "version": self.version(),
+            "device": self.device(),
+            "modules": self.module_table(self.model),
+            "custom_mapping": callable(getattr(self.pair, "torch_to_paddle", None)),
+        }
+
+    def op_export_state(self) -> dict:
+        self._initial = self.state(self.model)
+        return self._initial
+
+    def op_import_state(self, state: dict, raw: bool = False) -> dict:
+        if raw:  # the pair converts torch's state itself
+            state = self.pair.torch_to_paddle(dict(state))
+        self.load_state(self.model, state)
+        self._initial = self.state(self.model)
+        return {"loaded": len(state)}
+
+    def _restore(self) -> None:
+        if self._dirty and self._initial is not None:
+            self.load_state(self.model, self._initial)
+        self._dirty = False
+
+    def op_forward(self, batch: dict) -> dict:
+        self._restore()
+        self.set_train(self.model, False)
+        with self.no_grad():
+            out = self.flatten(self.run_forward(self.tensors(batch)))
+        if not out:
+            raise ValueError("the model output holds no tensor")
+        return out
+
+    def op_loss(self, batch: dict) -> dict:
+        self._restore()
+        self.set_train(self.model, False)
+        t = self.tensors(batch)
+        with self.no_grad():
+            return {"loss": self.scalar(self.run_loss(self.run_forward(t), t))}
+
+    def op_train(self, batches: list, mode: str, total_steps: int) -> dict:
+        """Steps from the initial weights; per-step loss and lr, final params and last grads."""
+        self._restore()
+        self._dirty = True
+        self.set_train(self.model, mode == "train")
+        stepper = self.make_stepper(self.model, total_steps)
+        losses, lrs, grads = [], [], {}
+        for i, batch in enumerate(batches):
+            t = self.tensors(batch)
+            loss = self.run_loss(self.run_forward(t), t)
+            losses.append(self.scalar(loss))
+            lrs.append(stepper.lr())
+            self.backward(loss)
+            if i == len(batches) - 1:
+                grads = self.grads(self.model)
+            stepper.step()
+            stepper.zero_grad()
+        return {
+            "loss": np.stack(losses) if losses else np.zeros(0, np.float32),
+            "lr": np.asarray(lrs, dtype=np.float64),
+            "params": self.params(self.model),
+            "grads": grads,
+        }

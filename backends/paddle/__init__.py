@@ -1,0 +1,1 @@
+"""The PaddlePaddle worker: the only place paddle is imported."""

@@ -1,0 +1,99 @@
+"""PaddlePaddle primitives for the shared Runner."""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from backends import base
+from backends.paddle.optim import build_stepper
+
+
+class Runner(base.Runner):
+    framework = "paddle"
+    tensor_types = (paddle.Tensor,)
+
+    def __init__(self, options: dict):
+        super().__init__(options)
+        use_gpu = options.get("device") in ("gpu", "auto") and paddle.device.cuda.device_count() > 0
+        paddle.set_device("gpu" if use_gpu else "cpu")
+
+    def version(self) -> str:
+        return paddle.__version__
+
+    def device(self) -> str:
+        return paddle.device.get_device()
+
+    def seed_all(self, seed: int) -> None:
+        paddle.seed(seed)
+
+    def model_type(self):
+        return paddle.nn.Layer
+
+    def module_table(self, model) -> list:
+        table = []
+        for name, layer in model.named_sublayers(include_self=True):
+            params = {k: list(p.shape) for k, p in layer.named_parameters(include_sublayers=False)}
+            buffers = {
+                k: list(b.shape)
+                for k, b in layer.named_buffers(include_sublayers=False)
+                if b.persistable
+            }
+            table.append({"name": name, "type": type(layer).__name__, "params": params, "buffers": buffers})
+        return table
+
+    def state(self, model) -> dict:
+        return {k: np.array(v.numpy()) for k, v in model.state_dict().items()}
+
+    def load_state(self, model, state: dict) -> None:
+        # set_state_dict only warns on a mismatch; a port must fail loudly instead
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(
+                f"weights do not fill the paddle model: missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+            )
+        for k, v in own.items():
+            if tuple(v.shape) != tuple(state[k].shape):
+                raise ValueError(f"{k}: paddle shape {tuple(v.shape)} vs converted {tuple(state[k].shape)}")
+            if np.dtype(state[k].dtype) != np.dtype(paddle_dtype_name(v.dtype)):
+                state[k] = np.asarray(state[k]).astype(paddle_dtype_name(v.dtype))
+        model.set_state_dict({k: np.asarray(state[k]) for k in own})
+
+    def set_train(self, model, training: bool) -> None:
+        model.train() if training else model.eval()
+
+    def no_grad(self):
+        return paddle.no_grad()
+
+    def to_tensor(self, array: np.ndarray):
+        return paddle.to_tensor(np.asarray(array))
+
+    def to_numpy(self, tensor) -> np.ndarray:
+        return np.array(tensor.detach().numpy())
+
+    def backward(self, loss) -> None:
+        loss.backward()
+
+    def grads(self, model) -> dict:
+        return {k: np.array(p.grad.numpy()) for k, p in model.named_parameters() if p.grad is not None}
+
+    def params(self, model) -> dict:
+        return {k: np.array(p.numpy()) for k, p in model.named_parameters()}
+
+    def builtin_loss(self, kind: str, output, labels):
+        if kind == "cross_entropy":
+            return F.cross_entropy(output.reshape([-1, output.shape[-1]]), labels.reshape([-1]).astype("int64"))
+        if kind == "mse":
+            return F.mse_loss(output, labels.reshape(output.shape).astype(output.dtype))
+        raise ValueError(f"unknown loss kind '{kind}'")
+
+    def make_stepper(self, model, total_steps: int) -> base.Stepper:
+        return build_stepper(model, self.cfg, total_steps, self._pair_fn("optimizer"))
+
+
+def paddle_dtype_name(dtype) -> str:
+    return str(dtype).replace("paddle.", "")

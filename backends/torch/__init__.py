@@ -1,0 +1,1 @@
+"""The PyTorch worker: the only place torch is imported."""

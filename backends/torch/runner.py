@@ -1,0 +1,99 @@
+"""PyTorch primitives for the shared Runner."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from backends import base
+from backends.torch.optim import build_stepper
+
+
+class Runner(base.Runner):
+    framework = "torch"
+    tensor_types = (torch.Tensor,)
+
+    def __init__(self, options: dict):
+        super().__init__(options)
+        torch.set_num_threads(int(options.get("threads") or 1))
+        self.dev = torch.device("cuda" if options.get("device") in ("gpu", "auto") and torch.cuda.is_available() else "cpu")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        # TF32 would make a correct port look misaligned at 1e-6 on Ampere and newer cards
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+    def version(self) -> str:
+        return torch.__version__
+
+    def device(self) -> str:
+        if self.dev.type == "cuda":
+            return f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
+        return f"cpu ({torch.get_num_threads()} threads)"
+
+    def seed_all(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def model_type(self):
+        return torch.nn.Module
+
+    def op_setup(self, cfg: dict) -> dict:
+        info = super().op_setup(cfg)
+        self.model.to(self.dev)
+        return info
+
+    def module_table(self, model) -> list:
+        table = []
+        for name, mod in model.named_modules():
+            params = {k: list(p.shape) for k, p in mod.named_parameters(recurse=False)}
+            buffers = {k: list(b.shape) for k, b in mod.named_buffers(recurse=False) if k not in mod._non_persistent_buffers_set}
+            table.append({"name": name, "type": type(mod).__name__, "params": params, "buffers": buffers})
+        return table
+
+    def state(self, model) -> dict:
+        return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+    def load_state(self, model, state: dict) -> None:
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"state does not match the torch model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for k, v in own.items():
+            if tuple(v.shape) != tuple(state[k].shape):
+                raise ValueError(f"{k}: torch shape {tuple(v.shape)} vs given {tuple(state[k].shape)}")
+        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=True)
+
+    def set_train(self, model, training: bool) -> None:
+        model.train(training)
+
+    def no_grad(self):
+        return torch.no_grad()
+
+    def to_tensor(self, array: np.ndarray):
+        return torch.from_numpy(np.array(array)).to(self.dev)
+
+    def to_numpy(self, tensor) -> np.ndarray:
+        return tensor.detach().cpu().numpy()
+
+    def backward(self, loss) -> None:
+        loss.backward()
+
+    def grads(self, model) -> dict:
+        return {k: p.grad.detach().cpu().numpy().copy() for k, p in model.named_parameters() if p.grad is not None}
+
+    def params(self, model) -> dict:
+        return {k: p.detach().cpu().numpy().copy() for k, p in model.named_parameters()}
+
+    def builtin_loss(self, kind: str, output, labels):
+        if kind == "cross_entropy":
+            # classes on the last axis for (B, C) and (B, T, C) alike, as paddle's axis=-1 does
+            return F.cross_entropy(output.reshape(-1, output.shape[-1]), labels.reshape(-1).long())
+        if kind == "mse":
+            return F.mse_loss(output, labels.reshape(output.shape).to(output.dtype))
+        raise ValueError(f"unknown loss kind '{kind}'")
+
+    def make_stepper(self, model, total_steps: int) -> base.Stepper:
+        return build_stepper(model, self.cfg, total_steps, self._pair_fn("optimizer"))

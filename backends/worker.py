@@ -1,0 +1,66 @@
+"""Worker entry point, run in a spawned child. Framework-free until it imports its one runner."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import signal
+import sys
+import time
+import traceback
+
+
+def die_with_parent() -> None:
+    """Linux: the kernel kills this process when its parent dies, so no worker is ever orphaned."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def configure_environment(options: dict) -> None:
+    """Before any framework import: thread pools and visible devices are read at import time."""
+    threads = str(options.get("threads") or 1)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CPU_NUM"):
+        os.environ[var] = threads
+    if options.get("visible_devices") is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = options["visible_devices"]
+    os.environ.setdefault("FLAGS_cudnn_deterministic", "1")
+    os.environ.setdefault("FLAGS_embedding_deterministic", "1")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    os.environ.setdefault("GLOG_minloglevel", "2")  # paddle's C++ info logs would bury the progress
+
+
+def main(framework: str, conn, options: dict) -> None:
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    configure_environment(options)
+    from harness import pairfile, stubs
+    from harness.protocol import Failure, Reply, pack, unpack
+
+    stubs.block(pairfile.blocked_roots(framework), f"{framework} worker")
+    shm_dir = options.get("shm_dir")
+    runner = None
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # coordinator gone
+            return
+        if msg is None:
+            return
+        start = time.perf_counter()
+        try:
+            if runner is None:
+                module = importlib.import_module(f"backends.{framework}.runner")
+                runner = module.Runner(options)
+            value = runner.handle(msg.op, unpack(msg.kwargs, consume=False))
+            reply = Reply(pack(value, shm_dir), time.perf_counter() - start)
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the coordinator
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            reply = Failure(type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", tb)
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, OSError):
+            return

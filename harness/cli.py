@@ -1,0 +1,243 @@
+"""The command line. Thin commands; every domain error becomes an exit code in `guarded`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from harness import __version__, config
+from harness.errors import HarnessError, UsageError, WorkerError
+
+app = typer.Typer(
+    name="reprod-harness",
+    help="Prove a PaddlePaddle port of a PyTorch model behaves the same, and say where it does not.\n\n"
+    "Examples:\n\n  reprod-harness demo\n\n  reprod-harness run pair.toml\n\n  reprod-harness run --zoo cnn --out /tmp/cnn",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console()
+err = Console(stderr=True)
+
+EXIT_ALIGNED, EXIT_MISALIGNED = 0, 1
+
+
+def guarded(fn):
+    """The one place where domain exceptions become messages and exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except WorkerError as exc:
+            if exc.remote_traceback:
+                err.print(exc.remote_traceback.rstrip(), markup=False, highlight=False)
+            err.print(f"[bold red]error[/]: {exc}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except UsageError as exc:
+            if exc.detail:
+                err.print(exc.detail.rstrip(), markup=False, highlight=False)
+            err.print(f"[bold red]error[/]: {exc}", highlight=False, markup=False)
+            raise typer.Exit(exc.exit_code) from None
+        except HarnessError as exc:
+            err.print(f"[bold red]error[/]: {exc}", highlight=False, markup=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"reprod-harness {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+):
+    pass
+
+
+class Progress:
+    """A spinner with the current step on a terminal; plain timestamped lines otherwise."""
+
+    def __init__(self, console: Console, quiet: bool):
+        self.console, self.quiet = console, quiet
+        self.start = time.perf_counter()
+        self.status = None
+
+    def __enter__(self):
+        if not self.quiet and self.console.is_terminal:
+            self.status = self.console.status("starting")
+            self.status.__enter__()
+        return self
+
+    def __call__(self, message: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        if self.quiet:
+            return
+        if self.status is not None:
+            self.status.update(f"[{elapsed:5.1f}s] {message}")
+        else:
+            self.console.print(f"[{elapsed:5.1f}s] {message}", highlight=False)
+
+    def __exit__(self, *exc):
+        if self.status is not None:
+            self.status.__exit__(*exc)
+
+
+def _execute(cfg, out_dir: Optional[Path], timeout: float, device: str, as_json: bool, quiet: bool, verbose: bool):
+    from harness import coordinator
+
+    out_dir = (out_dir or Path("artifacts") / cfg.name).resolve()
+    opts = coordinator.RunOptions(out_dir=out_dir, timeout=timeout, device=device)
+    with Progress(err, quiet or as_json) as progress:
+        report = coordinator.run(cfg, opts, progress)
+    data = report.to_json()
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        from harness.render import print_report
+
+        print_report(out, data, str(out_dir), verbose)
+    raise typer.Exit(EXIT_ALIGNED if report.aligned else EXIT_MISALIGNED)
+
+
+def _resolve(pair_toml: Optional[Path], zoo: Optional[str]):
+    if (pair_toml is None) == (zoo is None):
+        raise UsageError("give exactly one of PAIR_TOML or --zoo NAME (see `reprod-harness zoo`)")
+    return config.load_zoo(zoo) if zoo else config.load(pair_toml)
+
+
+TIMEOUT_HELP = "Seconds any single step may take before the workers are stopped (exit 3)."
+
+
+@app.command()
+@guarded
+def run(
+    pair_toml: Optional[Path] = typer.Argument(None, help="The run's TOML file (see DESIGN.md / `reprod-harness init`)."),
+    zoo: Optional[str] = typer.Option(None, "--zoo", help="Run a built-in pair instead (see `reprod-harness zoo`)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Artifacts folder [default: artifacts/<name>]."),
+    checks: Optional[str] = typer.Option(None, "--checks", help="Comma-separated subset, e.g. forward,loss."),
+    iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Override [train] iters."),
+    timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
+    device: str = typer.Option("auto", "--device", help="auto (GPU when the framework sees one) | cpu | gpu."),
+    as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the table."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every key of every check."),
+):
+    """Run the checks of a pair and write the artifacts. Exit 0 aligned, 1 misaligned, 2 usage, 3 worker failure.
+
+    Examples: reprod-harness run pair.toml ; reprod-harness run --zoo mlp --checks forward,loss
+    """
+    cfg = _resolve(pair_toml, zoo)
+    if device not in ("auto", "cpu", "gpu"):
+        raise UsageError(f"--device: expected auto, cpu or gpu, got '{device}'")
+    if checks:
+        cfg = cfg.replace(checks=config.parse_checks(checks, lambda m: UsageError(f"--checks: {m}")))
+    if iters:
+        cfg = cfg.replace(train=cfg.train.__class__(**{**cfg.train.__dict__, "iters": iters}))
+    _execute(cfg, out_dir, timeout, device, as_json, quiet, verbose)
+
+
+@app.command()
+@guarded
+def demo(
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Artifacts folder [default: artifacts/tiny_transformer]."),
+    timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
+):
+    """Run the built-in tiny_transformer pair through every check (about 30 s on a 2-core CPU)."""
+    _execute(config.load_zoo("tiny_transformer"), out_dir, timeout, "auto", False, False, False)
+
+
+@app.command()
+@guarded
+def zoo():
+    """List the built-in model pairs (run one with `reprod-harness run --zoo NAME`)."""
+    import ast
+
+    for name in config.zoo_names():
+        doc = ast.get_docstring(ast.parse((config.zoo_dir() / name / "pair.py").read_text())) or ""
+        summary = doc.split(":", 1)[-1].strip().splitlines()[0] if doc else ""
+        out.print(f"[bold]{name:18}[/] {summary}", highlight=False)
+
+
+PROBES = {
+    "torch": (
+        "import json, torch; c = torch.cuda.is_available(); print(json.dumps({'version': torch.__version__, "
+        "'cuda_build': torch.version.cuda, 'cudnn': torch.backends.cudnn.version() if c else None, "
+        "'nccl': '.'.join(map(str, torch.cuda.nccl.version())) if c else None, "
+        "'devices': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}))"
+    ),
+    "paddle": (
+        "import json, paddle; c = paddle.device.is_compiled_with_cuda(); print(json.dumps({'version': paddle.__version__, "
+        "'cuda_build': paddle.version.cuda() if c else None, 'cudnn': paddle.version.cudnn() if c else None, "
+        "'nccl': str(paddle.version.nccl()) if c else None, "
+        "'devices': [paddle.device.cuda.get_device_name(i) for i in range(paddle.device.cuda.device_count())] if c else []}))"
+    ),
+}
+INSTALL_HINT = {
+    "torch": 'pip install -e ".[torch]"  (or a CUDA build from pytorch.org)',
+    "paddle": 'pip install -e ".[paddle]"  (or paddlepaddle-gpu from paddlepaddle.org.cn)',
+}
+
+
+def probe(framework: str, timeout: float = 120.0) -> dict:
+    """Import one framework in its own interpreter and describe it."""
+    env = dict(os.environ, GLOG_minloglevel="2")
+    try:
+        proc = subprocess.run([sys.executable, "-c", PROBES[framework]], capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"importing {framework} took over {timeout:.0f} s"}
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+        return {"error": last}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@app.command()
+@guarded
+def doctor():
+    """Show Python, numpy, torch and paddle versions, CUDA builds and visible devices."""
+    import platform
+
+    import numpy
+
+    out.print(f"reprod-harness {__version__}")
+    out.print(f"python         {platform.python_version()} ({sys.executable})")
+    out.print(f"numpy          {numpy.__version__}")
+    missing = []
+    for fw in ("torch", "paddle"):
+        info = probe(fw)
+        if "error" in info:
+            missing.append(fw)
+            out.print(f"{fw:14} [red]not usable[/]: {info['error']}\n{'':15}install: {INSTALL_HINT[fw]}", highlight=False)
+            continue
+        cuda = f"CUDA {info['cuda_build']}" if info.get("cuda_build") else "CPU build"
+        extra = "".join(f", {k} {info[k]}" for k in ("cudnn", "nccl") if info.get(k))
+        devices = ", ".join(info["devices"]) or "no GPU visible"
+        out.print(f"{fw:14} {info['version']} ({cuda}{extra}); devices: {devices}", highlight=False)
+    if missing:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

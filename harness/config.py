@@ -1,0 +1,365 @@
+"""Run configuration: the TOML contract of DESIGN.md, validated with file/key/line in every error."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from harness.errors import ConfigError
+
+CHECKS = ("forward", "metric", "loss", "lr", "backward", "train")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    inputs: list | None = None  # None: every batch key that is not a label, in make_batch order
+    labels: list = field(default_factory=lambda: ["label"])
+    batch_size: int = 8
+    seed: int = 0
+    eval_batches: int = 4
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kind: str = "cross_entropy"
+    output: str | None = None  # flattened output key fed to the loss; None: the first output
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    kind: str = "accuracy"
+    output: str | None = None
+    k: int = 5  # for top-k accuracy
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    decay: str = "auto"  # auto (adamw: decoupled, others: coupled) | coupled | decoupled | l1
+    no_decay: list = field(default_factory=list)
+    grad_clip: float = 0.0
+    clip_value: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    name: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int | None = None  # None: [train] iters
+    step_size: int = 1
+    milestones: list = field(default_factory=list)
+    gamma: float = 0.1
+    power: float = 1.0
+    end_lr: float = 0.0
+    num_cycles: float = 0.5
+    max_lr: float | None = None
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    iters: int = 5
+    train_iters: int = 50
+    mode: str = "eval"  # the backward check runs in eval mode so dropout cannot differ
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Per-key criteria. abs mode: mean |d| <= mean and max |d| <= max. rtol set: max rel <= rtol."""
+
+    mean: float = 1e-6
+    max: float | None = None  # None: 100 x mean
+    rtol: float | None = None
+    allow_nan: bool = False
+
+    @property
+    def max_abs(self) -> float:
+        return self.max if self.max is not None else 100.0 * self.mean
+
+
+@dataclass(frozen=True)
+class ToleranceConfig:
+    forward: Tolerance = Tolerance(1e-6)
+    metric: Tolerance = Tolerance(1e-6)
+    loss: Tolerance = Tolerance(1e-6)
+    lr: Tolerance = Tolerance(1e-9)
+    backward: Tolerance = Tolerance(1e-6)
+    train: Tolerance = Tolerance(0.0, rtol=0.0015)
+    keys: dict = field(default_factory=dict)  # glob -> Tolerance, overrides for matching keys
+
+    def for_check(self, check: str) -> Tolerance:
+        return getattr(self, check)
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    nprocs: int = 1
+    backend: str = "auto"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    pair: Path
+    source: Path  # the TOML file (or zoo entry) this came from
+    data: DataConfig = DataConfig()
+    loss: LossConfig = LossConfig()
+    metric: MetricConfig = MetricConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    lr_scheduler: SchedulerConfig = SchedulerConfig()
+    train: TrainConfig = TrainConfig()
+    tolerance: ToleranceConfig = ToleranceConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    checks: tuple = ("forward", "loss", "backward")
+
+    @property
+    def total_steps(self) -> int:
+        return self.lr_scheduler.total_steps or self.train.iters
+
+    def to_wire(self) -> dict:
+        """Plain data for the workers (they never see this module's classes)."""
+        d = dataclasses.asdict(self)
+        d["pair"], d["source"] = str(self.pair), str(self.source)
+        return d
+
+    def replace(self, **changes) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "loss": LossConfig,
+    "metric": MetricConfig,
+    "optimizer": OptimizerConfig,
+    "lr_scheduler": SchedulerConfig,
+    "train": TrainConfig,
+    "distributed": DistributedConfig,
+}
+TOP_LEVEL = ("name", "pair", "checks", "tolerance", *SECTIONS)
+LOSS_KINDS = ("cross_entropy", "mse", "pair")
+METRIC_KINDS = ("accuracy", "topk", "f1", "mse", "pair")
+CHOICES = {
+    ("loss", "kind"): LOSS_KINDS,
+    ("metric", "kind"): METRIC_KINDS,
+    ("optimizer", "decay"): ("auto", "coupled", "decoupled", "l1"),
+    ("train", "mode"): ("eval", "train"),
+    ("distributed", "backend"): ("auto", "gloo", "nccl"),
+}
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class _Source:
+    """The TOML text, kept to point errors at a line."""
+
+    def __init__(self, path: Path, text: str):
+        self.path, self.text = path, text
+
+    def error(self, key: str, message: str) -> ConfigError:
+        leaf = key.rsplit(".", 1)[-1].strip('"')
+        line = None
+        for i, raw in enumerate(self.text.splitlines(), 1):
+            if re.match(rf'\s*"?{re.escape(leaf)}"?\s*=', raw) or raw.strip() == f"[{key}]":
+                line = i
+                break
+        where = f"{self.path}:{line}" if line else str(self.path)
+        return ConfigError(where, key, message)
+
+
+def _type_name(tp) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}.get(tp, str(tp))
+
+
+def _coerce(src: _Source, key: str, value: Any, default: Any, annotation: str):
+    """Check one value against the type its dataclass field declares."""
+    ann = annotation.replace(" ", "")
+    optional = "None" in ann
+    base = ann.split("|")[0]
+    if value is None and optional:
+        return None
+    expected = {"int": int, "float": float, "str": str, "bool": bool, "list": list}.get(base)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        got = type(value).__name__
+        raise src.error(key, f"expected {_type_name(expected)}, got {got} {value!r}")
+    if expected is list and key.split(".")[-1] in ("inputs", "labels", "no_decay"):
+        if not all(isinstance(v, str) for v in value):
+            raise src.error(key, "expected a list of strings")
+    return value
+
+
+def _section(src: _Source, name: str, cls, table: Any):
+    if not isinstance(table, dict):
+        raise src.error(name, f"expected a table [{name}], got {type(table).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise src.error(f"{name}.{key}", f"unknown key '{key}' in [{name}]{_suggest(key, fields)}")
+        f = fields[key]
+        values[key] = _coerce(src, f"{name}.{key}", value, f.default, str(f.type))
+        choices = CHOICES.get((name, key))
+        if choices and values[key] not in choices:
+            raise src.error(
+                f"{name}.{key}",
+                f"'{values[key]}' is not one of {', '.join(choices)}{_suggest(str(values[key]), choices)}",
+            )
+    return cls(**values)
+
+
+def _tolerance(src: _Source, key: str, value: Any, default: Tolerance) -> Tolerance:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise src.error(key, f"tolerance must be >= 0, got {value}")
+        if default.rtol is not None and default.mean == 0.0:  # a relative check: a number is rtol
+            return Tolerance(0.0, rtol=float(value))
+        return Tolerance(float(value))
+    if isinstance(value, dict):
+        allowed = {"mean", "max", "rtol", "allow_nan"}
+        for k in value:
+            if k not in allowed:
+                raise src.error(f"{key}.{k}", f"unknown key '{k}' (expected one of {', '.join(sorted(allowed))}){_suggest(k, allowed)}")
+        out = {}
+        for k in ("mean", "max", "rtol"):
+            if k in value:
+                v = value[k]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                    raise src.error(f"{key}.{k}", f"expected a number >= 0, got {v!r}")
+                out[k] = float(v)
+        if "allow_nan" in value:
+            if not isinstance(value["allow_nan"], bool):
+                raise src.error(f"{key}.allow_nan", "expected true or false")
+            out["allow_nan"] = value["allow_nan"]
+        mean = out.pop("mean", default.mean if "rtol" not in out else 0.0)
+        return Tolerance(mean, **out)
+    raise src.error(key, f"expected a number or a table {{mean, max, rtol, allow_nan}}, got {value!r}")
+
+
+def _tolerances(src: _Source, table: Any) -> ToleranceConfig:
+    if not isinstance(table, dict):
+        raise src.error("tolerance", "expected a table [tolerance]")
+    base = ToleranceConfig()
+    values: dict = {}
+    keys: dict = {}
+    for key, value in table.items():
+        if key in CHECKS:
+            values[key] = _tolerance(src, f"tolerance.{key}", value, base.for_check(key))
+        elif any(c in key for c in "*?[."):
+            keys[key] = _tolerance(src, f'tolerance."{key}"', value, Tolerance())
+        else:
+            raise src.error(
+                f"tolerance.{key}",
+                f"unknown key '{key}' in [tolerance]: expected a check name ({', '.join(CHECKS)}) "
+                f"or a quoted key glob like \"out.*\"{_suggest(key, CHECKS)}",
+            )
+    return ToleranceConfig(**values, keys=keys)
+
+
+def parse(text: str, path: Path, *, pair_base: Path | None = None) -> RunConfig:
+    src = _Source(path, text)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+    for key in doc:
+        if key not in TOP_LEVEL:
+            raise src.error(key, f"unknown key '{key}'{_suggest(key, TOP_LEVEL)}")
+    if "pair" not in doc:
+        raise ConfigError(path, "pair", "missing required key 'pair' (path of the pair module, relative to this file)")
+    if not isinstance(doc["pair"], str):
+        raise src.error("pair", f"expected a string path, got {doc['pair']!r}")
+    pair = ((pair_base or path.parent) / doc["pair"]).resolve()
+    if not pair.is_file():
+        raise src.error("pair", f"pair module '{doc['pair']}' not found (looked at {pair})")
+    name = doc.get("name", path.stem if path.stem != "pair" else path.parent.name)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise src.error("name", f"expected a simple name (letters, digits, _ . -), got {name!r}")
+    kwargs: dict = {}
+    for sec, cls in SECTIONS.items():
+        if sec in doc:
+            kwargs[sec] = _section(src, sec, cls, doc[sec])
+    if "tolerance" in doc:
+        kwargs["tolerance"] = _tolerances(src, doc["tolerance"])
+    if "checks" in doc:
+        kwargs["checks"] = parse_checks(doc["checks"], lambda m: src.error("checks", m))
+    cfg = RunConfig(name=name, pair=pair, source=path, **kwargs)
+    _cross_checks(src, cfg)
+    return cfg
+
+
+def _cross_checks(src: _Source, cfg: RunConfig) -> None:
+    for sec, key, value, low in (
+        ("data", "batch_size", cfg.data.batch_size, 1),
+        ("data", "eval_batches", cfg.data.eval_batches, 1),
+        ("train", "iters", cfg.train.iters, 1),
+        ("train", "train_iters", cfg.train.train_iters, 1),
+        ("distributed", "nprocs", cfg.distributed.nprocs, 1),
+    ):
+        if value < low:
+            raise src.error(f"{sec}.{key}", f"must be >= {low}, got {value}")
+    if cfg.optimizer.lr <= 0:
+        raise src.error("optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
+    if not cfg.data.labels and (cfg.loss.kind != "pair" or cfg.metric.kind != "pair"):
+        raise src.error("data.labels", "built-in loss and metric need at least one label key")
+
+
+def parse_checks(value, fail) -> tuple:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not value:
+        raise fail(f"expected a non-empty list of checks from {', '.join(CHECKS)}")
+    for v in value:
+        if v not in CHECKS:
+            raise fail(f"unknown check '{v}' (expected {', '.join(CHECKS)}){_suggest(str(v), CHECKS)}")
+    return tuple(c for c in CHECKS if c in value)  # always run in the guide's order
+
+
+def load(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, None, "config file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, None, f"cannot read: {exc}") from None
+    return parse(text, path.resolve())
+
+
+def zoo_dir() -> Path:
+    import backends.zoo  # a framework-free package of pair files
+
+    return Path(backends.zoo.__file__).parent
+
+
+def zoo_names() -> list[str]:
+    return sorted(p.parent.name for p in zoo_dir().glob("*/pair.toml"))
+
+
+def load_zoo(name: str) -> RunConfig:
+    names = zoo_names()
+    if name not in names:
+        raise ConfigError("--zoo", None, f"no zoo pair '{name}' (available: {', '.join(names)}){_suggest(name, names)}")
+    return load(zoo_dir() / name / "pair.toml")

@@ -1,0 +1,208 @@
+"""The diff engine: per-key comparison results that carry their statistics and their verdict.
+
+Rules (DESIGN.md): never transpose, broadcast or cast silently; NaN/Inf on either side fail
+(unless allow_nan and both sides have them at exactly the same places); integers and bools
+compare exactly in a wide type; a key on one side only fails by name; a check with nothing
+compared fails.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from harness.config import Tolerance, ToleranceConfig
+
+# Relative differences are |a - b| / max(|a|, |b|, REL_EPS): symmetric, and finite where both are 0.
+REL_EPS = 1e-12
+
+
+@dataclass
+class KeyResult:
+    key: str
+    passed: bool
+    reason: str = ""
+    shape: list | None = None
+    shape_other: list | None = None
+    dtype: str | None = None
+    dtype_other: str | None = None
+    mean_abs: float | None = None
+    max_abs: float | None = None
+    mean_rel: float | None = None
+    max_rel: float | None = None
+    cosine: float | None = None
+    count: int = 0
+    worst_index: list | None = None
+    nonfinite: bool = False
+    threshold: float | None = None
+    max_threshold: float | None = None
+    rtol: float | None = None
+    note: str = ""
+
+    @property
+    def compared(self) -> bool:
+        return self.count > 0
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        return {k: v for k, v in d.items() if v is not None and v != ""}
+
+
+@dataclass
+class CheckResult:
+    name: str
+    keys: list = field(default_factory=list)
+    reason: str = ""
+    notes: list = field(default_factory=list)
+
+    @property
+    def compared(self) -> int:
+        return sum(1 for k in self.keys if k.compared)
+
+    @property
+    def passed(self) -> bool:
+        return self.compared > 0 and not self.reason and all(k.passed for k in self.keys)
+
+    @property
+    def failing(self) -> list:
+        return [k for k in self.keys if not k.passed]
+
+    def worst(self, attr: str) -> float | None:
+        vals = [getattr(k, attr) for k in self.keys if getattr(k, attr) is not None]
+        return max(vals) if vals else None
+
+    @property
+    def why(self) -> str:
+        if self.reason:
+            return self.reason
+        if self.compared == 0:
+            return "no keys compared"
+        bad = self.failing
+        return f"{len(bad)} of {len(self.keys)} keys differ" if bad else ""
+
+    def to_json(self) -> dict:
+        d = {"name": self.name, "passed": self.passed, "keys": [k.to_json() for k in self.keys]}
+        if self.why:
+            d["reason"] = self.why
+        if self.notes:
+            d["notes"] = list(self.notes)
+        return d
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _shape(a) -> list:
+    return list(np.shape(a))
+
+
+def compare_arrays(key: str, ref, other, tol: Tolerance) -> KeyResult:
+    """ref is the reference (torch) side, other the port (paddle) side."""
+    res = KeyResult(key=key, passed=False, threshold=tol.mean, max_threshold=tol.max_abs, rtol=tol.rtol)
+    if ref is None or other is None:
+        res.reason = f"only in {'paddle' if ref is None else 'torch'} output"
+        return res
+    a, b = np.asarray(ref), np.asarray(other)
+    res.shape, res.dtype = _shape(a), a.dtype.name
+    if a.shape != b.shape:
+        res.shape_other = _shape(b)
+        res.reason = f"shape {tuple(a.shape)} (torch) vs {tuple(b.shape)} (paddle)"
+        return res
+    if a.dtype != b.dtype:
+        res.dtype_other = b.dtype.name
+        res.reason = f"dtype {a.dtype.name} (torch) vs {b.dtype.name} (paddle)"
+        return res
+    if a.dtype.hasobject or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        res.reason = f"cannot compare dtype {a.dtype.name}"
+        return res
+    if a.size == 0:
+        res.passed, res.note = True, "empty on both sides"
+        return res
+    if np.issubdtype(a.dtype, np.complexfloating):
+        res.reason = "complex arrays are not supported"
+        return res
+    if not np.issubdtype(a.dtype, np.floating):
+        return _compare_exact(res, a, b)
+    return _compare_float(res, a.astype(np.float64), b.astype(np.float64), tol)
+
+
+def _compare_exact(res: KeyResult, a: np.ndarray, b: np.ndarray) -> KeyResult:
+    # uint64 does not fit int64: compare as Python-exact objects only then
+    wide = object if a.dtype == np.uint64 else np.int64
+    d = np.abs(a.astype(wide) - b.astype(wide)).astype(np.float64)
+    _stats(res, d, np.abs(a.astype(np.float64)), np.abs(b.astype(np.float64)), a, b)
+    res.passed = res.max_abs == 0
+    res.threshold, res.max_threshold, res.rtol = 0.0, 0.0, None
+    if not res.passed:
+        res.reason = f"{int(np.count_nonzero(d))} of {d.size} values differ (exact compare), first at {res.worst_index}"
+    return res
+
+
+def _stats(res: KeyResult, d: np.ndarray, abs_a: np.ndarray, abs_b: np.ndarray, a, b) -> None:
+    res.count = int(d.size)
+    res.mean_abs = float(d.mean())
+    flat = int(np.argmax(d))
+    res.max_abs = float(d.reshape(-1)[flat])
+    res.worst_index = [int(i) for i in np.unravel_index(flat, d.shape)]
+    rel = d / np.maximum(np.maximum(abs_a, abs_b), REL_EPS)
+    res.mean_rel, res.max_rel = float(rel.mean()), float(rel.max())
+    fa, fb = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
+    na, nb = float(np.linalg.norm(fa)), float(np.linalg.norm(fb))
+    res.cosine = 1.0 if na == 0 and nb == 0 else float(fa @ fb / (na * nb)) if na and nb else 0.0
+
+
+def _compare_float(res: KeyResult, a: np.ndarray, b: np.ndarray, tol: Tolerance) -> KeyResult:
+    bad_a, bad_b = ~np.isfinite(a), ~np.isfinite(b)
+    mask = None
+    if bad_a.any() or bad_b.any():
+        res.nonfinite = True
+        same = np.array_equal(bad_a, bad_b) and np.array_equal(a[bad_a], b[bad_b], equal_nan=True)
+        if not (tol.allow_nan and same):
+            side = "both" if bad_a.any() and bad_b.any() else "torch" if bad_a.any() else "paddle"
+            where = np.argwhere(bad_a | bad_b)[0].tolist()
+            n = int((bad_a | bad_b).sum())
+            res.reason = f"{n} NaN/Inf value(s) ({side}), first at {where}"
+            res.worst_index = where
+            return res
+        mask = ~bad_a
+        a, b = a[mask], b[mask]
+        if a.size == 0:
+            res.passed, res.note = True, "all values non-finite at the same places (allow_nan)"
+            return res
+    d = np.abs(a - b)
+    _stats(res, d, np.abs(a), np.abs(b), a, b)
+    if mask is not None:
+        res.worst_index = None  # indices of the masked view would mislead
+        res.note = "NaN/Inf at identical places (allow_nan)"
+    if tol.rtol is not None:
+        res.passed = res.max_rel <= tol.rtol
+        if not res.passed:
+            res.reason = f"max rel {_fmt(res.max_rel)} > rtol {_fmt(tol.rtol)}"
+        return res
+    reasons = []
+    if not res.mean_abs <= tol.mean:
+        reasons.append(f"mean |d| {_fmt(res.mean_abs)} > {_fmt(tol.mean)}")
+    if not res.max_abs <= tol.max_abs:
+        reasons.append(f"max |d| {_fmt(res.max_abs)} at {res.worst_index} > {_fmt(tol.max_abs)}")
+    res.passed = not reasons
+    res.reason = "; ".join(reasons)
+    return res
+
+
+def tolerance_for(tolerances: ToleranceConfig, check: str, key: str) -> Tolerance:
+    for pattern, tol in tolerances.keys.items():
+        if fnmatch.fnmatchcase(key, pattern):
+            return tol
+    return tolerances.for_check(check)
+
+
+def compare_dicts(check: str, ref: dict, other: dict, tolerances: ToleranceConfig) -> CheckResult:
+    """Compare every key of either side, reference order first."""
+    keys = list(ref) + [k for k in other if k not in ref]
+    result = CheckResult(check)
+    for key in keys:
+        result.keys.append(compare_arrays(key, ref.get(key), other.get(key), tolerance_for(tolerances, check, key)))
+    return result

@@ -1,0 +1,45 @@
+"""Domain exceptions; the CLI maps each to an exit code in one place."""
+
+from __future__ import annotations
+
+
+class HarnessError(Exception):
+    exit_code = 1
+
+
+class UsageError(HarnessError):
+    """Bad command line, config or pair module: exit 2, one clear line."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.detail = detail  # e.g. the traceback of the user's make_batch
+
+
+class ConfigError(UsageError):
+    def __init__(self, file, key: str | None, message: str):
+        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
+        self.file, self.key = file, key
+
+
+class WorkerError(HarnessError):
+    """A worker raised, died or timed out: exit 3, its traceback shown, nothing left running."""
+
+    exit_code = 3
+
+    def __init__(self, worker: str, message: str, remote_traceback: str | None = None):
+        super().__init__(f"{worker} worker: {message}")
+        self.worker = worker
+        self.remote_traceback = remote_traceback
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's formatted traceback as the __cause__ of a WorkerError."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb

@@ -1,0 +1,161 @@
+"""The two worker processes: start, call both at once, wait on sentinels, close for sure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+import multiprocess as mp
+from multiprocess.connection import wait
+
+from harness.errors import RemoteTraceback, WorkerError
+from harness.protocol import Failure, Reply, Request, make_shm_dir, pack, unpack
+
+CLOSE_GRACE_S = 5.0
+
+
+@dataclass
+class WorkerSpec:
+    name: str  # "torch" | "paddle"
+    options: dict  # threads, devices, ... (see backends.worker.main)
+
+
+class _Worker:
+    def __init__(self, ctx, spec: WorkerSpec, shm_dir):
+        from backends.worker import main  # framework-free entry point, runs in the child
+
+        self.name = spec.name
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=main,
+            args=(spec.name, child, dict(spec.options, shm_dir=str(shm_dir))),
+            name=f"reprod-{spec.name}-worker",
+            daemon=True,
+        )
+        self.process.start()
+        child.close()  # so a dead child shows as EOF on our end
+        self.seconds = 0.0
+
+
+class WorkerGroup:
+    """Context manager: `with WorkerGroup(specs, timeout) as g: g.call({...})`.
+
+    Every call waits on the pipes *and* the process sentinels with a deadline, so a worker
+    that raises, dies or hangs ends the wait; then every worker is stopped (terminate, then
+    kill) and the root cause is raised as WorkerError with the worker's traceback.
+    """
+
+    def __init__(self, specs: list[WorkerSpec], timeout: float):
+        self.specs, self.timeout = specs, timeout
+        self.workers: dict[str, _Worker] = {}
+        self.shm_dir = None
+
+    def __enter__(self) -> WorkerGroup:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")  # never fork: CUDA and thread pools do not survive it
+        self.shm_dir = make_shm_dir()
+        try:
+            for spec in self.specs:
+                self.workers[spec.name] = _Worker(ctx, spec, self.shm_dir)
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, requests: dict[str, Request], timeout: float | None = None) -> dict:
+        """Send each worker its request, wait for all replies at once; returns name -> value."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        try:
+            for name, req in requests.items():
+                worker = self.workers[name]
+                try:
+                    worker.conn.send(Request(req.op, pack(req.kwargs, self.shm_dir)))
+                except (BrokenPipeError, ConnectionError, OSError):
+                    self._raise_dead(worker, req.op)
+            pending = {name: self.workers[name] for name in requests}
+            results = {}
+            while pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    names = ", ".join(pending)
+                    raise WorkerError(names, f"no answer to '{requests[next(iter(pending))].op}' within "
+                                      f"{timeout or self.timeout:.0f} s (raise --timeout if the model is just slow)")
+                handles = {w.conn: w for w in pending.values()}
+                handles.update({w.process.sentinel: w for w in pending.values()})
+                for ready in wait(list(handles), timeout=left):
+                    worker = handles[ready]
+                    if worker.name not in pending:
+                        continue
+                    results[worker.name] = self._receive(worker, requests[worker.name].op)
+                    del pending[worker.name]
+            return results
+        except BaseException:
+            self.close(graceful=False)  # one broke: stop the rest now
+            raise
+        finally:
+            self._sweep_requests()
+
+    def _receive(self, worker: _Worker, op: str):
+        try:
+            msg = worker.conn.recv() if worker.conn.poll() else None
+        except (EOFError, OSError):
+            msg = None
+        if msg is None:
+            self._raise_dead(worker, op)
+        if isinstance(msg, Failure):
+            err = WorkerError(worker.name, f"'{op}' failed: {msg.exc_type}: {msg.message}", msg.traceback)
+            raise err from RemoteTraceback(msg.traceback)
+        assert isinstance(msg, Reply)
+        worker.seconds += msg.seconds
+        return unpack(msg.value, consume=True)
+
+    @staticmethod
+    def _raise_dead(worker: _Worker, op: str):
+        worker.process.join(1.0)
+        code = worker.process.exitcode
+        how = "still running" if code is None else f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+        raise WorkerError(worker.name, f"died during '{op}' ({how})")
+
+    def _sweep_requests(self) -> None:
+        """Request arrays were read by now (or never will be): drop their segments."""
+        if self.shm_dir and os.path.isdir(self.shm_dir):
+            for entry in os.scandir(self.shm_dir):
+                if entry.name.endswith(".npy"):
+                    os.unlink(entry.path)
+
+    def seconds(self, name: str) -> float:
+        return self.workers[name].seconds if name in self.workers else 0.0
+
+    def close(self, graceful: bool = True) -> None:
+        """Ask politely (graceful), then terminate, then kill; never leaves a child behind."""
+        workers = list(self.workers.values())
+        for w in workers:
+            if graceful and w.process.is_alive():
+                try:
+                    w.conn.send(None)  # shutdown
+                except (OSError, BrokenPipeError):
+                    pass
+        deadline = time.monotonic() + (CLOSE_GRACE_S if graceful else 0.0)
+        for w in workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+        for w in workers:
+            if w.process.is_alive():
+                w.process.terminate()
+        for w in workers:
+            w.process.join(2.0)
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join(2.0)
+        for w in workers:
+            w.conn.close()
+        self.workers.clear()
+        if self.shm_dir:
+            shutil.rmtree(self.shm_dir, ignore_errors=True)
+            self.shm_dir = None

@@ -1,0 +1,83 @@
+"""What travels between the coordinator and a worker.
+
+Control messages and small arrays are pickled through a pipe. Arrays of SHM_MIN_BYTES or more
+go through shared memory: a file in the run's folder under /dev/shm (tmpfs, i.e. POSIX shared
+memory pages), named in the message. The coordinator owns that folder and removes it when the
+run ends, so nothing outlives a crashed worker.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SHM_MIN_BYTES = 1 << 20
+
+
+@dataclass
+class Request:
+    op: str
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Reply:
+    value: object
+    seconds: float  # compute time inside the worker
+
+
+@dataclass
+class Failure:
+    exc_type: str
+    message: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class SharedArray:
+    path: str
+    shape: tuple
+    dtype: str
+
+
+def shm_root() -> Path:
+    base = Path("/dev/shm")
+    return base if base.is_dir() and os.access(base, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def make_shm_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="reprod-harness-", dir=shm_root()))
+
+
+def pack(obj, shm_dir: Path | None):
+    """Replace large arrays in a nested dict/list/tuple by SharedArray handles."""
+    if isinstance(obj, np.ndarray):
+        if shm_dir is None or obj.nbytes < SHM_MIN_BYTES or obj.dtype.hasobject:
+            return obj
+        path = shm_dir / f"{uuid.uuid4().hex}.npy"
+        np.save(path, obj, allow_pickle=False)
+        return SharedArray(str(path), obj.shape, obj.dtype.str)
+    if isinstance(obj, dict):
+        return {k: pack(v, shm_dir) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(pack(v, shm_dir) for v in obj)
+    return obj
+
+
+def unpack(obj, *, consume: bool):
+    """Inverse of pack. consume=True removes the segment (the receiver owns it)."""
+    if isinstance(obj, SharedArray):
+        arr = np.load(obj.path, allow_pickle=False)
+        if consume:
+            os.unlink(obj.path)
+        return arr
+    if isinstance(obj, dict):
+        return {k: unpack(v, consume=consume) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(unpack(v, consume=consume) for v in obj)
+    return obj

@@ -1,0 +1,90 @@
+"""Rich rendering of results. Renders what it is given; decides nothing."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+MAX_KEYS_SHOWN = 12
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def _verdict(passed: bool) -> str:
+    return "[bold green]PASS[/]" if passed else "[bold red]FAIL[/]"
+
+
+def summary_table(report: dict) -> Table:
+    table = Table(title=f"reprod-harness: {report['name']}", title_justify="left")
+    for col, kw in (
+        ("check", {}),
+        ("keys compared", {"justify": "right"}),
+        ("worst mean abs diff", {"justify": "right"}),
+        ("worst max abs diff", {"justify": "right"}),
+        ("threshold", {"justify": "right"}),
+        ("verdict", {"justify": "center"}),
+    ):
+        table.add_column(col, **kw)
+    for check in report["checks"]:
+        keys = check["keys"]
+        compared = sum(1 for k in keys if k.get("count", 0) > 0)
+        means = [k["mean_abs"] for k in keys if "mean_abs" in k]
+        maxes = [k["max_abs"] for k in keys if "max_abs" in k]
+        thresholds = sorted({k["rtol"] if "rtol" in k else k.get("threshold") for k in keys} - {None})
+        thr = ", ".join(_num(t) + (" rel" if any("rtol" in k for k in keys) else "") for t in thresholds[:2]) or "-"
+        table.add_row(
+            check["name"],
+            f"{compared}/{len(keys)}",
+            _num(max(means) if means else None),
+            _num(max(maxes) if maxes else None),
+            thr,
+            _verdict(check["passed"]),
+        )
+    return table
+
+
+def key_table(check: dict, *, only_failing: bool = False) -> Table:
+    """Per-key detail, failing keys first; long lists folded with a count."""
+    keys = sorted(check["keys"], key=lambda k: k["passed"])
+    if only_failing:
+        keys = [k for k in keys if not k["passed"]]
+    table = Table(title=f"{check['name']}: {check.get('reason', 'aligned')}", title_justify="left")
+    for col in ("key", "shape", "mean abs", "max abs", "max rel", "threshold", "verdict / reason"):
+        table.add_column(col, overflow="fold")
+    for k in keys[:MAX_KEYS_SHOWN]:
+        style = None if k["passed"] else "red"
+        shape = str(tuple(k["shape"])) if "shape" in k else "-"
+        thr = f"{_num(k['rtol'])} rel" if "rtol" in k else f"{_num(k.get('threshold'))} / {_num(k.get('max_threshold'))}"
+        table.add_row(
+            k["key"], shape, _num(k.get("mean_abs")), _num(k.get("max_abs")), _num(k.get("max_rel")), thr,
+            "PASS" if k["passed"] else f"FAIL {k.get('reason', '')}", style=style,
+        )
+    if len(keys) > MAX_KEYS_SHOWN:
+        rest = keys[MAX_KEYS_SHOWN:]
+        failing = sum(1 for k in rest if not k["passed"])
+        table.add_row(f"... {len(rest)} more keys ({failing} failing)", "", "", "", "", "", "")
+    return table
+
+
+def print_report(console: Console, report: dict, out_dir: str | None = None, verbose: bool = False) -> None:
+    console.print(summary_table(report))
+    for check in report["checks"]:
+        if verbose or not check["passed"]:
+            console.print(key_table(check, only_failing=not verbose and not check["passed"]))
+    div = report.get("first_divergence")
+    if div:
+        where = f" at layer {div['layer']}" if div.get("layer") else ""
+        step = f" (step {div['step']})" if div.get("step") is not None else ""
+        console.print(f"[bold red]first divergence[/]: {div['check']}{where}{step}: {div.get('detail', '')}")
+    for note in report.get("notes", []):
+        console.print(f"[yellow]note[/]: {note}")
+    timing = report.get("timing") or {}
+    if timing:
+        console.print(
+            f"time: {timing.get('wall_s', 0):.1f} s wall (torch {timing.get('torch_s', 0):.1f} s, "
+            f"paddle {timing.get('paddle_s', 0):.1f} s of compute, run side by side)"
+        )
+    verdict = "[bold green]ALIGNED[/]" if report["aligned"] else "[bold red]MISALIGNED[/]"
+    console.print(f"{verdict}" + (f"  artifacts: {out_dir}" if out_dir else ""))
