@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 
 
 def die_with_parent() -> None:
@@ -31,6 +32,7 @@ def configure_environment(options: dict) -> None:
     os.environ.setdefault("FLAGS_embedding_deterministic", "1")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     os.environ.setdefault("GLOG_minloglevel", "2")  # paddle's C++ info logs would bury the progress
+    warnings.filterwarnings("ignore", message="No ccache found")  # paddle's import-time noise
 
 
 def main(framework: str, conn, options: dict) -> None:

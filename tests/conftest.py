@@ -1,0 +1,47 @@
+"""Shared test helpers: real CLI runs in subprocesses, and small pair folders written on the fly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = Path(__file__).resolve().parent / "pairs"
+
+
+def cli(*args, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:
+    """`python -m harness ARGS` in a fresh interpreter, as a user would run it."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="160")
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *map(str, args)],
+        cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env,
+    )
+
+
+def report(out_dir: Path) -> dict:
+    return json.loads((Path(out_dir) / "report.json").read_text())
+
+
+def check(rep: dict, name: str) -> dict:
+    return next(c for c in rep["checks"] if c["name"] == name)
+
+
+@pytest.fixture
+def make_pair(tmp_path):
+    """make_pair(pair_py, toml_body) -> path of pair.toml in a fresh folder."""
+
+    def _make(pair_py: str, toml_body: str = "", name: str = "t") -> Path:
+        folder = tmp_path / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "pair.py").write_text(textwrap.dedent(pair_py))
+        (folder / "pair.toml").write_text(f'name = "{name}"\npair = "pair.py"\n' + textwrap.dedent(toml_body))
+        return folder / "pair.toml"
+
+    return _make
