@@ -46,7 +46,7 @@ class Runner:
         fn = getattr(self, f"op_{op}", None)
         if fn is None:
             raise ValueError(f"unknown op '{op}'")
-        if op != "setup" and self.model is None:
+        if op not in ("setup", "ping") and self.model is None:
             raise RuntimeError(f"'{op}' before 'setup'")
         return fn(**kwargs)
 
@@ -145,6 +145,10 @@ class Runner:
         return arr.reshape(())
 
     # ---------------------------------------------------------------- ops
+    def op_ping(self, payload=None):
+        """Transport check: describes what arrived."""
+        return None if payload is None else {"shape": list(np.shape(payload)), "sum": float(np.sum(payload))}
+
     def op_setup(self, cfg: dict) -> dict:
         self.cfg = cfg
         path = Path(cfg["pair"])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -104,6 +106,8 @@ def _execute(cfg, out_dir: Optional[Path], timeout: float, device: str, as_json:
     from harness import coordinator
 
     out_dir = (out_dir or Path("artifacts") / cfg.name).resolve()
+    # SIGTERM unwinds like Ctrl-C, so the workers are stopped and the shared-memory folder removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     opts = coordinator.RunOptions(out_dir=out_dir, timeout=timeout, device=device)
     with Progress(err, quiet or as_json) as progress:
         report = coordinator.run(cfg, opts, progress)
@@ -150,7 +154,7 @@ def run(
     if checks:
         cfg = cfg.replace(checks=config.parse_checks(checks, lambda m: UsageError(f"--checks: {m}")))
     if iters:
-        cfg = cfg.replace(train=cfg.train.__class__(**{**cfg.train.__dict__, "iters": iters}))
+        cfg = cfg.replace(train=dataclasses.replace(cfg.train, iters=iters))
     _execute(cfg, out_dir, timeout, device, as_json, quiet, verbose)
 
 
