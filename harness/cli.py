@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from harness import __version__, config
 from harness.errors import HarnessError, UsageError, WorkerError
@@ -29,7 +30,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error stays one line, however long
 
 EXIT_ALIGNED, EXIT_MISALIGNED = 0, 1
 
@@ -44,15 +45,15 @@ def guarded(fn):
         except WorkerError as exc:
             if exc.remote_traceback:
                 err.print(exc.remote_traceback.rstrip(), markup=False, highlight=False)
-            err.print(f"[bold red]error[/]: {exc}", highlight=False)
+            err.print(f"[bold red]error[/]: {escape(str(exc))}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except UsageError as exc:
             if exc.detail:
                 err.print(exc.detail.rstrip(), markup=False, highlight=False)
-            err.print(f"[bold red]error[/]: {exc}", highlight=False, markup=False)
+            err.print(f"[bold red]error[/]: {escape(str(exc))}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except HarnessError as exc:
-            err.print(f"[bold red]error[/]: {exc}", highlight=False, markup=False)
+            err.print(f"[bold red]error[/]: {escape(str(exc))}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -229,7 +230,7 @@ def doctor():
         info = probe(fw)
         if "error" in info:
             missing.append(fw)
-            out.print(f"{fw:14} [red]not usable[/]: {info['error']}\n{'':15}install: {INSTALL_HINT[fw]}", highlight=False)
+            out.print(f"{fw:14} [red]not usable[/]: {escape(info['error'])}\n{'':15}install: {escape(INSTALL_HINT[fw])}", highlight=False)
             continue
         cuda = f"CUDA {info['cuda_build']}" if info.get("cuda_build") else "CPU build"
         extra = "".join(f", {k} {info[k]}" for k in ("cudnn", "nccl") if info.get(k))
