@@ -58,6 +58,17 @@ def guarded(fn):
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug of ours: say so in one line, traceback on request
+            if os.environ.get("REPROD_DEBUG"):
+                err.print_exception()
+            err.print(
+                f"[bold red]internal error[/]: {type(exc).__name__}: {escape(str(exc))} "
+                "(set REPROD_DEBUG=1 for the traceback, and please report it)",
+                highlight=False,
+            )
+            raise typer.Exit(3) from None
 
     return wrapper
 
@@ -179,6 +190,61 @@ def zoo():
         doc = ast.get_docstring(ast.parse((config.zoo_dir() / name / "pair.py").read_text())) or ""
         summary = doc.split(":", 1)[-1].strip().splitlines()[0] if doc else ""
         out.print(f"[bold]{name:18}[/] {summary}", highlight=False)
+
+
+@app.command()
+@guarded
+def compare(
+    reference: Path = typer.Argument(..., help="Reference side (torch), e.g. forward_torch.npy."),
+    port: Path = typer.Argument(..., help="Port side (paddle), e.g. forward_paddle.npy."),
+    threshold: float = typer.Option(1e-6, "--threshold", min=0.0, help="Mean |diff| allowed per key (reprod_log's criterion)."),
+    max_threshold: Optional[float] = typer.Option(None, "--max-threshold", min=0.0, help="Max |diff| allowed per key [default: 100 x threshold]."),
+    allow_nan: bool = typer.Option(False, "--allow-nan", help="Pass NaN/Inf found at exactly the same places on both sides."),
+    log: Optional[Path] = typer.Option(None, "--log", help="Write a reprod_log-format diff log here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the per-key results as JSON."),
+):
+    """Compare two reprod_log .npy files (np.save of a dict of arrays) strictly; exit 0 aligned, 1 not.
+
+    Example: reprod-harness compare forward_torch.npy forward_paddle.npy --log forward_diff.log
+    """
+    from harness.compare import compare_files
+    from harness.render import key_table
+
+    result = compare_files(reference, port, threshold, max_threshold, log, allow_nan)
+    data = result.to_json()
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        data["name"] = f"{reference.name} vs {port.name}"
+        out.print(key_table(data))
+        verdict = "[bold green]ALIGNED[/]" if result.passed else f"[bold red]MISALIGNED[/]: {escape(result.why)}"
+        out.print(verdict + (f"  log: {log}" if log else ""))
+    raise typer.Exit(EXIT_ALIGNED if result.passed else EXIT_MISALIGNED)
+
+
+@app.command("report")
+@guarded
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run's artifacts folder (holds report.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print report.json instead of the table."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every key of every check."),
+):
+    """Re-render a finished run's tables from its report.json; exit 0 if it was aligned, else 1."""
+    from harness.render import print_report
+    from harness.report import read_report
+
+    path = run_dir / "report.json" if run_dir.is_dir() else run_dir
+    if not path.is_file():
+        raise UsageError(f"{path}: no report.json (did the run finish?)")
+    try:
+        data = read_report(path)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"{path}: cannot read the report: {exc}") from None
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        print_report(out, data, str(path.parent), verbose)
+    raise typer.Exit(EXIT_ALIGNED if data.get("aligned") else EXIT_MISALIGNED)
 
 
 PROBES = {

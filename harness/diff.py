@@ -192,15 +192,17 @@ def _compare_float(res: KeyResult, a: np.ndarray, b: np.ndarray, tol: Tolerance)
     return res
 
 
-def tolerance_for(tolerances: ToleranceConfig, check: str, key: str) -> Tolerance:
+def tolerance_for(tolerances: ToleranceConfig | Tolerance, check: str, key: str) -> Tolerance:
+    if isinstance(tolerances, Tolerance):
+        return tolerances
     for pattern, tol in tolerances.keys.items():
         if fnmatch.fnmatchcase(key, pattern):
             return tol
     return tolerances.for_check(check)
 
 
-def compare_dicts(check: str, ref: dict, other: dict, tolerances: ToleranceConfig) -> CheckResult:
-    """Compare every key of either side, reference order first."""
+def compare_dicts(check: str, ref: dict, other: dict, tolerances: ToleranceConfig | Tolerance) -> CheckResult:
+    """Compare every key of either side, reference order first. A single Tolerance applies to all."""
     keys = list(ref) + [k for k in other if k not in ref]
     result = CheckResult(check)
     for key in keys:

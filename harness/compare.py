@@ -1,0 +1,45 @@
+"""`reprod-harness compare A.npy B.npy`: the guide's "load two reprod_log files and report" step,
+with the strict verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.config import Tolerance
+from harness.diff import CheckResult, compare_dicts
+from harness.errors import UsageError
+from harness.report import atomic_write, diff_log_lines, load_npy
+
+
+def load_side(path: Path) -> dict:
+    if not path.is_file():
+        raise UsageError(f"{path}: file not found")
+    try:
+        data = load_npy(path)
+    except Exception as exc:  # np.load raises many types for a file that is not .npy
+        raise UsageError(f"{path}: cannot read as a reprod_log .npy file ({type(exc).__name__}: {exc})") from None
+    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    if nested:
+        data = _flatten(data)
+    return data
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    """reprod_log allows nested dicts; keys become dotted paths."""
+    out = {}
+    for k, v in data.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{name}."))
+        else:
+            out[name] = v
+    return out
+
+
+def compare_files(ref: Path, other: Path, threshold: float, max_threshold: float | None,
+                  log: Path | None, allow_nan: bool = False) -> CheckResult:
+    a, b = load_side(ref), load_side(other)
+    result = compare_dicts("compare", a, b, Tolerance(threshold, max_threshold, allow_nan=allow_nan))
+    if log is not None:
+        atomic_write(log, ("\n".join(diff_log_lines(result, a, b)) + "\n").encode())
+    return result
