@@ -25,6 +25,10 @@ class Stepper:
         """Clip, update, advance the scheduler."""
         raise NotImplementedError
 
+    def advance(self) -> None:
+        """Move the schedule one step without training (for the lr check)."""
+        raise NotImplementedError
+
     def zero_grad(self) -> None:
         raise NotImplementedError
 
@@ -67,7 +71,7 @@ class Runner:
     def params(self, model) -> dict: ...
     def builtin_loss(self, kind: str, output, labels): ...
     def builtin_metric(self, kind: str, output, labels, k: int) -> dict: ...
-    def make_stepper(self, model, total_steps: int) -> Stepper: ...
+    def make_stepper(self, model, cfg: dict, total_steps: int) -> Stepper: ...
 
     # ---------------------------------------------------------------- helpers
     def _pair_fn(self, stem: str):
@@ -170,6 +174,7 @@ class Runner:
             "device": self.device(),
             "modules": self.module_table(self.model),
             "custom_mapping": callable(getattr(self.pair, "torch_to_paddle", None)),
+            "custom_optimizer": self._pair_fn("optimizer") is not None,
         }
 
     def op_export_state(self) -> dict:
@@ -204,12 +209,29 @@ class Runner:
         with self.no_grad():
             return {"loss": self.scalar(self.run_loss(self.run_forward(t), t))}
 
-    def op_train(self, batches: list, mode: str, total_steps: int) -> dict:
+    def _config(self, overrides: dict | None) -> dict:
+        """The run config with some sections replaced (the optimizer matrix reuses one session)."""
+        cfg = dict(self.cfg)
+        for section, values in (overrides or {}).items():
+            cfg[section] = {**cfg[section], **values}
+        return cfg
+
+    def op_lr_schedule(self, total_steps: int, overrides: dict | None = None) -> dict:
+        """The lr of each of total_steps steps, read from the framework's own scheduler."""
+        self._restore()
+        stepper = self.make_stepper(self.model, self._config(overrides), total_steps)
+        lrs = []
+        for _ in range(total_steps):
+            lrs.append(stepper.lr())
+            stepper.advance()
+        return {"lr": np.asarray(lrs, dtype=np.float64)}
+
+    def op_train(self, batches: list, mode: str, total_steps: int, overrides: dict | None = None) -> dict:
         """Steps from the initial weights; per-step loss and lr, final params and last grads."""
         self._restore()
         self._dirty = True
         self.set_train(self.model, mode == "train")
-        stepper = self.make_stepper(self.model, total_steps)
+        stepper = self.make_stepper(self.model, self._config(overrides), total_steps)
         losses, lrs, grads = [], [], {}
         for i, batch in enumerate(batches):
             t = self.tensors(batch)

@@ -16,6 +16,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from harness.errors import ConfigError
+from harness.optim_table import OPTIMIZERS, SCHEDULERS, decay_mode
 
 CHECKS = ("forward", "metric", "loss", "lr", "backward", "train")
 
@@ -129,7 +130,7 @@ class RunConfig:
     train: TrainConfig = TrainConfig()
     tolerance: ToleranceConfig = ToleranceConfig()
     distributed: DistributedConfig = DistributedConfig()
-    checks: tuple = ("forward", "loss", "backward")
+    checks: tuple = ("forward", "loss", "lr", "backward")
 
     @property
     def total_steps(self) -> int:
@@ -322,6 +323,16 @@ def _cross_checks(src: _Source, cfg: RunConfig) -> None:
             raise src.error(f"{sec}.{key}", f"must be >= {low}, got {value}")
     if cfg.optimizer.lr <= 0:
         raise src.error("optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
+    try:
+        decay_mode(dataclasses.asdict(cfg.optimizer))
+    except ValueError as exc:
+        raise src.error("optimizer.decay", str(exc)) from None
+    if cfg.optimizer.grad_clip and cfg.optimizer.clip_value:
+        raise src.error("optimizer.clip_value", "grad_clip and clip_value together: choose one (paddle takes one grad_clip)")
+    if cfg.lr_scheduler.name not in SCHEDULERS:
+        raise src.error("lr_scheduler.name", f"unknown scheduler '{cfg.lr_scheduler.name}' (expected {', '.join(SCHEDULERS)}){_suggest(cfg.lr_scheduler.name, SCHEDULERS)}")
+    if cfg.optimizer.name not in OPTIMIZERS:
+        raise src.error("optimizer.name", f"unknown optimizer '{cfg.optimizer.name}' (expected {', '.join(OPTIMIZERS)}){_suggest(cfg.optimizer.name, OPTIMIZERS)}")
     if not cfg.data.labels and (cfg.loss.kind != "pair" or cfg.metric.kind != "pair"):
         raise src.error("data.labels", "built-in loss and metric need at least one label key")
 

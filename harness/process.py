@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 
@@ -22,6 +24,22 @@ class WorkerSpec:
     options: dict  # threads, devices, ... (see backends.worker.main)
 
 
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Spawn re-runs the parent's __main__ in each child unless it has no file or spec. Workers
+    need nothing from it (their entry is backends.worker.main), and re-running it would execute
+    a user's unguarded script, or the whole CLI, once more in every worker."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__.pop(k) for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    if main is not None and "__spec__" in saved:
+        main.__spec__ = None
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+
+
 class _Worker:
     def __init__(self, ctx, spec: WorkerSpec, shm_dir):
         from backends.worker import main  # framework-free entry point, runs in the child
@@ -34,7 +52,8 @@ class _Worker:
             name=f"reprod-{spec.name}-worker",
             daemon=True,
         )
-        self.process.start()
+        with _main_module_hidden():
+            self.process.start()
         child.close()  # so a dead child shows as EOF on our end
         self.seconds = 0.0
 

@@ -82,7 +82,8 @@ class Runner(base.Runner):
         return {k: np.array(p.grad.numpy()) for k, p in model.named_parameters() if p.grad is not None}
 
     def params(self, model) -> dict:
-        return {k: np.array(p.numpy()) for k, p in model.named_parameters()}
+        # paddle keeps BatchNorm statistics as (non-trainable) parameters; torch calls them buffers
+        return {k: np.array(p.numpy()) for k, p in model.named_parameters() if not p.stop_gradient}
 
     def builtin_loss(self, kind: str, output, labels):
         if kind == "cross_entropy":
@@ -91,8 +92,8 @@ class Runner(base.Runner):
             return F.mse_loss(output, labels.reshape(output.shape).astype(output.dtype))
         raise ValueError(f"unknown loss kind '{kind}'")
 
-    def make_stepper(self, model, total_steps: int) -> base.Stepper:
-        return build_stepper(model, self.cfg, total_steps, self._pair_fn("optimizer"))
+    def make_stepper(self, model, cfg: dict, total_steps: int) -> base.Stepper:
+        return build_stepper(model, cfg, total_steps, self._pair_fn("optimizer"))
 
 
 def paddle_dtype_name(dtype) -> str:

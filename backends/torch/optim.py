@@ -1,21 +1,40 @@
-"""Optimizer and LR scheduler built from the run config, torch side."""
+"""torch side of harness.optim_table: native optimizer, scheduler, clipping and decay."""
 
 from __future__ import annotations
 
 import torch
+from torch.optim import lr_scheduler as S
 
 from backends import base
+from harness.optim_table import decay_mode, decays, warmup_lambda
 
 
 class TorchStepper(base.Stepper):
-    def __init__(self, optimizer, scheduler=None):
+    def __init__(self, optimizer, scheduler=None, params=(), clip_norm=0.0, clip_value=0.0, l1=(0.0, ())):
         self.optimizer, self.scheduler = optimizer, scheduler
+        self.params, self.clip_norm, self.clip_value = list(params), clip_norm, clip_value
+        self.l1_coeff, self.l1_params = l1[0], list(l1[1])
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def step(self) -> None:
+        # paddle clips inside step(), then adds the regularization term: same order here
+        if self.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        if self.clip_value:
+            torch.nn.utils.clip_grad_value_(self.params, self.clip_value)
+        if self.l1_coeff:
+            with torch.no_grad():
+                for p in self.l1_params:
+                    if p.grad is not None:
+                        p.grad.add_(torch.sign(p), alpha=self.l1_coeff)
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def advance(self) -> None:
+        self.optimizer.step()  # no gradients: updates nothing, keeps torch's step-order check happy
         if self.scheduler is not None:
             self.scheduler.step()
 
@@ -23,11 +42,60 @@ class TorchStepper(base.Stepper):
         self.optimizer.zero_grad(set_to_none=True)
 
 
+def _optimizer(opt: dict, groups: list):
+    name, lr = opt["name"], opt["lr"]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr)
+    if name == "momentum":
+        return torch.optim.SGD(groups, lr=lr, momentum=opt["momentum"], nesterov=opt["nesterov"])
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(groups, lr=lr, betas=(opt["beta1"], opt["beta2"]), eps=opt["eps"], weight_decay=0.0)
+    raise ValueError(f"unknown optimizer '{name}'")
+
+
+def _scheduler(optimizer, sched: dict, lr: float, total: int):
+    name = sched["name"]
+    if name == "constant":
+        return None
+    if name == "step":
+        return S.StepLR(optimizer, step_size=sched["step_size"], gamma=sched["gamma"])
+    if name == "multistep":
+        return S.MultiStepLR(optimizer, milestones=list(sched["milestones"]), gamma=sched["gamma"])
+    if name == "exponential":
+        return S.ExponentialLR(optimizer, gamma=sched["gamma"])
+    if name == "cosine":
+        return S.CosineAnnealingLR(optimizer, T_max=total, eta_min=sched["end_lr"])
+    if name == "polynomial" and not sched["end_lr"]:
+        return S.PolynomialLR(optimizer, total_iters=total, power=sched["power"])
+    if name == "onecycle":
+        return S.OneCycleLR(
+            optimizer, max_lr=sched["max_lr"] or lr, total_steps=total, pct_start=sched["pct_start"],
+            div_factor=sched["div_factor"], final_div_factor=sched["final_div_factor"], anneal_strategy="cos",
+        )
+    kind = {"linear_warmup": "linear", "cosine_warmup": "cosine", "polynomial": "polynomial"}.get(name)
+    if kind is None:
+        raise ValueError(f"unknown lr scheduler '{name}'")
+    fn = warmup_lambda(kind, sched["warmup_steps"], total, sched["num_cycles"], lr, sched["end_lr"])
+    if kind == "polynomial":
+        power = sched["power"]
+        return S.LambdaLR(optimizer, lambda s: fn(s, power))
+    return S.LambdaLR(optimizer, fn)
+
+
 def build_stepper(model, cfg: dict, total_steps: int, custom=None) -> base.Stepper:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, sched = cfg["optimizer"], cfg["lr_scheduler"]
     if custom is not None:
         optimizer, scheduler = custom(model, total_steps)
         return TorchStepper(optimizer, scheduler)
-    opt = cfg["optimizer"]
-    if opt["name"] != "sgd":
-        raise ValueError(f"optimizer '{opt['name']}' is not supported yet")
-    return TorchStepper(torch.optim.SGD(model.parameters(), lr=opt["lr"]))
+    mode = decay_mode(opt)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decayed = [p for n, p in named if decays(n, opt["no_decay"])]
+    kept = [p for n, p in named if not decays(n, opt["no_decay"])]
+    wd = opt["weight_decay"] if mode in ("coupled", "decoupled") else 0.0
+    groups = [g for g in ({"params": decayed, "weight_decay": wd}, {"params": kept, "weight_decay": 0.0}) if g["params"]]
+    optimizer = _optimizer(opt, groups)
+    scheduler = _scheduler(optimizer, sched, opt["lr"], total_steps)
+    l1 = (opt["weight_decay"], decayed) if mode == "l1" else (0.0, ())
+    return TorchStepper(optimizer, scheduler, params, opt["grad_clip"], opt["clip_value"], l1)

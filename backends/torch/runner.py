@@ -95,5 +95,5 @@ class Runner(base.Runner):
             return F.mse_loss(output, labels.reshape(output.shape).to(output.dtype))
         raise ValueError(f"unknown loss kind '{kind}'")
 
-    def make_stepper(self, model, total_steps: int) -> base.Stepper:
-        return build_stepper(model, self.cfg, total_steps, self._pair_fn("optimizer"))
+    def make_stepper(self, model, cfg: dict, total_steps: int) -> base.Stepper:
+        return build_stepper(model, cfg, total_steps, self._pair_fn("optimizer"))

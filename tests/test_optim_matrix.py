@@ -1,0 +1,72 @@
+"""Every optimizer x regularization x clipping, and every LR schedule family, aligned on a zoo
+pair. One worker session serves the whole matrix (the cases only change the optimizer config)."""
+
+import itertools
+
+import pytest
+
+from harness import config
+from harness.coordinator import RunOptions, Session
+from harness.optim_table import OPTIMIZERS, SCHEDULERS
+
+DECAYS = {"none": {}, "coupled": {"decay": "coupled"}, "decoupled": {"decay": "decoupled"}, "l1": {"decay": "l1"}}
+CLIPS = {"noclip": {}, "globalclip": {"grad_clip": 0.05}}
+
+
+def _valid(opt: str, decay: str) -> bool:
+    if decay == "decoupled":
+        return opt == "adamw"
+    if opt == "adamw":
+        return decay in ("none", "decoupled")
+    return True
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    cfg = config.load_zoo("tiny_transformer")
+    cfg = cfg.replace(train=cfg.train.__class__(iters=5, train_iters=5, mode="eval"))
+    s = Session(cfg, RunOptions(out_dir=tmp_path_factory.mktemp("matrix")), progress=lambda m: None)
+    s.start()
+    yield s
+    s.close()
+
+
+CASES = [
+    (opt, decay, clip)
+    for opt, decay, clip in itertools.product(OPTIMIZERS, DECAYS, CLIPS)
+    if _valid(opt, decay)
+]
+
+
+def test_optimizer_matrix_is_aligned(session):
+    failures = []
+    for opt, decay, clip in CASES:
+        settings = {"name": opt, "lr": 0.01, "momentum": 0.9, "nesterov": opt == "momentum",
+                    "weight_decay": 0.0 if decay == "none" else 0.05, "no_decay": ["norm", "bias"],
+                    **DECAYS[decay], **CLIPS[clip]}
+        result = session.check_backward({"optimizer": settings}, write=False)
+        losses = [k for k in result.keys if k.key.startswith("loss_")]
+        worst = max(k.mean_abs for k in losses)
+        if not result.passed or worst > 1e-6 or len(losses) != 5:
+            failures.append((opt, decay, clip, worst, [f"{k.key}: {k.reason}" for k in result.failing][:3]))
+    assert not failures, failures
+    assert len(CASES) == 22  # sgd, momentum, adam x {none, coupled, l1}; adamw x {none, decoupled}; x 2 clips
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_scheduler_family_is_aligned(session, name):
+    sched = {"name": name, "warmup_steps": 3, "total_steps": 12, "step_size": 2, "milestones": [2, 5],
+             "gamma": 0.5, "power": 2.0, "end_lr": 0.0, "num_cycles": 0.5, "max_lr": 0.1}
+    result = session.check_lr({"lr_scheduler": sched})
+    assert result.passed, [f"{k.key}: {k.reason}" for k in result.failing]
+    assert len(result.keys) == session.cfg.total_steps
+    worst = max(k.max_abs for k in result.keys)
+    assert worst <= 1e-9
+
+
+@pytest.mark.parametrize("extra", [{"num_cycles": 1.0}, {"end_lr": 1e-4}, {"warmup_steps": 0}])
+def test_scheduler_variants_are_aligned(session, extra):
+    for name in ("cosine_warmup", "polynomial", "linear_warmup"):
+        sched = {"name": name, "warmup_steps": 2, "power": 1.5, "end_lr": 0.0, "num_cycles": 0.5, **extra}
+        result = session.check_lr({"lr_scheduler": sched})
+        assert result.passed, (name, extra, [f"{k.key}: {k.reason}" for k in result.failing])
