@@ -100,3 +100,16 @@ def test_class_axis_reversed_fails_even_when_means_agree():
     logits = np.array([[0.1, 0.5, 0.9], [0.3, 0.2, 0.7]], np.float32)
     r = compare_arrays("out", logits, logits[:, ::-1].copy(), TOL)
     assert not r.passed and r.mean_abs > 1e-6
+
+
+def test_float32_rounding_floor_scales_with_the_values():
+    big = np.array(2.7, np.float32)
+    near = np.nextafter(np.nextafter(big, np.float32(3)), np.float32(3))  # 2 ulps away: 4.8e-7
+    off = np.array(2.7 + 2e-6, np.float32)  # ~8 ulps away at 2.7 ... within the floor
+    far = np.array(2.7 + 1e-5, np.float32)  # ~40 ulps: a real difference
+    assert compare_arrays("loss", big, near, TOL).passed
+    assert compare_arrays("loss", big, off, TOL).passed
+    r = compare_arrays("loss", big, far, TOL)
+    assert not r.passed
+    # float64 gets no floor: 2e-6 apart fails the 1e-6 threshold
+    assert not compare_arrays("loss", np.array(2.7), np.array(2.7 + 2e-6), TOL).passed

@@ -25,3 +25,10 @@ def test_readme_example_pair_is_aligned(tmp_path):
 def test_readme_states_the_two_commands():
     assert 'pip install -e ".[all]" && reprod-harness demo' in README
     assert 'pip install -e ".[all,test]" && pytest' in README
+
+
+def test_readme_optimizer_table_is_generated_from_the_code():
+    from harness.optim_table import markdown
+
+    start, end = "<!-- optim-table:start -->\n", "<!-- optim-table:end -->"
+    assert README[README.index(start) + len(start):README.index(end)] == markdown()
