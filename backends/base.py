@@ -15,6 +15,29 @@ import numpy as np
 from harness import pairfile
 
 
+def count_metric(kind: str, predictions: np.ndarray, labels: np.ndarray, k: int) -> dict:
+    """Built-in metrics from each framework's predictions (float64, one value per key)."""
+    if kind == "mse":
+        return {"mse": np.float64(np.mean((predictions - labels.reshape(predictions.shape).astype(np.float64)) ** 2))}
+    if predictions.shape[0] != labels.shape[0]:
+        raise ValueError(f"{predictions.shape[0]} predictions for {labels.shape[0]} labels: the metric needs "
+                         "one prediction per label (set [metric] output, or use kind = \"pair\")")
+    if kind == "topk":
+        return {f"top{k}_accuracy": np.float64(np.mean(np.any(predictions == labels[:, None], axis=1)))}
+    if kind == "accuracy":
+        return {"accuracy": np.float64(np.mean(predictions == labels))}
+    if kind == "f1":
+        classes = np.union1d(predictions, labels)
+        scores = []
+        for c in classes:
+            tp = np.sum((predictions == c) & (labels == c))
+            fp = np.sum((predictions == c) & (labels != c))
+            fn = np.sum((predictions != c) & (labels == c))
+            scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+        return {"f1_macro": np.float64(np.mean(scores))}
+    raise ValueError(f"unknown metric kind '{kind}'")
+
+
 class Stepper:
     """One training step's optimizer side: subclasses wrap a framework optimizer + scheduler."""
 
@@ -72,6 +95,8 @@ class Runner:
     def builtin_loss(self, kind: str, output, labels): ...
     def builtin_metric(self, kind: str, output, labels, k: int) -> dict: ...
     def make_stepper(self, model, cfg: dict, total_steps: int) -> Stepper: ...
+    def argmax(self, output): ...  # class indices over the last axis
+    def topk(self, output, k: int): ...  # (N, k) indices over the last axis
 
     # ---------------------------------------------------------------- helpers
     def _pair_fn(self, stem: str):
@@ -226,8 +251,10 @@ class Runner:
             stepper.advance()
         return {"lr": np.asarray(lrs, dtype=np.float64)}
 
-    def op_train(self, batches: list, mode: str, total_steps: int, overrides: dict | None = None) -> dict:
-        """Steps from the initial weights; per-step loss and lr, final params and last grads."""
+    def op_train(self, batches: list, mode: str, total_steps: int, overrides: dict | None = None,
+                 eval_batches: list | None = None) -> dict:
+        """Steps from the initial weights; per-step loss and lr, final params and last grads, and
+        with eval_batches the metric of the trained model."""
         self._restore()
         self._dirty = True
         self.set_train(self.model, mode == "train")
@@ -243,9 +270,48 @@ class Runner:
                 grads = self.grads(self.model)
             stepper.step()
             stepper.zero_grad()
-        return {
+        result = {
             "loss": np.stack(losses) if losses else np.zeros(0, np.float32),
             "lr": np.asarray(lrs, dtype=np.float64),
-            "params": self.params(self.model),
-            "grads": grads,
         }
+        if eval_batches is None:
+            result.update(params=self.params(self.model), grads=grads)
+        else:
+            result["metric"] = self._evaluate(eval_batches)
+        return result
+
+    def op_metric(self, batches: list, overrides: dict | None = None) -> dict:
+        self._restore()
+        return self._evaluate(batches, self._config(overrides)["metric"])
+
+    def _evaluate(self, batches: list, metric: dict | None = None) -> dict:
+        """The [metric] over all batches at once (macro F1 over every prediction, not a mean of
+        per-batch F1s); the framework computes outputs, argmax and top-k, numpy only counts."""
+        self.set_train(self.model, False)
+        metric = metric or self.cfg["metric"]
+        kind = metric["kind"]
+        with self.no_grad():
+            if kind == "pair":
+                fn = self._pair_fn("metric")
+                if fn is None:
+                    raise ValueError(f"[metric] kind = \"pair\" but the pair module defines no metric_{self.framework}")
+                per_batch = []
+                for batch in batches:
+                    t = self.tensors(batch)
+                    per_batch.append({k: float(v) for k, v in fn(self.run_forward(t), t).items()})
+                return {k: np.float64(np.mean([m[k] for m in per_batch])) for k in per_batch[0]}
+            views, labels = [], []
+            for batch in batches:
+                t = self.tensors(batch)
+                out = self._first_tensor(self.run_forward(t), metric["output"])
+                if kind == "mse":
+                    views.append(self.to_numpy(out).astype(np.float64))
+                elif kind == "topk":
+                    views.append(self.to_numpy(self.topk(out, metric["k"])))
+                else:
+                    views.append(self.to_numpy(self.argmax(out)))
+                labels.append(np.asarray(batch[self.cfg["data"]["labels"][0]]))
+        if not views:
+            raise ValueError("no evaluation batches")
+        return count_metric(kind, np.concatenate([v.reshape(len(v), -1) if kind == "topk" else v.reshape(-1) for v in views]),
+                            np.concatenate([lab.reshape(-1) for lab in labels]), metric["k"])

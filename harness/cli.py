@@ -155,6 +155,7 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every key of every check."),
+    benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="reprod_log .npy with the metric the paddle train run must reach (e.g. a paper's), judged with the train tolerance."),
 ):
     """Run the checks of a pair and write the artifacts. Exit 0 aligned, 1 misaligned, 2 usage, 3 worker failure.
 
@@ -167,7 +168,7 @@ def run(
         cfg = cfg.replace(checks=config.parse_checks(checks, lambda m: UsageError(f"--checks: {m}")))
     if iters:
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, iters=iters))
-    _execute(cfg, out_dir, timeout, device, as_json, quiet, verbose)
+    _execute(cfg, out_dir, timeout, device, as_json, quiet, verbose, benchmark)
 
 
 @app.command()

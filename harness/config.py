@@ -130,7 +130,7 @@ class RunConfig:
     train: TrainConfig = TrainConfig()
     tolerance: ToleranceConfig = ToleranceConfig()
     distributed: DistributedConfig = DistributedConfig()
-    checks: tuple = ("forward", "loss", "lr", "backward")
+    checks: tuple = CHECKS
 
     @property
     def total_steps(self) -> int:

@@ -11,10 +11,10 @@ from typing import Callable
 
 import numpy as np
 
-from harness import weights
+from harness import plot, weights
 from harness.config import RunConfig
 from harness.data import BatchSource
-from harness.diff import CheckResult, compare_dicts
+from harness.diff import CheckResult, compare_arrays, compare_dicts
 from harness.errors import UsageError
 from harness.process import WorkerGroup, WorkerSpec
 from harness.protocol import Request
@@ -29,6 +29,7 @@ class RunOptions:
     timeout: float = 900.0
     device: str = "auto"  # auto | cpu | gpu
     threads: int | None = None  # per worker; None: half the cores each
+    benchmark: Path | None = None  # reprod_log .npy with the metric the paddle run must reach
 
 
 def worker_threads(requested: int | None) -> int:
@@ -40,6 +41,7 @@ class Session:
 
     def __init__(self, cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None]):
         self.cfg, self.opts, self.progress = cfg, opts, progress
+        self.benchmark = opts.benchmark
         self.data = BatchSource(cfg)
         self.writer = ArtifactWriter(opts.out_dir)
         self.plan: weights.Plan | None = None
@@ -82,6 +84,55 @@ class Session:
     def check_loss(self) -> CheckResult:
         out = self.both("loss", batch=self.data.batch(0))
         return self._record("loss", out["torch"], out["paddle"])
+
+    def eval_steps(self) -> range:
+        return range(self.cfg.data.eval_batches)
+
+    def heldout_steps(self) -> range:
+        """Batches the trained models are scored on: never among the training steps."""
+        return range(HELDOUT_STEP, HELDOUT_STEP + self.cfg.data.eval_batches)
+
+    def check_metric(self, overrides: dict | None = None) -> CheckResult:
+        out = self.both("metric", batches=self.data.batches(self.eval_steps()), overrides=overrides)
+        return self._record("metric", out["torch"], out["paddle"])
+
+    def check_train(self) -> CheckResult:
+        """The guide's step 5: train_iters steps in train mode, loss curves and final metric within
+        the relative train tolerance (0.15 %), optionally the paddle metric against a benchmark."""
+        iters = self.cfg.train.train_iters
+        total = self.cfg.lr_scheduler.total_steps or iters
+        out = self.both("train", batches=self.data.batches(range(iters)), mode="train", total_steps=total,
+                        eval_batches=self.data.batches(self.heldout_steps()))
+        sides = {side: {**{f"loss_{i}": v for i, v in enumerate(out[side]["loss"])},
+                        **{f"metric_{k}": v for k, v in out[side]["metric"].items()}} for side in SIDES}
+        result = compare_dicts("train", sides["torch"], sides["paddle"], self.cfg.tolerance)
+        if self.benchmark:
+            self._against_benchmark(result, out["paddle"]["metric"])
+        dropout = sorted({f"{side}:{m['name']}" for side in SIDES for m in self.infos[side]["modules"] if m.get("dropout")})
+        if dropout:
+            result.notes.append(
+                f"the model has dropout ({', '.join(dropout[:3])}{'...' if len(dropout) > 3 else ''}): in train "
+                "mode each framework draws its own masks, so the curves can differ in a correct port; set p = 0 "
+                "for this check")
+        self.writer.check(result, sides["torch"], sides["paddle"])
+        note = plot.train_curve(self.writer.out_dir / "train_curve.png", out["torch"]["loss"], out["paddle"]["loss"],
+                                self.cfg.name)
+        if note:
+            result.notes.append(note)
+        return result
+
+    def _against_benchmark(self, result: CheckResult, paddle_metric: dict) -> None:
+        from harness.compare import load_side
+
+        reference = load_side(self.benchmark)
+        tol = self.cfg.tolerance.train
+        shared = [k for k in reference if k in paddle_metric or k.removeprefix("metric_") in paddle_metric]
+        if not shared:
+            raise UsageError(f"{self.benchmark}: no key matches the metric ({', '.join(paddle_metric)})")
+        for key in shared:
+            name = key.removeprefix("metric_")
+            ref = np.asarray(reference[key], np.float64).reshape(())
+            result.keys.append(compare_arrays(f"benchmark:{name}", ref, np.asarray(paddle_metric[name], np.float64), tol))
 
     def check_lr(self, overrides: dict | None = None) -> CheckResult:
         out = self.both("lr_schedule", total_steps=self.cfg.total_steps, overrides=overrides)
@@ -139,10 +190,14 @@ class Session:
 
 CHECK_METHODS = {
     "forward": Session.check_forward,
+    "metric": Session.check_metric,
     "loss": Session.check_loss,
     "lr": Session.check_lr,
     "backward": Session.check_backward,
+    "train": Session.check_train,
 }
+# The held-out evaluation batches of the train check are make_batch(rng, step) at these steps.
+HELDOUT_STEP = 1_000_000
 
 # A parameter whose gradient is this small against the largest one is driven by rounding noise.
 UNCONSTRAINED_RATIO = 1e-6

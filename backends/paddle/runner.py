@@ -40,7 +40,8 @@ class Runner(base.Runner):
                 for k, b in layer.named_buffers(include_sublayers=False)
                 if b.persistable
             }
-            table.append({"name": name, "type": type(layer).__name__, "params": params, "buffers": buffers})
+            table.append({"name": name, "type": type(layer).__name__, "params": params, "buffers": buffers,
+                          "dropout": float(getattr(layer, "p", 0.0) or 0.0) if "Dropout" in type(layer).__name__ else 0.0})
         return table
 
     def state(self, model) -> dict:
@@ -91,6 +92,12 @@ class Runner(base.Runner):
         if kind == "mse":
             return F.mse_loss(output, labels.reshape(output.shape).astype(output.dtype))
         raise ValueError(f"unknown loss kind '{kind}'")
+
+    def argmax(self, output):
+        return output.argmax(axis=-1)
+
+    def topk(self, output, k: int):
+        return paddle.topk(output.reshape([-1, output.shape[-1]]), k, axis=-1)[1]
 
     def make_stepper(self, model, cfg: dict, total_steps: int) -> base.Stepper:
         return build_stepper(model, cfg, total_steps, self._pair_fn("optimizer"))

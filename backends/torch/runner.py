@@ -49,7 +49,8 @@ class Runner(base.Runner):
         for name, mod in model.named_modules():
             params = {k: list(p.shape) for k, p in mod.named_parameters(recurse=False)}
             buffers = {k: list(b.shape) for k, b in mod.named_buffers(recurse=False) if k not in mod._non_persistent_buffers_set}
-            table.append({"name": name, "type": type(mod).__name__, "params": params, "buffers": buffers})
+            table.append({"name": name, "type": type(mod).__name__, "params": params, "buffers": buffers,
+                          "dropout": float(getattr(mod, "p", 0.0) or 0.0) if "Dropout" in type(mod).__name__ else 0.0})
         return table
 
     def state(self, model) -> dict:
@@ -94,6 +95,12 @@ class Runner(base.Runner):
         if kind == "mse":
             return F.mse_loss(output, labels.reshape(output.shape).to(output.dtype))
         raise ValueError(f"unknown loss kind '{kind}'")
+
+    def argmax(self, output):
+        return output.argmax(dim=-1)
+
+    def topk(self, output, k: int):
+        return output.reshape(-1, output.shape[-1]).topk(k, dim=-1).indices
 
     def make_stepper(self, model, cfg: dict, total_steps: int) -> base.Stepper:
         return build_stepper(model, cfg, total_steps, self._pair_fn("optimizer"))
