@@ -114,13 +114,19 @@ class Progress:
             self.status.__exit__(*exc)
 
 
-def _execute(cfg, out_dir: Optional[Path], timeout: float, device: str, as_json: bool, quiet: bool, verbose: bool):
+def _execute(cfg, out_dir: Optional[Path], timeout: float, device: str, as_json: bool, quiet: bool, verbose: bool,
+             benchmark: Optional[Path] = None):
     from harness import coordinator
 
     out_dir = (out_dir or Path("artifacts") / cfg.name).resolve()
+    if benchmark is not None:
+        if not benchmark.is_file():
+            raise UsageError(f"--benchmark: {benchmark}: file not found")
+        if "train" not in cfg.checks:
+            raise UsageError("--benchmark compares the train check's final metric: add train to --checks")
     # SIGTERM unwinds like Ctrl-C, so the workers are stopped and the shared-memory folder removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    opts = coordinator.RunOptions(out_dir=out_dir, timeout=timeout, device=device)
+    opts = coordinator.RunOptions(out_dir=out_dir, timeout=timeout, device=device, benchmark=benchmark)
     with Progress(err, quiet or as_json) as progress:
         report = coordinator.run(cfg, opts, progress)
     data = report.to_json()
