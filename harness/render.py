@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 MAX_KEYS_SHOWN = 12
@@ -78,8 +79,14 @@ def print_report(console: Console, report: dict, out_dir: str | None = None, ver
         where = f" at layer {div['layer']}" if div.get("layer") else ""
         step = f" (step {div['step']})" if div.get("step") is not None else ""
         console.print(f"[bold red]first divergence[/]: {div['check']}{where}{step}: {div.get('detail', '')}")
-    for note in report.get("notes", []):
-        console.print(f"[yellow]note[/]: {note}")
+    notes = list(report.get("notes", []))
+    for check in report["checks"]:
+        shown = check.get("notes", [])[:5]
+        notes += [f"{check['name']}: {n}" for n in shown]
+        if len(check.get("notes", [])) > 5:
+            notes.append(f"{check['name']}: ... {len(check['notes']) - 5} more notes in report.json")
+    for note in notes:
+        console.print(f"[yellow]note[/]: {escape(note)}", highlight=False)
     timing = report.get("timing") or {}
     if timing:
         console.print(

@@ -1,13 +1,17 @@
 """torch -> paddle weight mapping, framework-free, driven by the module tables both workers report.
 
-Each worker reports its modules as {name, type, params: {local: shape}, buffers: {...}}. The
-plan pairs torch modules with paddle modules, decides per tensor how it converts (copy,
-transpose, rename) by module *type*, and verifies that every paddle tensor is filled exactly
-once with an equal shape. Ambiguity or a leftover is an error, never a guess.
+Each worker reports its modules in definition order as {name, type, params, buffers, ids}. The
+plan pairs torch modules with paddle modules (same structured name first, then module *type*
+and order, with every shape verified), decides per tensor how it converts (copy, transpose,
+rename, split of a fused projection) by module type, and requires every paddle tensor to be
+filled exactly once. Ambiguity or a leftover is an error that names the modules, never a guess;
+a Linear weight is transposed because of its module type, so a square one cannot slip through.
 """
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,15 +25,25 @@ class Entry:
     torch_shape: tuple
     paddle_name: str
     paddle_shape: tuple
-    transform: str  # copy | transpose
+    transpose: bool = False
+    part: tuple | None = None  # (index, count): a slice along axis 0 of a fused tensor
+    alias_of: str | None = None  # paddle tensor that is the same object as another one
+
+    @property
+    def transform(self) -> str:
+        steps = []
+        if self.part:
+            steps.append(f"split {self.part[0] + 1}/{self.part[1]}")
+        if self.transpose:
+            steps.append("transpose")
+        if self.alias_of:
+            steps.append(f"alias of {self.alias_of}")
+        return ", ".join(steps) or "copy"
 
     def apply(self, value: np.ndarray) -> np.ndarray:
-        if self.transform == "transpose":
-            return np.ascontiguousarray(value.T)
-        return value
-
-    def invert(self, value: np.ndarray) -> np.ndarray:
-        return self.apply(value)  # both transforms are their own inverse
+        if self.part:
+            value = np.split(value, self.part[1], axis=0)[self.part[0]]
+        return np.ascontiguousarray(value.T) if self.transpose else value
 
 
 @dataclass
@@ -40,77 +54,222 @@ class Plan:
     def to_paddle(self, state: dict) -> dict:
         return {e.paddle_name: e.apply(np.asarray(state[e.torch_name])) for e in self.entries}
 
+    def to_torch(self, paddle_state: dict) -> dict:
+        """The reverse direction: paddle tensors re-laid-out under torch names (fused parts joined)."""
+        parts: dict = defaultdict(list)
+        for e in self.entries:
+            if e.alias_of or e.paddle_name not in paddle_state:
+                continue
+            value = np.asarray(paddle_state[e.paddle_name])
+            parts[e.torch_name].append((e.part[0] if e.part else 0, value.T if e.transpose else value))
+        return {name: np.concatenate([v for _, v in sorted(p, key=lambda x: x[0])], axis=0) if len(p) > 1 else p[0][1]
+                for name, p in parts.items()}
+
     def paddle_to_torch_names(self, arrays: dict) -> dict:
-        """Paddle-side arrays renamed and re-laid-out as torch's, for side-by-side diffs."""
-        by_paddle = {e.paddle_name: e for e in self.entries}
-        return {by_paddle[k].torch_name: by_paddle[k].invert(v) for k, v in arrays.items() if k in by_paddle}
+        """Paddle-side arrays (parameters, gradients) under torch names and layouts, for diffs."""
+        fused = {e.torch_name for e in self.entries if e.part}
+        out = self.to_torch(arrays)
+        return {k: v for k, v in out.items() if k not in fused or self._complete(k, arrays)}
+
+    def _complete(self, torch_name: str, arrays: dict) -> bool:
+        return all(e.paddle_name in arrays for e in self.entries if e.torch_name == torch_name and not e.alias_of)
 
     def table(self) -> str:
         rows = [("torch name", "torch shape", "paddle name", "paddle shape", "transform")]
-        rows += [(e.torch_name, str(list(e.torch_shape)), e.paddle_name, str(list(e.paddle_shape)), e.transform) for e in self.entries]
+        rows += [(e.torch_name, str(list(e.torch_shape)), e.paddle_name, str(list(e.paddle_shape)), e.transform)
+                 for e in self.entries]
         rows += [(name, "", "-", "", f"dropped: {why}") for name, why in self.dropped]
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
 
 
-def _kind(module_type: str) -> str:
+# ---------------------------------------------------------------------------- module kinds
+_KIND_ALIASES = {
+    "nondynamicallyquantizablelinear": "linear",
+    "syncbatchnorm": "batchnorm",
+    "simplernn": "rnn",
+    "multiheadattention": "mha",
+}
+
+
+def kind(module_type: str) -> str:
+    """torch and paddle class names to one vocabulary: Conv2d/Conv2D -> conv2d, BatchNorm2D -> batchnorm,
+    ConvTranspose2d/Conv2DTranspose -> convtranspose2d."""
     t = module_type.lower()
-    if t in ("linear",):
-        return "linear"
-    if t.startswith("batchnorm") or t in ("syncbatchnorm",):
-        return "batchnorm"
+    if t in _KIND_ALIASES:
+        return _KIND_ALIASES[t]
+    m = re.fullmatch(r"conv(\d)dtranspose", t)
+    if m:
+        return f"convtranspose{m.group(1)}d"
+    if t.startswith("batchnorm") or t.startswith("instancenorm"):
+        return re.sub(r"\d.*$", "", t)
     return t
 
 
-# torch local name -> paddle local name, per module kind
-RENAMES = {"batchnorm": {"running_mean": "_mean", "running_var": "_variance"}}
+RENAMES = {"batchnorm": {"running_mean": "_mean", "running_var": "_variance"}, "prelu": {"weight": "_weight"}}
 DROPPED = {"batchnorm": {"num_batches_tracked": "no paddle counterpart"}}
 TRANSPOSED = {"linear": {"weight"}}
+FUSED_QKV = {"in_proj_weight": "weight", "in_proj_bias": "bias"}
+SEPARATE_QKV = {"q_proj_weight": "q_proj.weight", "k_proj_weight": "k_proj.weight", "v_proj_weight": "v_proj.weight"}
+MHA_CHILDREN = ("q_proj", "k_proj", "v_proj")
+
+
+def _full(module: str, local: str) -> str:
+    return f"{module}.{local}" if module else local
 
 
 def _tensors(module: dict) -> dict:
     return {**module["params"], **module["buffers"]}
 
 
-def plan(torch_modules: list, paddle_modules: list) -> Plan:
-    paddle_by_name = {m["name"]: m for m in paddle_modules}
-    entries, dropped = [], []
-    filled: dict[str, str] = {}
-    for tm in torch_modules:
-        tensors = _tensors(tm)
-        if not tensors:
-            continue
-        pm = paddle_by_name.get(tm["name"])
-        if pm is None:
-            raise UsageError(
-                f"weight mapping: torch module '{tm['name']}' ({tm['type']}) has no paddle module of the same name; "
-                "give the pair a torch_to_paddle(state) function or align the attribute names"
-            )
-        kind = _kind(tm["type"])
-        ptensors = _tensors(pm)
-        for local, shape in tensors.items():
-            tname = f"{tm['name']}.{local}" if tm["name"] else local
-            if local in DROPPED.get(kind, {}):
-                dropped.append((tname, DROPPED[kind][local]))
-                continue
-            plocal = RENAMES.get(kind, {}).get(local, local)
-            if plocal not in ptensors:
-                raise UsageError(f"weight mapping: torch '{tname}' has no counterpart '{plocal}' in paddle module '{pm['name']}' ({pm['type']})")
-            pname = f"{pm['name']}.{plocal}" if pm["name"] else plocal
-            transform = "transpose" if local in TRANSPOSED.get(kind, set()) and len(shape) == 2 else "copy"
-            expect = tuple(reversed(shape)) if transform == "transpose" else tuple(shape)
-            if tuple(ptensors[plocal]) != expect:
+class _Planner:
+    def __init__(self, torch_modules: list, paddle_modules: list):
+        self.entries: list = []
+        self.dropped: list = []
+        self.filled: dict = {}
+        self.paddle_shapes: dict = {}
+        self.paddle_alias: dict = {}  # alias full name -> first full name of the same tensor
+        first_by_id: dict = {}
+        for m in paddle_modules:
+            for local, shape in _tensors(m).items():
+                full = _full(m["name"], local)
+                self.paddle_shapes[full] = tuple(shape)
+                ident = m.get("ids", {}).get(local)
+                if ident is not None and ident in first_by_id:
+                    self.paddle_alias[full] = first_by_id[ident]
+                elif ident is not None:
+                    first_by_id[ident] = full
+        self.torch_tied: dict = {}
+        seen: dict = {}
+        for m in torch_modules:
+            for local in _tensors(m):
+                ident = m.get("ids", {}).get(local)
+                if ident is not None and ident in seen:
+                    self.torch_tied[_full(m["name"], local)] = seen[ident]
+                elif ident is not None:
+                    seen[ident] = _full(m["name"], local)
+        self.torch_modules = [m for m in torch_modules if self._owns_tensors(m, torch=True)]
+        self.paddle_modules = [m for m in paddle_modules if kind(m["type"]) == "mha" or self._owns_tensors(m, torch=False)]
+
+    def _owns_tensors(self, m: dict, torch: bool) -> bool:
+        names = [_full(m["name"], k) for k in _tensors(m)]
+        aliases = self.torch_tied if torch else self.paddle_alias
+        return any(n not in aliases for n in names)
+
+    # ------------------------------------------------------------------ matching
+    def match(self) -> list:
+        pairs = []
+        by_name = {m["name"]: m for m in self.paddle_modules}
+        used_paddle: set = set()
+        rest_torch = []
+        for tm in self.torch_modules:
+            pm = by_name.get(tm["name"])
+            if pm is not None and kind(pm["type"]) == kind(tm["type"]) and pm["name"] not in used_paddle:
+                pairs.append((tm, pm))
+                used_paddle.add(pm["name"])
+                used_paddle.update(self._consumed_children(tm, pm))
+            else:
+                rest_torch.append(tm)
+        rest_paddle = [m for m in self.paddle_modules if m["name"] not in used_paddle]
+        groups_t, groups_p = defaultdict(list), defaultdict(list)
+        for m in rest_torch:
+            groups_t[kind(m["type"])].append(m)
+        for m in rest_paddle:
+            groups_p[kind(m["type"])].append(m)
+        # MHA first: it consumes paddle's q/k/v Linear children before Linears are paired by order
+        for k in sorted(set(groups_t) | set(groups_p), key=lambda k: k != "mha"):
+            ts = groups_t.get(k, [])
+            ps = [m for m in groups_p.get(k, []) if m["name"] not in used_paddle]
+            if len(ts) != len(ps):
                 raise UsageError(
-                    f"weight mapping: torch '{tname}' {list(shape)} ({transform}) does not fit paddle '{pname}' {list(ptensors[plocal])}"
+                    f"weight mapping: {len(ts)} torch {k} module(s) without a same-named paddle module "
+                    f"({_names(ts)}) but {len(ps)} such paddle module(s) ({_names(ps)}); give the pair a "
+                    "torch_to_paddle(state) function or align the attribute names"
                 )
-            if pname in filled:
-                raise UsageError(f"weight mapping: paddle '{pname}' would be filled twice (from {filled[pname]} and {tname})")
-            filled[pname] = tname
-            entries.append(Entry(tname, tuple(shape), pname, tuple(ptensors[plocal]), transform))
-    unfilled = [
-        f"{m['name']}.{k}" if m["name"] else k for m in paddle_modules for k in _tensors(m)
-        if (f"{m['name']}.{k}" if m["name"] else k) not in filled
-    ]
-    if unfilled:
-        raise UsageError(f"weight mapping: paddle tensors left unfilled: {', '.join(unfilled[:8])}{' ...' if len(unfilled) > 8 else ''}")
-    return Plan(entries, dropped)
+            for tm, pm in zip(ts, ps):
+                pairs.append((tm, pm))
+                used_paddle.add(pm["name"])
+                used_paddle.update(self._consumed_children(tm, pm))
+                for g in groups_p.values():  # children consumed by an MHA leave the Linear pool
+                    g[:] = [m for m in g if m["name"] not in used_paddle]
+        return pairs
+
+    @staticmethod
+    def _consumed_children(tm: dict, pm: dict) -> set:
+        return {_full(pm["name"], c) for c in MHA_CHILDREN} if kind(tm["type"]) == "mha" else set()
+
+    # ------------------------------------------------------------------ tensors
+    def convert(self, tm: dict, pm: dict) -> None:
+        k = kind(tm["type"])
+        ptensors = {_full(pm["name"], loc): tuple(s) for loc, s in _tensors(pm).items()}
+        for local, shape in _tensors(tm).items():
+            tname = _full(tm["name"], local)
+            if tname in self.torch_tied:
+                self.dropped.append((tname, f"tied to {self.torch_tied[tname]}"))
+                continue
+            if local in DROPPED.get(k, {}):
+                self.dropped.append((tname, DROPPED[k][local]))
+                continue
+            shape = tuple(shape)
+            if k == "mha" and local in FUSED_QKV:
+                for i, child in enumerate(MHA_CHILDREN):
+                    self._add(tname, shape, _full(pm["name"], f"{child}.{FUSED_QKV[local]}"),
+                              transpose=len(shape) == 2, part=(i, 3))
+                continue
+            if k == "mha" and local in SEPARATE_QKV:
+                self._add(tname, shape, _full(pm["name"], SEPARATE_QKV[local]), transpose=True)
+                continue
+            pname = _full(pm["name"], RENAMES.get(k, {}).get(local, local))
+            if pname not in ptensors:
+                raise UsageError(
+                    f"weight mapping: torch '{tname}' has no counterpart in paddle module '{pm['name']}' "
+                    f"({pm['type']}: {', '.join(sorted(_tensors(pm))) or 'no tensors'})"
+                )
+            self._add(tname, shape, pname, transpose=local in TRANSPOSED.get(k, set()) and len(shape) == 2)
+
+    def _add(self, tname: str, shape: tuple, pname: str, transpose: bool = False, part: tuple | None = None) -> None:
+        if pname not in self.paddle_shapes:
+            raise UsageError(f"weight mapping: torch '{tname}' maps to paddle '{pname}', which the paddle model lacks")
+        expect = (shape[0] // part[1], *shape[1:]) if part else shape
+        if part and shape[0] % part[1]:
+            raise UsageError(f"weight mapping: torch '{tname}' {list(shape)} does not split into {part[1]} parts")
+        if transpose:
+            expect = tuple(reversed(expect))
+        got = self.paddle_shapes[pname]
+        if got != expect:
+            what = "transposed " if transpose else ""
+            raise UsageError(
+                f"weight mapping: torch '{tname}' {list(shape)} ({what}{'split ' if part else ''}expected "
+                f"{list(expect)}) does not fit paddle '{pname}' {list(got)}"
+            )
+        if pname in self.filled:
+            raise UsageError(f"weight mapping: paddle '{pname}' would be filled twice (from {self.filled[pname]} and {tname})")
+        self.filled[pname] = tname
+        self.entries.append(Entry(tname, shape, pname, got, transpose, part))
+
+    def finish(self) -> Plan:
+        for alias, original in self.paddle_alias.items():
+            source = next((e for e in self.entries if e.paddle_name == original), None)
+            if source is not None:
+                self.filled[alias] = source.torch_name
+                self.entries.append(Entry(source.torch_name, source.torch_shape, alias, self.paddle_shapes[alias],
+                                          source.transpose, source.part, alias_of=original))
+        unfilled = [n for n in self.paddle_shapes if n not in self.filled]
+        if unfilled:
+            raise UsageError(
+                f"weight mapping: paddle tensors left unfilled: {', '.join(unfilled[:8])}"
+                f"{' ...' if len(unfilled) > 8 else ''} (no torch tensor maps to them)"
+            )
+        return Plan(self.entries, self.dropped)
+
+
+def _names(modules: list) -> str:
+    shown = ", ".join(f"'{m['name']}'" for m in modules[:4])
+    return (shown + (" ..." if len(modules) > 4 else "")) or "none"
+
+
+def plan(torch_modules: list, paddle_modules: list) -> Plan:
+    planner = _Planner(torch_modules, paddle_modules)
+    for tm, pm in planner.match():
+        planner.convert(tm, pm)
+    return planner.finish()

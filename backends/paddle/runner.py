@@ -40,7 +40,10 @@ class Runner(base.Runner):
                 for k, b in layer.named_buffers(include_sublayers=False)
                 if b.persistable
             }
-            table.append({"name": name, "type": type(layer).__name__, "params": params, "buffers": buffers,
+            # paddle's RNN cells hold the same tensors as the RNN layer itself: identities reveal that
+            ids = {k: t.name for k, t in [*layer.named_parameters(include_sublayers=False),
+                                         *layer.named_buffers(include_sublayers=False)]}
+            table.append({"name": name, "type": type(layer).__name__, "params": params, "buffers": buffers, "ids": ids,
                           "dropout": float(getattr(layer, "p", 0.0) or 0.0) if "Dropout" in type(layer).__name__ else 0.0})
         return table
 

@@ -49,7 +49,9 @@ class Runner(base.Runner):
         for name, mod in model.named_modules():
             params = {k: list(p.shape) for k, p in mod.named_parameters(recurse=False)}
             buffers = {k: list(b.shape) for k, b in mod.named_buffers(recurse=False) if k not in mod._non_persistent_buffers_set}
-            table.append({"name": name, "type": type(mod).__name__, "params": params, "buffers": buffers,
+            # identities reveal tied tensors (one tensor under two names)
+            ids = {k: str(id(t)) for k, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]}
+            table.append({"name": name, "type": type(mod).__name__, "params": params, "buffers": buffers, "ids": ids,
                           "dropout": float(getattr(mod, "p", 0.0) or 0.0) if "Dropout" in type(mod).__name__ else 0.0})
         return table
 
