@@ -86,6 +86,7 @@ class Runner:
     def state(self, model) -> dict: ...
     def load_state(self, model, state: dict) -> None: ...
     def set_train(self, model, training: bool) -> None: ...
+    def allow_backward_in_eval(self, model) -> None: """Undo eval mode where a framework cannot backprop in it."""
     def no_grad(self): return contextlib.nullcontext()
     def to_tensor(self, array: np.ndarray): ...
     def to_numpy(self, tensor) -> np.ndarray: ...
@@ -97,6 +98,10 @@ class Runner:
     def make_stepper(self, model, cfg: dict, total_steps: int) -> Stepper: ...
     def argmax(self, output): ...  # class indices over the last axis
     def topk(self, output, k: int): ...  # (N, k) indices over the last axis
+    # for localization (backends/trace.py)
+    def named_modules(self, model) -> list: ...  # [(structured name, module)], the model itself as ""
+    def hook_forward(self, module, pre, post) -> list: ...  # pre(inputs), post(output); returns removers
+    def hook_grad(self, tensor, fn) -> None: ...  # fn(grad) once the gradient w.r.t. tensor is known
 
     # ---------------------------------------------------------------- helpers
     def _pair_fn(self, stem: str):
@@ -258,6 +263,8 @@ class Runner:
         self._restore()
         self._dirty = True
         self.set_train(self.model, mode == "train")
+        if mode != "train":
+            self.allow_backward_in_eval(self.model)
         stepper = self.make_stepper(self.model, self._config(overrides), total_steps)
         losses, lrs, grads = [], [], {}
         for i, batch in enumerate(batches):
@@ -279,6 +286,23 @@ class Runner:
         else:
             result["metric"] = self._evaluate(eval_batches)
         return result
+
+    def op_trace_begin(self, mode: str, total_steps: int, overrides: dict | None = None,
+                       eval_modules: tuple = ()) -> dict:
+        """Start a hooked run from the initial weights (harness/locate.py drives it step by step)."""
+        from backends.trace import Tracer
+
+        self._restore()
+        self._dirty = True
+        self._tracer = Tracer(self, mode, total_steps, self._config(overrides), eval_modules)
+        return {"state": self.state(self.model), "params": self.params(self.model)}
+
+    def op_trace_step(self, batch: dict, backward: bool = False, update: bool = False, with_loss: bool = True,
+                      sync: dict | None = None, raw: bool = False) -> dict:
+        """One hooked step; sync first loads the other side's state (so each step starts equal)."""
+        if sync is not None:
+            self.load_state(self.model, self.pair.torch_to_paddle(dict(sync)) if raw else dict(sync))
+        return self._tracer.step(batch, backward, update, with_loss)
 
     def op_metric(self, batches: list, overrides: dict | None = None) -> dict:
         self._restore()

@@ -70,6 +70,17 @@ class Runner(base.Runner):
     def set_train(self, model, training: bool) -> None:
         model.train() if training else model.eval()
 
+    def allow_backward_in_eval(self, model) -> None:
+        # paddle's RNN kernels keep no reserve space in eval mode, so backward fails there
+        # ("Tensor holds no memory", paddle 3.3). Without inter-layer dropout train mode computes
+        # the same thing, so such RNNs train in train mode; with dropout that would differ: say so.
+        for name, layer in model.named_sublayers(include_self=True):
+            if isinstance(layer, paddle.nn.layer.rnn.RNNBase):
+                if getattr(layer, "dropout", 0.0):
+                    raise ValueError(f"paddle RNN '{name}' has dropout {layer.dropout}: paddle cannot backprop an RNN in "
+                                     "eval mode, and train mode would drop out; set its dropout to 0 for the backward check")
+                layer.train()
+
     def no_grad(self):
         return paddle.no_grad()
 
@@ -104,6 +115,18 @@ class Runner(base.Runner):
 
     def make_stepper(self, model, cfg: dict, total_steps: int) -> base.Stepper:
         return build_stepper(model, cfg, total_steps, self._pair_fn("optimizer"))
+
+    def named_modules(self, model) -> list:
+        return list(model.named_sublayers(include_self=True))
+
+    def hook_forward(self, module, pre, post) -> list:
+        handles = [module.register_forward_pre_hook(lambda layer, inputs: pre(inputs) and None),
+                   module.register_forward_post_hook(lambda layer, inputs, out: post(out) and None)]
+        return [h.remove for h in handles]
+
+    def hook_grad(self, tensor, fn) -> None:
+        if not tensor.stop_gradient:
+            tensor.register_hook(lambda g: fn(g) and None)
 
 
 def paddle_dtype_name(dtype) -> str:

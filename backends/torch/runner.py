@@ -106,3 +106,15 @@ class Runner(base.Runner):
 
     def make_stepper(self, model, cfg: dict, total_steps: int) -> base.Stepper:
         return build_stepper(model, cfg, total_steps, self._pair_fn("optimizer"))
+
+    def named_modules(self, model) -> list:
+        return list(model.named_modules())
+
+    def hook_forward(self, module, pre, post) -> list:
+        handles = [module.register_forward_pre_hook(lambda m, args: pre(args)),
+                   module.register_forward_hook(lambda m, args, out: post(out))]
+        return [h.remove for h in handles]
+
+    def hook_grad(self, tensor, fn) -> None:
+        if tensor.requires_grad:
+            tensor.register_hook(lambda g: fn(g) and None)

@@ -1,0 +1,111 @@
+"""Recording for localization (harness/locate.py): every module call's inputs and outputs, the
+gradients that arrive at each output, parameter gradients, and the state after an update.
+
+Written once over the Runner's framework primitives (named_modules, hook_forward, hook_grad),
+so torch and paddle record exactly the same things in the same shape. Only used when a check
+failed or the user asked for --locate: the plain checks never install a hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+
+class Recorder:
+    """Hooks on every module of a model; calls are keyed '<structured name>#<call index>'."""
+
+    def __init__(self, runner, model):
+        self.runner = runner
+        self.calls: list = []  # in exit order: children before the module that called them
+        self.entered: list = []  # call keys in entry order (parents first)
+        self.out_grads: dict = {}  # call key -> {leaf: array}
+        self._count: dict = {}
+        self._open: list = []  # call keys being executed, innermost last
+        self._exits = 0
+        self._removers: list = []
+        for name, module in runner.named_modules(model):
+            self._removers += runner.hook_forward(module, self._pre(name, module), self._post(name, module))
+
+    def close(self) -> None:
+        for remove in self._removers:
+            remove()
+        self._removers = []
+
+    def _leaves(self, value, prefix: str) -> dict:
+        return {k: t for k, t in self.runner._tensor_leaves(value, prefix)}
+
+    def _pre(self, name, module):
+        def hook(inputs):
+            index = self._count.get(name, 0)
+            self._count[name] = index + 1
+            key = f"{name}#{index}"
+            parent = self._open[-1] if self._open else None
+            self._open.append(key)
+            self.entered.append(key)
+            # inputs copied at entry: an in-place module (ReLU(inplace=True)) overwrites them later
+            inputs = {k: self.runner.to_numpy(t).copy() for k, t in self._leaves(tuple(inputs), "in").items()}
+            self.calls.append({"key": key, "name": name, "type": type(module).__name__, "parent": parent,
+                               "inputs": inputs, "outputs": None})
+        return hook
+
+    def _post(self, name, module):
+        def hook(output):
+            key = self._open.pop() if self._open else f"{name}#?"
+            record = next(c for c in reversed(self.calls) if c["key"] == key)
+            leaves = self._leaves(output, "out")
+            record["outputs"] = {k: self.runner.to_numpy(t).copy() for k, t in leaves.items()}
+            record["exit"] = self._exits
+            self._exits += 1
+            for leaf, tensor in leaves.items():
+                self.runner.hook_grad(tensor, self._grad(key, leaf))
+        return hook
+
+    def _grad(self, key, leaf):
+        def hook(grad):
+            self.out_grads.setdefault(key, {})[leaf] = self.runner.to_numpy(grad).copy()
+        return hook
+
+
+class Tracer:
+    """One traced training (or evaluation) run: begin() once, then step() per batch."""
+
+    def __init__(self, runner, mode: str, total_steps: int, cfg: dict, eval_modules=()):
+        self.runner = runner
+        model = runner.model
+        runner.set_train(model, mode == "train")
+        modules = dict(runner.named_modules(model))
+        for name in eval_modules:  # dropout off: each framework would draw its own masks
+            if name in modules:
+                runner.set_train(modules[name], False)
+        self.stepper = runner.make_stepper(model, cfg, total_steps)
+
+    def step(self, batch: dict, backward: bool, update: bool, with_loss: bool) -> dict:
+        runner, model = self.runner, self.runner.model
+        recorder = Recorder(runner, model)
+        result: dict = {}
+        try:
+            grad_ctx = contextlib.nullcontext() if backward else runner.no_grad()
+            with grad_ctx:
+                t = runner.tensors(batch)
+                output = runner.run_forward(t)
+                result["output"] = runner.flatten(output)
+                loss = runner.run_loss(output, t) if (with_loss or backward) else None
+                if loss is not None:
+                    result["loss"] = runner.scalar(loss)
+            if backward:
+                runner.backward(loss)
+                result["grads"] = runner.grads(model)
+        finally:
+            recorder.close()
+        result["calls"] = [{k: v for k, v in c.items() if k != "exit"} for c in
+                           sorted(recorder.calls, key=lambda c: c.get("exit", len(recorder.calls)))]
+        result["entered"] = recorder.entered
+        result["out_grads"] = recorder.out_grads
+        if update:
+            self.stepper.step()
+            self.stepper.zero_grad()
+            result["state"] = runner.state(model)
+            result["params"] = runner.params(model)
+        elif backward:
+            self.stepper.zero_grad()
+        return result
