@@ -207,6 +207,32 @@ class Runner:
             "custom_optimizer": self._pair_fn("optimizer") is not None,
         }
 
+    def read_checkpoint(self, path: str) -> dict: ...  # numpy state of a framework checkpoint file
+    def write_checkpoint(self, model, path: str) -> None: ...
+
+    def op_read_checkpoint(self, path: str) -> dict:
+        state = self.read_checkpoint(path)
+        if not isinstance(state, dict) or not state:
+            raise ValueError(f"{path}: expected a state dict of tensors")
+        return state
+
+    def op_load_state(self, state: dict, keep_own: tuple = ()) -> dict:
+        """Strict load into this side's model; the new initial state for every check. keep_own
+        names tensors the other framework has no counterpart of (BatchNorm's batch counter)."""
+        state = dict(state)
+        if keep_own:
+            own = self.state(self.model)
+            state.update({k: own[k] for k in keep_own if k in own and k not in state})
+        self.load_state(self.model, state)
+        self._initial = self.state(self.model)
+        self._dirty = False
+        return {"loaded": len(state)}
+
+    def op_write_checkpoint(self, state: dict, path: str, keep_own: tuple = ()) -> dict:
+        self.op_load_state(state, keep_own)  # strict: a converted file that does not fit the model is never written
+        self.write_checkpoint(self.model, path)
+        return {"path": path}
+
     def op_export_state(self) -> dict:
         self._initial = self.state(self.model)
         return self._initial
@@ -214,9 +240,7 @@ class Runner:
     def op_import_state(self, state: dict, raw: bool = False) -> dict:
         if raw:  # the pair converts torch's state itself
             state = self.pair.torch_to_paddle(dict(state))
-        self.load_state(self.model, state)
-        self._initial = self.state(self.model)
-        return {"loaded": len(state)}
+        return self.op_load_state(state)
 
     def _restore(self) -> None:
         if self._dirty and self._initial is not None:

@@ -115,7 +115,7 @@ class Progress:
 
 
 def _execute(cfg, out_dir: Optional[Path], timeout: float, device: str, as_json: bool, quiet: bool, verbose: bool,
-             benchmark: Optional[Path] = None):
+             benchmark: Optional[Path] = None, weights: Optional[Path] = None, locate: bool = False):
     from harness import coordinator
 
     out_dir = (out_dir or Path("artifacts") / cfg.name).resolve()
@@ -126,7 +126,10 @@ def _execute(cfg, out_dir: Optional[Path], timeout: float, device: str, as_json:
             raise UsageError("--benchmark compares the train check's final metric: add train to --checks")
     # SIGTERM unwinds like Ctrl-C, so the workers are stopped and the shared-memory folder removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    opts = coordinator.RunOptions(out_dir=out_dir, timeout=timeout, device=device, benchmark=benchmark)
+    if weights is not None:
+        coordinator.checkpoint_side(weights)  # a missing or unknown file is a usage error, before any worker starts
+    opts = coordinator.RunOptions(out_dir=out_dir, timeout=timeout, device=device, benchmark=benchmark, weights=weights,
+                                  locate=locate)
     with Progress(err, quiet or as_json) as progress:
         report = coordinator.run(cfg, opts, progress)
     data = report.to_json()
@@ -161,7 +164,9 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every key of every check."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Start both models from this checkpoint (.pt/.pth torch, .pdparams paddle)."),
     benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="reprod_log .npy with the metric the paddle train run must reach (e.g. a paper's), judged with the train tolerance."),
+    locate: bool = typer.Option(False, "--locate", help="Trace every module (outputs, gradients, updates, BatchNorm statistics) even when the checks pass; on a failure this always happens."),
 ):
     """Run the checks of a pair and write the artifacts. Exit 0 aligned, 1 misaligned, 2 usage, 3 worker failure.
 
@@ -174,7 +179,7 @@ def run(
         cfg = cfg.replace(checks=config.parse_checks(checks, lambda m: UsageError(f"--checks: {m}")))
     if iters:
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, iters=iters))
-    _execute(cfg, out_dir, timeout, device, as_json, quiet, verbose, benchmark)
+    _execute(cfg, out_dir, timeout, device, as_json, quiet, verbose, benchmark, weights, locate)
 
 
 @app.command()
@@ -185,6 +190,66 @@ def demo(
 ):
     """Run the built-in tiny_transformer pair through every check (about 30 s on a 2-core CPU)."""
     _execute(config.load_zoo("tiny_transformer"), out_dir, timeout, "auto", False, False, False)
+
+
+@app.command()
+@guarded
+def convert(
+    pair_toml: Path = typer.Option(..., "--pair", help="The pair whose models define the mapping."),
+    torch_weights: Optional[Path] = typer.Option(None, "--torch-weights", help="A torch state dict (.pt/.pth), loaded with weights_only=True."),
+    paddle_weights: Optional[Path] = typer.Option(None, "--paddle-weights", help="A paddle state dict (.pdparams)."),
+    out_path: Path = typer.Option(..., "--out", help="Where to write the other framework's checkpoint."),
+    timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
+):
+    """Convert a checkpoint between the frameworks with the same mapping `run` uses.
+
+    Examples: reprod-harness convert --pair pair.toml --torch-weights model.pt --out model.pdparams ;
+    reprod-harness convert --pair pair.toml --paddle-weights model.pdparams --out model.pt
+    """
+    import tempfile
+
+    from harness import coordinator
+
+    if (torch_weights is None) == (paddle_weights is None):
+        raise UsageError("give exactly one of --torch-weights or --paddle-weights")
+    source = torch_weights or paddle_weights
+    side = coordinator.checkpoint_side(source)
+    if side != ("torch" if torch_weights else "paddle"):
+        raise UsageError(f"{source}: a {side} checkpoint given as --{'torch' if torch_weights else 'paddle'}-weights")
+    wanted = ".pdparams" if side == "torch" else (".pt", ".pth")
+    if not str(out_path).endswith(wanted):
+        raise UsageError(f"--out {out_path}: expected a {' or '.join(wanted) if isinstance(wanted, tuple) else wanted} file")
+    cfg = config.load(pair_toml)
+    with tempfile.TemporaryDirectory() as tmp, Progress(err, False) as progress:
+        session = coordinator.Session(cfg, coordinator.RunOptions(out_dir=Path(tmp), timeout=timeout), progress)
+        try:
+            session.start()
+            progress(f"converting {source.name}")
+            session.convert(source.resolve(), out_path.resolve())
+        finally:
+            session.close()
+    out.print(f"wrote {out_path} ({'paddle' if side == 'torch' else 'torch'} checkpoint, mapped strictly)")
+
+
+@app.command()
+@guarded
+def init(
+    directory: Path = typer.Argument(Path("."), help="Folder for pair.toml and pair.py (created if missing)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+):
+    """Write a commented starter pair.toml + pair.py that runs as is.
+
+    Example: reprod-harness init my_port && reprod-harness run my_port/pair.toml
+    """
+    templates = Path(__file__).parent / "templates"
+    targets = [directory / name for name in ("pair.toml", "pair.py")]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not force:
+        raise UsageError(f"{', '.join(existing)} already exist (use --force to overwrite)")
+    directory.mkdir(parents=True, exist_ok=True)
+    for target in targets:
+        target.write_text((templates / target.name).read_text())
+    out.print(f"wrote {targets[0]} and {targets[1]}; next: reprod-harness run {targets[0]}")
 
 
 @app.command()

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from harness import plot, weights
+from harness import locate, plot, weights
 from harness.config import RunConfig
 from harness.data import BatchSource
 from harness.diff import CheckResult, compare_arrays, compare_dicts
@@ -30,6 +30,8 @@ class RunOptions:
     device: str = "auto"  # auto | cpu | gpu
     threads: int | None = None  # per worker; None: half the cores each
     benchmark: Path | None = None  # reprod_log .npy with the metric the paddle run must reach
+    weights: Path | None = None  # start both models from this checkpoint (.pt / .pdparams)
+    locate: bool = False  # trace every module even when all checks pass (they always are on a failure)
 
 
 def worker_threads(requested: int | None) -> int:
@@ -61,17 +63,59 @@ class Session:
         self.data.batch(0)  # a broken make_batch is a usage error: find it before any process starts
         self.progress("starting the torch and paddle workers")
         self.group.start()
+        self.setup()
+
+    def setup(self) -> None:
+        """Build both models from self.cfg and share the weights (again after cfg and data were
+        replaced: the same workers then serve another pair, as the localization tests do)."""
+        self.plan = None
         self.infos = self.both("setup", cfg=self.cfg.to_wire())
         self.progress("sharing the torch initial weights with paddle")
+        if not self.infos["paddle"]["custom_mapping"]:
+            self.plan = weights.plan(self.infos["torch"]["modules"], self.infos["paddle"]["modules"])
+            self.writer.text("weight_map.txt", self.plan.table())
+        else:
+            self.writer.text("weight_map.txt", "converted by the pair's torch_to_paddle(state)\n")
+        if self.opts.weights is not None:
+            self._load_checkpoint(self.opts.weights)
         state = self.one("torch", "export_state")
         self.initial_torch = state
-        if self.infos["paddle"]["custom_mapping"]:
+        if self.plan is None:
             self.one("paddle", "import_state", state=state, raw=True)
-            self.writer.text("weight_map.txt", "converted by the pair's torch_to_paddle(state)\n")
         else:
-            self.plan = weights.plan(self.infos["torch"]["modules"], self.infos["paddle"]["modules"])
             self.one("paddle", "import_state", state=self.plan.to_paddle(state))
-            self.writer.text("weight_map.txt", self.plan.table())
+
+    def _load_checkpoint(self, path: Path) -> None:
+        """--weights: both sides start from a checkpoint of either framework."""
+        side = checkpoint_side(path)
+        self.progress(f"loading {path.name} ({side} checkpoint)")
+        state = self.one(side, "read_checkpoint", path=str(path))
+        if side == "paddle":
+            if self.plan is None:
+                raise UsageError(f"--weights {path}: a paddle checkpoint needs the automatic mapping to reach torch "
+                                 "(the pair defines its own torch_to_paddle); give a torch checkpoint instead")
+            state = self.plan.to_torch(state)
+        self.one("torch", "load_state", state=state, keep_own=self._torch_only())
+
+    def convert(self, source: Path, target: Path) -> None:
+        """`reprod-harness convert`: a checkpoint of one framework written as the other's, via the plan."""
+        side = checkpoint_side(source)
+        state = self.one(side, "read_checkpoint", path=str(source))
+        if side == "torch":
+            if self.plan is None:
+                self.one("paddle", "import_state", state=state, raw=True)
+                state = self.one("paddle", "export_state")
+            else:
+                state = self.plan.to_paddle(state)
+            self.one("paddle", "write_checkpoint", state=state, path=str(target))
+        else:
+            if self.plan is None:
+                raise UsageError("convert: paddle -> torch needs the automatic mapping (the pair defines torch_to_paddle)")
+            self.one("torch", "write_checkpoint", state=self.plan.to_torch(state), path=str(target),
+                     keep_own=self._torch_only())
+
+    def _torch_only(self) -> tuple:
+        return tuple(name for name, _ in self.plan.dropped)
 
     def close(self) -> None:
         self.group.close()
@@ -261,6 +305,18 @@ def _release(result: CheckResult, key, why: str, note_only: bool = False) -> Non
         result.notes.append(f"{key.key}: {why}")
 
 
+CHECKPOINT_SUFFIXES = {".pt": "torch", ".pth": "torch", ".bin": "torch", ".pdparams": "paddle"}
+
+
+def checkpoint_side(path: Path) -> str:
+    side = CHECKPOINT_SUFFIXES.get(Path(path).suffix)
+    if side is None:
+        raise UsageError(f"{path}: unknown checkpoint type (expected {', '.join(CHECKPOINT_SUFFIXES)})")
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: file not found")
+    return side
+
+
 def first_divergence(checks: list) -> Divergence | None:
     for check in checks:
         if not check.passed:
@@ -285,6 +341,10 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
         for name in cfg.checks:
             progress(f"{name} check")
             report.checks.append(CHECK_METHODS[name](session))
+        located = None
+        if opts.locate or not all(c.passed for c in report.checks):
+            progress("locating the first divergence (hooks on every module)")
+            located = locate.locate(session, report.checks, always=opts.locate)
     finally:
         timing = {side: round(session.group.seconds(side), 3) for side in SIDES}
         session.close()
@@ -292,5 +352,7 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
     report.timing = {"wall_s": round(time.perf_counter() - started, 3),
                      "torch_s": timing["torch"], "paddle_s": timing["paddle"]}
     report.first_divergence = first_divergence(report.checks)
+    if located is not None:
+        locate.apply(located, report)
     session.writer.report(report)
     return report

@@ -20,6 +20,7 @@ own masks), and the report says so.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,7 +46,7 @@ def display(name: str) -> str:
 
 
 def _kind(module_type: str) -> str:
-    return module_type.lower()
+    return weights.kind(module_type)
 
 
 # ---------------------------------------------------------------------- comparing leaves
@@ -61,9 +62,11 @@ class LeafDiff:
     why: str = ""
 
 
-def compare_loose(key: str, a, b, tol: Tolerance, rtol: float | None = None) -> LeafDiff:
+def compare_loose(key: str, a, b, tol: Tolerance, rtol: float | None = None, grad: bool = False) -> LeafDiff:
     """compare_arrays, except that shapes differing only in size-1 axes (squeezed or broadcast)
-    are compared after aligning them, and dtypes of one kind are compared in the narrower one."""
+    are compared after aligning them, and dtypes of one kind are compared in the narrower one.
+    For gradients (grad=True) a broadcast axis is summed instead: the gradient w.r.t. a (1, T, H)
+    tensor is the sum over the batch of the gradient w.r.t. its (B, T, H) expansion."""
     if a is None or b is None:
         side = "torch" if b is None else "paddle"
         return LeafDiff(key, True, None if a is None else list(np.shape(a)), why=f"only in {side}")
@@ -81,8 +84,15 @@ def compare_loose(key: str, a, b, tol: Tolerance, rtol: float | None = None) -> 
                 return LeafDiff(key, True, shape, other, why=f"shape {tuple(shape)} (torch) vs {tuple(other)} (paddle)")
             if len(a.shape) != len(b.shape):
                 return LeafDiff(key, True, shape, other, why=f"shape {tuple(shape)} (torch) vs {tuple(other)} (paddle)")
-            a, b = np.broadcast_to(a, common), np.broadcast_to(b, common)
-            note = "compared after broadcasting size-1 axes"
+            if grad:
+                a = a.sum(axis=tuple(i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if y == 1 and x != 1),
+                          keepdims=True)
+                b = b.sum(axis=tuple(i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x == 1 and y != 1),
+                          keepdims=True)
+                note = "compared after summing the broadcast axes"
+            else:
+                a, b = np.broadcast_to(a, common), np.broadcast_to(b, common)
+                note = "compared after broadcasting size-1 axes"
     if a.dtype != b.dtype and a.dtype.kind == b.dtype.kind:
         narrow = a.dtype if a.dtype.itemsize <= b.dtype.itemsize else b.dtype
         a, b = a.astype(narrow), b.astype(narrow)
@@ -98,12 +108,13 @@ def compare_loose(key: str, a, b, tol: Tolerance, rtol: float | None = None) -> 
     return LeafDiff(key, differs, shape, other if other != shape else None, res.mean_abs, res.max_abs, rel, why)
 
 
-def compare_leaves(ref: dict | None, other: dict | None, tol: Tolerance, rtol: float | None = None) -> list:
+def compare_leaves(ref: dict | None, other: dict | None, tol: Tolerance, rtol: float | None = None,
+                   grad: bool = False) -> list:
     """Tensor leaves by position (torch MHA returns (out, weights), paddle's only out: the
     extra leaves are left out, not blamed)."""
     ref, other = ref or {}, other or {}
     pairs = list(zip(ref.items(), other.items()))
-    return [compare_loose(ka, va, vb, tol, rtol) for (ka, va), (_, vb) in pairs]
+    return [compare_loose(ka, va, vb, tol, rtol, grad) for (ka, va), (_, vb) in pairs]
 
 
 def worst(diffs: list) -> float | None:
@@ -141,11 +152,8 @@ class Finding:
     around: list = field(default_factory=list)  # table rows: {"module", "paddle", "type", "in_shape", ...}
 
     def divergence(self) -> Divergence:
-        div = Divergence(self.check, self.where, self.layer, self.step, self.detail)
-        div.paddle_layer = self.paddle_layer
-        div.path = self.path
-        div.around = self.around
-        return div
+        return Divergence(self.check, self.where, self.layer, self.step, self.detail, self.paddle_layer,
+                          self.path, self.around)
 
 
 @dataclass
@@ -173,9 +181,13 @@ class Match:
                 plan = None
         self.plan = plan
         self.pairs: dict = {}
-        if plan is not None:
+        if plan is not None:  # a fused torch tensor fills several paddle children: pair with their parent
+            owners: dict = {}
             for e in plan.entries:
-                self.pairs.setdefault(_module_of(e.torch_name), _module_of(e.paddle_name))
+                if not e.alias_of:
+                    owners.setdefault(_module_of(e.torch_name), []).append(_module_of(e.paddle_name))
+            for t, ps in owners.items():
+                self.pairs[t] = _common_ancestor(ps)
         taken = set(self.pairs.values())
         for name in self.torch_modules:
             if name not in self.pairs and name in self.paddle_modules and name not in taken:
@@ -205,8 +217,8 @@ class Match:
                     local = weights.plan([{**tm, "name": ""}], [{**pm, "name": ""}])
                 except UsageError:
                     continue
-                entries += [weights.Entry(_join(t, e.torch_name), e.torch_shape, _join(p, e.paddle_name),
-                                          e.paddle_shape, e.transform) for e in local.entries]
+                entries += [dataclasses.replace(e, torch_name=_join(t, e.torch_name), paddle_name=_join(p, e.paddle_name))
+                            for e in local.entries if not e.alias_of]
             self.plan = weights.Plan(entries, [])
 
     def call_key(self, torch_key: str) -> str | None:
@@ -220,6 +232,16 @@ class Match:
 
     def entry(self, torch_name: str):
         return next((e for e in self.plan.entries if e.torch_name == torch_name), None) if self.plan else None
+
+
+def _common_ancestor(names: list) -> str:
+    parts = [n.split(".") if n else [] for n in names]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
 
 
 def _module_of(tensor_name: str) -> str:
@@ -253,7 +275,7 @@ class Locator:
         self.tol = session.cfg.tolerance
         self.match: Match | None = None
         self.outcome = Outcome()
-        self.raw = bool(session.infos["paddle"].get("custom_mapping"))
+        self._paddle_as_torch: dict | None = None  # paddle's initial state under torch names
 
     # ------------------------------------------------------------ driving the workers
     def begin(self, mode: str, total_steps: int) -> dict:
@@ -274,7 +296,9 @@ class Locator:
         kwargs = {"batch": batch, "backward": backward, "update": update, "with_loss": with_loss}
         paddle_kwargs = dict(kwargs)
         if sync is not None:  # through the conversion the run itself used
-            paddle_kwargs.update(sync=sync, raw=True) if self.s.plan is None else \
+            if self.s.plan is None:
+                paddle_kwargs.update(sync=sync, raw=True)
+            else:
                 paddle_kwargs.update(sync=self.s.plan.to_paddle(sync), raw=False)
         recs = self.s.group.call({"torch": Request("trace_step", kwargs), "paddle": Request("trace_step", paddle_kwargs)})
         for rec in recs.values():
@@ -390,20 +414,24 @@ class Locator:
         return rows
 
     def param_diffs(self, module: str, begin: dict) -> list:
-        """The module's own tensors, torch vs paddle converted by the reference mapping."""
+        """The module's own tensors, torch vs paddle converted back by the reference mapping."""
         tm = self.match.torch_modules.get(module)
         if not tm or not begin.get("paddle", {}).get("state"):
             return []
         t_state, p_state = begin["torch"]["state"], begin["paddle"]["state"]
+        if self._paddle_as_torch is None:
+            self._paddle_as_torch = self.match.as_torch(p_state)
+        converted = self._paddle_as_torch
         out = []
         for local in list(tm["params"]) + list(tm["buffers"]):
             tname = _join(module, local)
-            e = self.match.entry(tname)
-            if e is None or tname not in t_state or e.paddle_name not in p_state:
+            if tname not in t_state or tname not in converted:
                 continue
-            d = compare_loose(tname, t_state[tname], e.invert(p_state[e.paddle_name]), self.tol.forward)
+            d = compare_loose(tname, t_state[tname], converted[tname], self.tol.forward)
             why = d.why
-            if d.differs and e.transform == "transpose" and np.shape(p_state[e.paddle_name]) == np.shape(t_state[tname]) \
+            e = self.match.entry(tname)
+            if d.differs and e is not None and e.transpose and not e.part and e.paddle_name in p_state \
+                    and np.shape(p_state[e.paddle_name]) == np.shape(t_state[tname]) \
                     and np.allclose(p_state[e.paddle_name], t_state[tname], rtol=0, atol=1e-7):
                 why = ("paddle holds torch's weight untransposed (torch Linear [out, in] must become paddle "
                        "[in, out]; a square weight loads either way)")
@@ -425,7 +453,7 @@ class Locator:
             tg, pg = tr["out_grads"].get(call["key"]), pr["out_grads"].get(pkey)
             diffs = []
             if tg is not None or pg is not None:
-                diffs = compare_leaves(tg or {"out": None}, pg or {"out": None}, tol, GRAD_RTOL) if tg and pg else \
+                diffs = compare_leaves(tg, pg, tol, GRAD_RTOL, grad=True) if tg and pg else \
                     [LeafDiff("out", True, None, why=f"a gradient reaches it only in {'torch' if tg else 'paddle'}")]
             row = {"module": call["name"], "paddle": by_key[pkey]["name"], "type": call["type"],
                    "out_shape": _shape(call["outputs"]), "out_grad_diff": worst(diffs),
@@ -625,12 +653,14 @@ class Locator:
     def _around(self, rows, index) -> list:
         table = []
         for r in rows[max(0, index - AROUND): index + AROUND + 1]:
-            table.append({"module": display(r["call"]["name"]), "paddle": display(r["paddle"]["name"]),
+            call_no = int(r["call"]["key"].rsplit("#", 1)[1])
+            suffix = f" [call {call_no + 1}]" if call_no else ""
+            table.append({"module": display(r["call"]["name"]) + suffix, "paddle": display(r["paddle"]["name"]),
                           "type": r["call"]["type"] if r["call"]["type"] == r["paddle"]["type"]
                           else f"{r['call']['type']} / {r['paddle']['type']}",
                           "in_shape": _shape(r["call"]["inputs"]), "out_shape": _shape(r["call"]["outputs"]),
                           "in_diff": worst(r["ins"]), "out_diff": worst(r["outs"]),
-                          "status": "DIFFERS" if r["out_differs"] else "agrees"})
+                          "status": ("HERE" if r is rows[index] else "DIFFERS") if r["out_differs"] else "agrees"})
         return table
 
 
@@ -701,9 +731,27 @@ def _for_check(loc: Locator, check: CheckResult) -> Finding | None:
 
 def _everything(loc: Locator) -> Finding | None:
     cfg = loc.cfg
-    found = loc.forward_trace("forward", [loc.s.data.batch(0)], with_loss=False)
-    if found:
-        return found
-    mode = "train" if "train" in cfg.checks or cfg.train.mode == "train" else cfg.train.mode
-    return loc.train_trace("train" if mode == "train" and "train" in cfg.checks else "backward", mode,
-                           min(cfg.train.iters, MAX_TRACE_STEPS))
+    if {"forward", "loss", "metric"} & set(cfg.checks):
+        found = loc.forward_trace("forward", [loc.s.data.batch(0)], with_loss="loss" in cfg.checks)
+        if found:
+            return found
+    if "train" in cfg.checks:
+        return loc.train_trace("train", "train", min(cfg.train.iters, MAX_TRACE_STEPS))
+    if "backward" in cfg.checks:
+        return loc.train_trace("backward", cfg.train.mode, min(cfg.train.iters, MAX_TRACE_STEPS))
+    return None
+
+
+def apply(outcome: Outcome, report) -> None:
+    """Put what was found into the report. A divergence that no check saw (with --locate: BatchNorm
+    statistics after train-mode steps) fails the check it belongs to: never an aligned verdict
+    beside a named divergence."""
+    report.notes.extend(outcome.notes)
+    found = outcome.finding
+    if found is None:
+        return
+    if report.aligned:
+        check = next((c for c in report.checks if c.name == found.check), report.checks[-1])
+        check.keys.append(KeyResult(key=f"locate:{found.where}:{found.layer or ''}", passed=False,
+                                    reason=found.detail))
+    report.first_divergence = found.divergence()

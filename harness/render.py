@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.tree import Tree
 
 MAX_KEYS_SHOWN = 12
 
@@ -69,6 +70,44 @@ def key_table(check: dict, *, only_failing: bool = False) -> Table:
     return table
 
 
+def divergence_tree(path: list) -> Tree:
+    """The call path from the model to the diverging module, with the output diff at each level."""
+    def label(level: dict) -> str:
+        style = "red" if level.get("differs") else "green"
+        diff = f"  [{style}]out mean |d| {_num(level.get('diff'))}[/]" if level.get("diff") is not None else ""
+        return f"{escape(level['module'])} [dim]({escape(level['type'])})[/]{diff}"
+
+    tree = Tree(label(path[0]))
+    node = tree
+    for level in path[1:]:
+        node = node.add(label(level))
+    return tree
+
+
+def around_table(div: dict) -> Table:
+    """Modules executed around the diverging one (or, for gradients, in backward order)."""
+    rows = div["around"]
+    grad = any("out_grad_diff" in r for r in rows)
+    table = Table(title="modules around it" + (" (backward order)" if grad else ""), title_justify="left")
+    renamed = any(r.get("paddle") and r["paddle"] != r.get("module", "").split(" [")[0] for r in rows)
+    cols = ["module", *(["paddle"] if renamed else []), "type", "in shape", "out shape", "in |d|",
+            "out grad |d|" if grad else "out |d|", "status"]
+    for col in cols:
+        table.add_column(col, overflow="fold")
+
+    def shape(s):
+        return "x".join(map(str, s)) if s else "-"
+
+    for r in rows:
+        out_diff = r.get("out_grad_diff") if grad else r.get("out_diff")
+        cells = [escape(r.get("module", "")), *([escape(r.get("paddle") or "")] if renamed else []),
+                 escape(r.get("type", "")), shape(r.get("in_shape")), shape(r.get("out_shape")),
+                 _num(r.get("in_diff")), _num(out_diff), r.get("status", "")]
+        status = r.get("status")
+        table.add_row(*cells, style="bold red" if status == "HERE" else "red" if status == "DIFFERS" else None)
+    return table
+
+
 def print_report(console: Console, report: dict, out_dir: str | None = None, verbose: bool = False) -> None:
     console.print(summary_table(report))
     for check in report["checks"]:
@@ -78,7 +117,12 @@ def print_report(console: Console, report: dict, out_dir: str | None = None, ver
     if div:
         where = f" at layer {div['layer']}" if div.get("layer") else ""
         step = f" (step {div['step']})" if div.get("step") is not None else ""
-        console.print(f"[bold red]first divergence[/]: {div['check']}{where}{step}: {div.get('detail', '')}")
+        console.print(f"[bold red]first divergence[/]: {div['check']}{where}{step}: {escape(div.get('detail', ''))}",
+                      highlight=False)
+        if div.get("path"):
+            console.print(divergence_tree(div["path"]))
+        if div.get("around"):
+            console.print(around_table(div))
     notes = list(report.get("notes", []))
     for check in report["checks"]:
         shown = check.get("notes", [])[:5]

@@ -97,9 +97,16 @@ class Divergence:
     layer: str | None = None
     step: int | None = None
     detail: str = ""
+    # from localization (harness/locate.py): the paddle name, the call path root -> layer, nearby modules
+    paddle_layer: str | None = None
+    path: list = field(default_factory=list)
+    around: list = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"check": self.check, "where": self.where, "layer": self.layer, "step": self.step, "detail": self.detail}
+        d = {"check": self.check, "where": self.where, "layer": self.layer, "step": self.step, "detail": self.detail}
+        d.update({k: v for k, v in (("paddle_layer", self.paddle_layer), ("path", self.path),
+                                    ("around", self.around)) if v})
+        return d
 
 
 @dataclass

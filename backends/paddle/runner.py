@@ -67,6 +67,13 @@ class Runner(base.Runner):
                 state[k] = np.asarray(state[k]).astype(paddle_dtype_name(v.dtype))
         model.set_state_dict({k: np.asarray(state[k]) for k in own})
 
+    def read_checkpoint(self, path: str) -> dict:
+        state = paddle.load(path)
+        return {k: np.array(v.numpy() if hasattr(v, "numpy") else v) for k, v in state.items()}
+
+    def write_checkpoint(self, model, path: str) -> None:
+        paddle.save(model.state_dict(), path)
+
     def set_train(self, model, training: bool) -> None:
         model.train() if training else model.eval()
 

@@ -69,6 +69,15 @@ class Runner(base.Runner):
                 raise ValueError(f"{k}: torch shape {tuple(v.shape)} vs given {tuple(state[k].shape)}")
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=True)
 
+    def read_checkpoint(self, path: str) -> dict:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code from a file
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        return {k: v.detach().cpu().numpy().copy() for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+    def write_checkpoint(self, model, path: str) -> None:
+        torch.save(model.state_dict(), path)
+
     def set_train(self, model, training: bool) -> None:
         model.train(training)
 
