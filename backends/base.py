@@ -67,6 +67,8 @@ class Runner:
         self.model = None
         self._initial: dict | None = None
         self._dirty = False  # weights moved since the initial state was taken
+        self._parallel = None  # the DataParallel wrapper of a rank, made on first use
+        self._forward_model = None  # the wrapper while a data-parallel step runs
 
     # ---------------------------------------------------------------- dispatch
     def handle(self, op: str, kwargs: dict):
@@ -86,6 +88,7 @@ class Runner:
     def state(self, model) -> dict: ...
     def load_state(self, model, state: dict) -> None: ...
     def set_train(self, model, training: bool) -> None: ...
+    def data_parallel(self, model): ...  # joins the process group (env set by the coordinator), wraps
     def allow_backward_in_eval(self, model) -> None: """Undo eval mode where a framework cannot backprop in it."""
     def no_grad(self): return contextlib.nullcontext()
     def to_tensor(self, array: np.ndarray): ...
@@ -100,7 +103,7 @@ class Runner:
     def topk(self, output, k: int): ...  # (N, k) indices over the last axis
     # for localization (backends/trace.py)
     def named_modules(self, model) -> list: ...  # [(structured name, module)], the model itself as ""
-    def hook_forward(self, module, pre, post) -> list: ...  # pre(inputs), post(output); returns removers
+    def hook_forward(self, module, pre, post) -> list: ...  # pre(args, kwargs), post(output); returns removers
     def hook_grad(self, tensor, fn) -> None: ...  # fn(grad) once the gradient w.r.t. tensor is known
 
     # ---------------------------------------------------------------- helpers
@@ -153,14 +156,15 @@ class Runner:
                 yield from self._tensor_leaves(v, f"{prefix}.{i}")
 
     def run_forward(self, batch: dict):
+        model = self._forward_model or self.model
         custom = self._pair_fn("forward")
         if custom is not None:
-            return custom(self.model, batch)
+            return custom(model, batch)
         inputs = self.cfg["data"]["inputs"]
         if inputs is None:
             labels = set(self.cfg["data"]["labels"])
             inputs = [k for k in batch if k not in labels]
-        return self.model(*[batch[k] for k in inputs])
+        return model(*[batch[k] for k in inputs])
 
     def run_loss(self, output, batch: dict):
         kind = self.cfg["loss"]["kind"]
@@ -281,9 +285,19 @@ class Runner:
         return {"lr": np.asarray(lrs, dtype=np.float64)}
 
     def op_train(self, batches: list, mode: str, total_steps: int, overrides: dict | None = None,
-                 eval_batches: list | None = None) -> dict:
+                 eval_batches: list | None = None, parallel: bool = False) -> dict:
         """Steps from the initial weights; per-step loss and lr, final params and last grads, and
-        with eval_batches the metric of the trained model."""
+        with eval_batches the metric of the trained model. parallel: this process is one rank of
+        a DataParallel group and batches are its shards (the framework averages the gradients)."""
+        if parallel and self._parallel is None:
+            self._parallel = self.data_parallel(self.model)
+        self._forward_model = self._parallel if parallel else None
+        try:
+            return self._train(batches, mode, total_steps, overrides, eval_batches)
+        finally:
+            self._forward_model = None
+
+    def _train(self, batches, mode, total_steps, overrides, eval_batches) -> dict:
         self._restore()
         self._dirty = True
         self.set_train(self.model, mode == "train")

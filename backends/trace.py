@@ -35,7 +35,7 @@ class Recorder:
         return {k: t for k, t in self.runner._tensor_leaves(value, prefix)}
 
     def _pre(self, name, module):
-        def hook(inputs):
+        def hook(args, kwargs):
             index = self._count.get(name, 0)
             self._count[name] = index + 1
             key = f"{name}#{index}"
@@ -43,7 +43,8 @@ class Recorder:
             self._open.append(key)
             self.entered.append(key)
             # inputs copied at entry: an in-place module (ReLU(inplace=True)) overwrites them later
-            inputs = {k: self.runner.to_numpy(t).copy() for k, t in self._leaves(tuple(inputs), "in").items()}
+            leaves = self._leaves((tuple(args), dict(kwargs or {})), "in")
+            inputs = {k: self.runner.to_numpy(t).copy() for k, t in leaves.items()}
             self.calls.append({"key": key, "name": name, "type": type(module).__name__, "parent": parent,
                                "inputs": inputs, "outputs": None})
         return hook

@@ -26,8 +26,7 @@ def configure_environment(options: dict) -> None:
     threads = str(options.get("threads") or 1)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CPU_NUM"):
         os.environ[var] = threads
-    if options.get("visible_devices") is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = options["visible_devices"]
+    os.environ.update(options.get("env") or {})  # a data-parallel rank's identity and its card
     os.environ.setdefault("FLAGS_cudnn_deterministic", "1")
     os.environ.setdefault("FLAGS_embedding_deterministic", "1")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -115,7 +115,8 @@ class Progress:
 
 
 def _execute(cfg, out_dir: Optional[Path], timeout: float, device: str, as_json: bool, quiet: bool, verbose: bool,
-             benchmark: Optional[Path] = None, weights: Optional[Path] = None, locate: bool = False):
+             benchmark: Optional[Path] = None, weights: Optional[Path] = None, locate: bool = False,
+             layout=None, dp_equivalence: bool = False):
     from harness import coordinator
 
     out_dir = (out_dir or Path("artifacts") / cfg.name).resolve()
@@ -128,8 +129,10 @@ def _execute(cfg, out_dir: Optional[Path], timeout: float, device: str, as_json:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if weights is not None:
         coordinator.checkpoint_side(weights)  # a missing or unknown file is a usage error, before any worker starts
+    if dp_equivalence and (layout is None or layout.nprocs < 2):
+        raise UsageError("--dp-equivalence compares N ranks with 1: give --nprocs 2 or more")
     opts = coordinator.RunOptions(out_dir=out_dir, timeout=timeout, device=device, benchmark=benchmark, weights=weights,
-                                  locate=locate)
+                                  locate=locate, layout=layout, dp_equivalence=dp_equivalence)
     with Progress(err, quiet or as_json) as progress:
         report = coordinator.run(cfg, opts, progress)
     data = report.to_json()
@@ -164,6 +167,13 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every key of every check."),
+    nprocs: Optional[int] = typer.Option(None, "--nprocs", min=1, help="Ranks per framework: paddle.DataParallel vs torch DDP [default: [distributed] nprocs]."),
+    dp_equivalence: bool = typer.Option(False, "--dp-equivalence", help="Also compare each framework's N-rank run with its 1-rank run."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="GPU ids for the ranks, e.g. 0,1,2,3 (nccl); none: CPU (gloo)."),
+    placement: str = typer.Option("shared", "--placement", help="shared: both frameworks on the same cards; split: each on its half."),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="Machines in the run (each runs this command)."),
+    node_rank: int = typer.Option(0, "--node-rank", min=0, help="This machine's index among --nnodes."),
+    master: Optional[str] = typer.Option(None, "--master", help="ADDR:PORT of the rendezvous when --nnodes > 1."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Start both models from this checkpoint (.pt/.pth torch, .pdparams paddle)."),
     benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="reprod_log .npy with the metric the paddle train run must reach (e.g. a paper's), judged with the train tolerance."),
     locate: bool = typer.Option(False, "--locate", help="Trace every module (outputs, gradients, updates, BatchNorm statistics) even when the checks pass; on a failure this always happens."),
@@ -179,7 +189,15 @@ def run(
         cfg = cfg.replace(checks=config.parse_checks(checks, lambda m: UsageError(f"--checks: {m}")))
     if iters:
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, iters=iters))
-    _execute(cfg, out_dir, timeout, device, as_json, quiet, verbose, benchmark, weights, locate)
+    from harness.distributed import Layout
+
+    try:
+        device_ids = tuple(int(d) for d in devices.split(",")) if devices else ()
+    except ValueError:
+        raise UsageError(f"--devices: expected comma-separated GPU ids like 0,1, got '{devices}'") from None
+    layout = Layout(nprocs=nprocs or cfg.distributed.nprocs, devices=device_ids, placement=placement,
+                    backend=cfg.distributed.backend, nnodes=nnodes, node_rank=node_rank, master=master)
+    _execute(cfg, out_dir, timeout, device, as_json, quiet, verbose, benchmark, weights, locate, layout, dp_equivalence)
 
 
 @app.command()

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from harness import locate, plot, weights
+from harness import distributed, locate, plot, weights
 from harness.config import RunConfig
 from harness.data import BatchSource
 from harness.diff import CheckResult, compare_arrays, compare_dicts
@@ -31,6 +31,8 @@ class RunOptions:
     threads: int | None = None  # per worker; None: half the cores each
     benchmark: Path | None = None  # reprod_log .npy with the metric the paddle run must reach
     weights: Path | None = None  # start both models from this checkpoint (.pt / .pdparams)
+    layout: distributed.Layout | None = None  # None: [distributed] of the config
+    dp_equivalence: bool = False
     locate: bool = False  # trace every module even when all checks pass (they always are on a failure)
 
 
@@ -49,11 +51,26 @@ class Session:
         self.plan: weights.Plan | None = None
         self.initial_torch: dict = {}
         self.infos: dict = {}
-        options = {"threads": worker_threads(opts.threads), "device": opts.device}
-        self.group = WorkerGroup([WorkerSpec(side, options) for side in SIDES], opts.timeout)
+        self.layout = opts.layout or distributed.Layout(nprocs=cfg.distributed.nprocs, backend=cfg.distributed.backend)
+        distributed.validate(self.layout)
+        n = self.layout.nprocs
+        # rank 0 of each framework is named after it, so every single-process check runs there
+        self.ranks = {side: [side] + [f"{side}.{r}" for r in range(1, n)] for side in SIDES}
+        threads = worker_threads(opts.threads) if n == 1 else max(1, worker_threads(opts.threads) // n)
+        ports = distributed.free_ports(1 + self.layout.world) if n > 1 else []
+        specs = []
+        for side in SIDES:
+            for r, name in enumerate(self.ranks[side]):
+                env = distributed.rank_env(side, r, self.layout, ports) if n > 1 else {}
+                device = opts.device if not self.layout.devices else "gpu"
+                specs.append(WorkerSpec(name, {"threads": threads, "device": device, "env": env}, framework=side))
+        self.group = WorkerGroup(specs, opts.timeout)
 
     def both(self, op: str, **kwargs) -> dict:
         return self.group.call({side: Request(op, kwargs) for side in SIDES})
+
+    def every_rank(self, side: str, op: str, **kwargs) -> dict:
+        return self.group.call({name: Request(op, kwargs) for name in self.ranks[side]})
 
     def one(self, side: str, op: str, **kwargs):
         return self.group.call({side: Request(op, kwargs)})[side]
@@ -69,7 +86,11 @@ class Session:
         """Build both models from self.cfg and share the weights (again after cfg and data were
         replaced: the same workers then serve another pair, as the localization tests do)."""
         self.plan = None
-        self.infos = self.both("setup", cfg=self.cfg.to_wire())
+        self.data.batch(0)
+        if self.layout.nprocs > 1:
+            distributed.validate(self.layout, next(iter(self.data.batch(0).values())).shape[0])
+        infos = self.group.call({name: Request("setup", {"cfg": self.cfg.to_wire()}) for name in self.group.workers})
+        self.infos = {side: infos[side] for side in SIDES}
         self.progress("sharing the torch initial weights with paddle")
         if not self.infos["paddle"]["custom_mapping"]:
             self.plan = weights.plan(self.infos["torch"]["modules"], self.infos["paddle"]["modules"])
@@ -80,10 +101,10 @@ class Session:
             self._load_checkpoint(self.opts.weights)
         state = self.one("torch", "export_state")
         self.initial_torch = state
-        if self.plan is None:
-            self.one("paddle", "import_state", state=state, raw=True)
-        else:
-            self.one("paddle", "import_state", state=self.plan.to_paddle(state))
+        if self.layout.nprocs > 1:  # every rank starts from rank 0's weights, as DDP would broadcast them
+            self.group.call({name: Request("load_state", {"state": state}) for name in self.ranks["torch"][1:]})
+        mapped = {"state": state, "raw": True} if self.plan is None else {"state": self.plan.to_paddle(state)}
+        self.every_rank("paddle", "import_state", **mapped)
 
     def _load_checkpoint(self, path: Path) -> None:
         """--weights: both sides start from a checkpoint of either framework."""
@@ -188,6 +209,8 @@ class Session:
 
     def check_backward(self, overrides: dict | None = None, write: bool = True) -> CheckResult:
         """Loss of every step, then the updated parameters and the last gradients by torch name."""
+        if self.layout.nprocs > 1:
+            return self.check_backward_parallel(overrides)
         iters = self.cfg.train.iters
         out = self.both("train", batches=self.data.batches(range(iters)), mode=self.cfg.train.mode,
                         total_steps=self.cfg.total_steps, overrides=overrides)
@@ -207,6 +230,70 @@ class Session:
             self.writer.check(result, ref, other)
             self.writer.arrays("bp_align_torch.npy", losses["torch"])  # the guide's file: losses only
             self.writer.arrays("bp_align_paddle.npy", losses["paddle"])
+        return result
+
+    def check_backward_parallel(self, overrides: dict | None = None) -> CheckResult:
+        """N ranks per framework: per-rank and rank-averaged losses, parameters after the last
+        step (rank 0) and that every rank holds the same parameters, paddle DP vs torch DDP."""
+        n, iters = self.layout.nprocs, self.cfg.train.iters
+        batches = self.data.batches(range(iters))
+        requests = {}
+        for side in SIDES:
+            for r, name in enumerate(self.ranks[side]):
+                shards = [distributed.shard(b, r, n) for b in batches]
+                requests[name] = Request("train", {"batches": shards, "mode": self.cfg.train.mode, "parallel": True,
+                                                   "total_steps": self.cfg.total_steps, "overrides": overrides})
+        out = self.group.call(requests)
+        ref, other, per_rank = {}, {}, {side: [] for side in SIDES}
+        for side, target in (("torch", ref), ("paddle", other)):
+            for r, name in enumerate(self.ranks[side]):
+                losses = {f"loss_{i}": v for i, v in enumerate(out[name]["loss"])}
+                per_rank[side].append(losses)
+                target.update({f"rank{r}:{k}": v for k, v in losses.items()})
+            target.update({f"loss_{i}": np.mean([np.float64(rk[f"loss_{i}"]) for rk in per_rank[side]]).astype(np.float32)
+                           for i in range(iters)})
+        params = {"torch": out["torch"]["params"], "paddle": self._as_torch(out["paddle"]["params"])}
+        grads = {"torch": out["torch"]["grads"], "paddle": self._as_torch(out["paddle"]["grads"])}
+        ref.update({**_prefixed("param:", params["torch"]), **_prefixed("grad:", grads["torch"])})
+        other.update({**_prefixed("param:", params["paddle"]), **_prefixed("grad:", grads["paddle"])})
+        result = compare_dicts("backward", ref, other, self.cfg.tolerance)
+        judge_by_scale(result, ref, other, self.initial_torch, grads["torch"], grads["paddle"],
+                       self._optimizer_name(overrides) in ("adam", "adamw", "pair"))
+        for side in SIDES:  # DataParallel keeps ranks identical; a rank that drifted was never synchronized
+            first = _flat(out[side]["params"])
+            for r, name in enumerate(self.ranks[side][1:], 1):
+                key = compare_arrays(f"sync:{side}:rank{r}", first, _flat(out[name]["params"]), self.cfg.tolerance.backward)
+                result.keys.append(key)
+        self.writer.check(result, ref, other)
+        for side in SIDES:
+            for r, losses in enumerate(per_rank[side]):
+                self.writer.arrays(f"rank{r}/bp_align_{side}.npy", losses)
+        self.writer.arrays("bp_params_torch.npy", params["torch"])
+        self.writer.arrays("bp_params_paddle.npy", params["paddle"])
+        return result
+
+    def check_dp_equivalence(self) -> CheckResult:
+        """Each framework's N-rank run against its own 1-rank run on the same global batches:
+        wrong loss scaling, unsynchronized BatchNorm or non-averaged gradients show here."""
+        iters = self.cfg.train.iters
+        kwargs = {"batches": self.data.batches(range(iters)), "mode": self.cfg.train.mode,
+                  "total_steps": self.cfg.total_steps}
+        single = self.both("train", **kwargs)
+        n = self.layout.nprocs
+        requests = {name: Request("train", {**kwargs, "batches": [distributed.shard(b, r, n) for b in kwargs["batches"]],
+                                            "parallel": True})
+                    for side in SIDES for r, name in enumerate(self.ranks[side])}
+        multi = self.group.call(requests)
+        one, many = {}, {}
+        for side in SIDES:
+            for i in range(iters):
+                one[f"{side}:loss_{i}"] = np.asarray(single[side]["loss"][i])
+                many[f"{side}:loss_{i}"] = np.mean([np.float64(multi[name]["loss"][i]) for name in self.ranks[side]]).astype(np.float32)
+            one.update(_prefixed(f"{side}:param:", single[side]["params"]))
+            many.update(_prefixed(f"{side}:param:", multi[side]["params"]))
+        result = compare_dicts("backward", one, many, self.cfg.tolerance)
+        result.name = "dp_equivalence"
+        self.writer.check(result, one, many, stem="dp_equivalence", log="dp_equivalence_diff.log")
         return result
 
     def _optimizer_name(self, overrides: dict | None) -> str:
@@ -248,6 +335,10 @@ UNCONSTRAINED_RATIO = 1e-6
 # Parameters are judged against the size of their update, gradients against their own size:
 # float32 noise in a correct port stays near 1e-5 of either, a wrong decay or clip reaches 1e-3.
 SCALE_RTOL = 1e-4
+
+
+def _flat(arrays: dict) -> np.ndarray:
+    return np.concatenate([np.asarray(arrays[k], np.float64).reshape(-1) for k in sorted(arrays)]) if arrays else np.zeros(0)
 
 
 def _prefixed(prefix: str, arrays: dict) -> dict:
@@ -341,6 +432,9 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
         for name in cfg.checks:
             progress(f"{name} check")
             report.checks.append(CHECK_METHODS[name](session))
+        if opts.dp_equivalence:
+            progress("dp equivalence: N ranks vs 1 rank in each framework")
+            report.checks.append(session.check_dp_equivalence())
         located = None
         if opts.locate or not all(c.passed for c in report.checks):
             progress("locating the first divergence (hooks on every module)")

@@ -276,6 +276,21 @@ class Locator:
         self.match: Match | None = None
         self.outcome = Outcome()
         self._paddle_as_torch: dict | None = None  # paddle's initial state under torch names
+        self.unconstrained: dict = {}  # parameter -> steps where it moved by rounding noise only
+        self.variance_gap: dict = {}  # running_var buffer -> N of its biased/unbiased gap
+
+    def summarize(self) -> None:
+        if self.unconstrained:
+            names = sorted(self.unconstrained)
+            self.outcome.notes.append(
+                f"{len(names)} parameter(s) whose gradient is rounding noise (wholly or in part) moved differently "
+                f"under an adaptive optimizer and were not judged there: {', '.join(names[:6])}"
+                + (" ..." if len(names) > 6 else "") + " (e.g. a bias right before BatchNorm)")
+        if self.variance_gap:
+            names = sorted(self.variance_gap)
+            self.outcome.notes.append(
+                f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''}: within the gap of torch's unbiased vs "
+                "paddle's biased batch variance (at most running_var / N per update), not judged a divergence")
 
     # ------------------------------------------------------------ driving the workers
     def begin(self, mode: str, total_steps: int) -> dict:
@@ -461,11 +476,14 @@ class Locator:
             rows.append(row)
             if any(d.differs for d in diffs):
                 after = [r["module"] for r in rows[:-1][-3:]]
+                nxt = _next_outside(tr["calls"], call)
                 detail = (f"the gradient w.r.t. the output of {display(call['name'])} ({call['type']}) differs "
                           f"({_summary(diffs)})" + (f" while the modules after it ({', '.join(map(display, after))}) "
                                                    "receive agreeing gradients" if after else
                                                    ": the gradient of the loss w.r.t. the model output")
-                          + f" at step {step}, forward and loss agreeing")
+                          + f" at step {step}, forward and loss agreeing"
+                          + (f"; the next module to run after it is {display(nxt['name'])} ({nxt['type']}): the gradient "
+                             "it (or a functional operation around it, e.g. a detach) passes back differs" if nxt else ""))
                 return Finding(check, "grad", call["name"], step, detail, by_key[pkey]["name"],
                                self._grad_path(call, tr), _window(rows, len(rows) - 1))
             if call["name"] not in checked_params:
@@ -514,11 +532,9 @@ class Locator:
         initial = {n: before["state"][n] for n in names}
         adaptive = self.s._optimizer_name(None) in ("adam", "adamw", "pair")
         judge_by_scale(result, ref, other, initial, grads_t, grads_p, adaptive)
-        unconstrained = [k.key.split(":", 1)[1] for k in result.keys if k.note.startswith("unconstrained")]
-        if unconstrained:
-            self.outcome.notes.append(
-                f"step {step}: {len(unconstrained)} parameter(s) with rounding-noise gradients moved differently under "
-                f"an adaptive optimizer and were not judged: {', '.join(unconstrained[:4])}")
+        for k in result.keys:
+            if "unconstrained" in k.note:
+                self.unconstrained.setdefault(k.key.split(":", 1)[1], []).append(step)
         bad = [k.key.split(":", 1)[1] for k in result.failing]
         if not bad:
             return None
@@ -589,7 +605,7 @@ class Locator:
                 # running values part by at most running_var / N per update (FACTS.md)
                 if np.all(gap <= np.abs(a) / n * 1.01 + self.tol.backward.max_abs):
                     differs = False
-                    self.outcome.notes.append(f"{name}: within the biased/unbiased variance gap (1/{n}) at step {step}")
+                    self.variance_gap.setdefault(name, n)
             rows.append({"module": name, "type": "buffer", "out_shape": list(a.shape), "out_diff": d.mean_abs,
                          "status": "DIFFERS" if differs else "agrees"})
             if differs:
@@ -664,6 +680,19 @@ class Locator:
         return table
 
 
+def _next_outside(calls: list, call: dict) -> dict | None:
+    """The first call entered after `call` that is not inside it."""
+    inside = {call["key"]}
+    for c in sorted(calls, key=lambda c: c["order"]):
+        if c["order"] <= call["order"]:
+            continue
+        if c["parent"] in inside:
+            inside.add(c["key"])
+            continue
+        return c
+    return None
+
+
 def _window(rows: list, index: int) -> list:
     return rows[max(0, index - AROUND * 2): index + 1]
 
@@ -697,6 +726,7 @@ def locate(session, checks: list, always: bool = False) -> Outcome:
             loc.outcome.finding = _everything(loc)
     except WorkerError as exc:
         loc.outcome.notes.append(f"localization stopped: {exc}")
+    loc.summarize()
     return loc.outcome
 
 

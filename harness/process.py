@@ -20,8 +20,9 @@ CLOSE_GRACE_S = 5.0
 
 @dataclass
 class WorkerSpec:
-    name: str  # "torch" | "paddle"
-    options: dict  # threads, devices, ... (see backends.worker.main)
+    name: str  # "torch" | "paddle" | "torch.1" (rank 1 of a data-parallel run) ...
+    options: dict  # threads, device, env, ... (see backends.worker.main)
+    framework: str = ""  # defaults to name
 
 
 @contextlib.contextmanager
@@ -48,7 +49,7 @@ class _Worker:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
             target=main,
-            args=(spec.name, child, dict(spec.options, shm_dir=str(shm_dir))),
+            args=(spec.framework or spec.name, child, dict(spec.options, shm_dir=str(shm_dir))),
             name=f"reprod-{spec.name}-worker",
             daemon=True,
         )

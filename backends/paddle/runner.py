@@ -67,6 +67,13 @@ class Runner(base.Runner):
                 state[k] = np.asarray(state[k]).astype(paddle_dtype_name(v.dtype))
         model.set_state_dict({k: np.asarray(state[k]) for k in own})
 
+    def data_parallel(self, model):
+        import paddle.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_parallel_env()  # PADDLE_TRAINER_* set by the coordinator, as paddle.distributed.launch does
+        return paddle.DataParallel(model)
+
     def read_checkpoint(self, path: str) -> dict:
         state = paddle.load(path)
         return {k: np.array(v.numpy() if hasattr(v, "numpy") else v) for k, v in state.items()}
@@ -127,7 +134,8 @@ class Runner(base.Runner):
         return list(model.named_sublayers(include_self=True))
 
     def hook_forward(self, module, pre, post) -> list:
-        handles = [module.register_forward_pre_hook(lambda layer, inputs: pre(inputs) and None),
+        handles = [module.register_forward_pre_hook(lambda layer, args, kwargs: pre(args, kwargs) and None,
+                                                    with_kwargs=True),
                    module.register_forward_post_hook(lambda layer, inputs, out: post(out) and None)]
         return [h.remove for h in handles]
 

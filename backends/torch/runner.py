@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -69,6 +71,14 @@ class Runner(base.Runner):
                 raise ValueError(f"{k}: torch shape {tuple(v.shape)} vs given {tuple(state[k].shape)}")
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=True)
 
+    def data_parallel(self, model):
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(os.environ["REPROD_COMM_BACKEND"])  # env://: MASTER_ADDR/PORT, RANK, WORLD_SIZE
+        ids = [0] if self.dev.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
     def read_checkpoint(self, path: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code from a file
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -120,7 +130,7 @@ class Runner(base.Runner):
         return list(model.named_modules())
 
     def hook_forward(self, module, pre, post) -> list:
-        handles = [module.register_forward_pre_hook(lambda m, args: pre(args)),
+        handles = [module.register_forward_pre_hook(lambda m, args, kwargs: pre(args, kwargs), with_kwargs=True),
                    module.register_forward_hook(lambda m, args, out: post(out))]
         return [h.remove for h in handles]
 
