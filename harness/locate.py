@@ -276,6 +276,7 @@ class Locator:
         self.match: Match | None = None
         self.outcome = Outcome()
         self._paddle_as_torch: dict | None = None  # paddle's initial state under torch names
+        self.dropout_off = False  # dropout modules were switched off in a traced train-mode run
         self.unconstrained: dict = {}  # parameter -> steps where it moved by rounding noise only
         self.variance_gap: dict = {}  # running_var buffer -> N of its biased/unbiased gap
 
@@ -296,8 +297,11 @@ class Locator:
     def begin(self, mode: str, total_steps: int) -> dict:
         dropout = {side: [m["name"] for m in self.s.infos[side]["modules"] if m.get("dropout")] for side in SIDES}
         if mode == "train" and (dropout["torch"] or dropout["paddle"]):
+            self.dropout_off = True
+            names = dropout["torch"] or dropout["paddle"]
             self.outcome.notes.append(
-                f"dropout modules ({', '.join(map(display, dropout['torch'][:3]))}...) were put in eval mode for "
+                f"dropout modules ({', '.join(map(display, names[:3]))}{' ...' if len(names) > 3 else ''}) were put in "
+                "eval mode for "
                 "the traced train-mode steps: each framework draws its own masks, so a comparison with dropout on "
                 "would only show that")
         reqs = {side: {"mode": mode, "total_steps": total_steps, "eval_modules": tuple(dropout[side])} for side in SIDES}
@@ -607,7 +611,7 @@ class Locator:
                     differs = False
                     self.variance_gap.setdefault(name, n)
             rows.append({"module": name, "type": "buffer", "out_shape": list(a.shape), "out_diff": d.mean_abs,
-                         "status": "DIFFERS" if differs else "agrees"})
+                         "status": "HERE" if differs else "agrees"})
             if differs:
                 detail = f"{display(module)}: buffer {local} differs after train-mode step {step} ({why})"
                 momentum = self._momentum(calls.get(module), before, name, a, b)
@@ -722,10 +726,17 @@ def locate(session, checks: list, always: bool = False) -> Outcome:
     try:
         if failing is not None:
             loc.outcome.finding = _for_check(loc, failing)
+            if loc.outcome.finding is None and loc.dropout_off:
+                loc.outcome.notes.append(
+                    f"with dropout off every traced step agrees: the {failing.name} failure comes from the dropout "
+                    "masks each framework draws; set p = 0 (or [train] mode = \"eval\") for this check")
         elif always:
             loc.outcome.finding = _everything(loc)
     except WorkerError as exc:
         loc.outcome.notes.append(f"localization stopped: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a bug of ours must not cost the user the checks' verdicts
+        loc.outcome.finding = None
+        loc.outcome.notes.append(f"localization failed (internal error, please report it): {type(exc).__name__}: {exc}")
     loc.summarize()
     return loc.outcome
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import textwrap
 
+import numpy as np
 import pytest
 
 from conftest import cli, report
 from harness import config, locate
+from harness.config import Tolerance
 from harness.coordinator import CHECK_METHODS, RunOptions, Session
 from harness.data import BatchSource
 
@@ -128,7 +130,8 @@ def optimizer_paddle(model, total_steps):
     else:
         keep = {{p.name for n, p in model.named_parameters() if not any(s in n for s in NO_DECAY)}}
         decide = lambda name: name in keep
-    return paddle.optimizer.AdamW(learning_rate=0.01, parameters=model.parameters(), weight_decay=0.1,
+    lr = 0.02 if BUG == "lr" else 0.01
+    return paddle.optimizer.AdamW(learning_rate=lr, parameters=model.parameters(), weight_decay=0.1,
                                   apply_decay_param_fun=decide), None
 
 
@@ -264,6 +267,24 @@ def run_and_locate(session, toml, checks):
     return results, locate.locate(session, results, always=True)
 
 
+def test_size_one_axes_are_no_divergence():
+    """(1, T, H) vs (B, T, H) and (B, T, 1) vs (B, T) compare by value; gradients of a broadcast
+    tensor compare against the sum over the broadcast axis; a real shape or value gap still differs."""
+    tol = Tolerance(1e-6)
+    rng = np.random.default_rng(0)
+    pos = rng.standard_normal((1, 4, 3)).astype(np.float32)
+    assert not locate.compare_loose("pos", pos, np.repeat(pos, 5, axis=0), tol).differs
+    col = rng.standard_normal((2, 4, 1)).astype(np.float32)
+    assert not locate.compare_loose("col", col, col[..., 0], tol).differs
+    grads = rng.standard_normal((5, 4, 3)).astype(np.float32)
+    assert not locate.compare_loose("g", grads.sum(0, keepdims=True), grads, tol, grad=True).differs
+    assert locate.compare_loose("g", grads[:1], grads, tol, grad=True).differs
+    assert locate.compare_loose("pos", pos, np.repeat(pos, 5, axis=0) + 1e-3, tol).differs
+    assert locate.compare_loose("t", pos[0], pos[0].T, tol).differs  # (4, 3) vs (3, 4): never transposed
+    flipped = rng.standard_normal((8, 10)).astype(np.float32)
+    assert locate.compare_loose("flip", flipped, flipped[:, ::-1], tol).differs
+
+
 FWD = ["forward", "loss"]
 ALL = ["forward", "loss", "backward"]
 
@@ -277,6 +298,7 @@ BUGS = [
     ("loss", transformer_pair, FWD, "loss", None),
     ("detach", transformer_pair, ALL, "grad", "proj"),
     ("decay", transformer_pair, ALL, "update", None),
+    ("lr", transformer_pair, ALL, "update", None),
     ("bn_momentum", cnn_pair, ["backward"], "buffer", "bn1"),
 ]
 
@@ -300,6 +322,8 @@ def test_injected_bug_is_located(session, tmp_path, bug, make, checks, where, la
             assert name in found.detail
         assert "norm" not in found.detail and "weight" not in found.detail
         assert found.step == 0
+    if bug == "lr":
+        assert "2x torch's for every parameter: the learning rate" in found.detail, found.detail
     if bug == "bn_momentum":
         assert "momentum convention" in found.detail, found.detail
         assert found.step == 0
