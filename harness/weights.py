@@ -180,6 +180,8 @@ class _Planner:
         for k in sorted(set(groups_t) | set(groups_p), key=lambda k: k != "mha"):
             ts = groups_t.get(k, [])
             ps = [m for m in groups_p.get(k, []) if m["name"] not in used_paddle]
+            if k == "mha" and not ts:
+                continue  # paddle attention without a torch counterpart: its q/k/v Linears pair on their own
             if len(ts) != len(ps):
                 raise UsageError(
                     f"weight mapping: {len(ts)} torch {k} module(s) without a same-named paddle module "
