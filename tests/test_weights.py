@@ -107,3 +107,20 @@ def test_user_mapping_that_forgets_a_square_transpose_fails_forward(make_pair, t
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert not check(report(tmp_path / "o"), "forward")["passed"]
     assert "torch_to_paddle" in (tmp_path / "o" / "weight_map.txt").read_text()
+
+
+CORRECT_USER_MAPPING = '''
+from backends.zoo.mlp.pair import build_paddle, build_torch, make_batch  # noqa: F401
+
+def torch_to_paddle(state):
+    return {k: (v.T if k.endswith("weight") else v) for k, v in state.items()}
+'''
+
+
+def test_a_correct_user_mapping_passes_backward_without_comparing_unknown_layouts(make_pair, tmp_path):
+    toml = make_pair(CORRECT_USER_MAPPING, '[data]\ninputs = ["x"]\n', name="usermap")
+    proc = cli("run", toml, "--out", tmp_path / "o", "--checks", "forward,backward")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    backward = check(report(tmp_path / "o"), "backward")
+    assert all(k["key"].startswith("loss_") for k in backward["keys"])
+    assert any("not compared" in n for n in backward["notes"])
