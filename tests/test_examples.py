@@ -19,7 +19,7 @@ def test_transformer_encoder_example_every_check(tmp_path):
 
 
 @pytest.mark.skipif(not HAVE_BERT_LIBS and not os.environ.get("REPROD_REQUIRE_EXAMPLES"),
-                    reason="needs examples/bert_sst2/requirements.txt + paddlenlp (CI installs them and sets "
+                    reason="needs the examples extra + paddlenlp (CI installs them and sets "
                            "REPROD_REQUIRE_EXAMPLES=1, which turns this skip into a failure)")
 def test_bert_hf_vs_paddlenlp_is_aligned(tmp_path):
     proc = cli("run", ROOT / "examples" / "bert_sst2" / "pair.toml", "--out", tmp_path / "o", timeout=600)
