@@ -259,7 +259,9 @@ def init(
 
     Example: reprod-harness init my_port && reprod-harness run my_port/pair.toml
     """
-    templates = Path(__file__).parent / "templates"
+    import backends  # framework-free package; the starter pair imports torch and paddle, so it lives there
+
+    templates = Path(backends.__file__).parent / "templates"
     targets = [directory / name for name in ("pair.toml", "pair.py")]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
