@@ -129,8 +129,8 @@ def _execute(cfg, out_dir: Optional[Path], timeout: float, device: str, as_json:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if weights is not None:
         coordinator.checkpoint_side(weights)  # a missing or unknown file is a usage error, before any worker starts
-    if dp_equivalence and (layout is None or layout.nprocs < 2):
-        raise UsageError("--dp-equivalence compares N ranks with 1: give --nprocs 2 or more")
+    if dp_equivalence and (layout is None or layout.nprocs < 2 or layout.nnodes > 1):
+        raise UsageError("--dp-equivalence compares N ranks with 1 on one machine: give --nprocs 2 or more, no --nnodes")
     opts = coordinator.RunOptions(out_dir=out_dir, timeout=timeout, device=device, benchmark=benchmark, weights=weights,
                                   locate=locate, layout=layout, dp_equivalence=dp_equivalence)
     with Progress(err, quiet or as_json) as progress:
@@ -174,6 +174,7 @@ def run(
     nnodes: int = typer.Option(1, "--nnodes", min=1, help="Machines in the run (each runs this command)."),
     node_rank: int = typer.Option(0, "--node-rank", min=0, help="This machine's index among --nnodes."),
     master: Optional[str] = typer.Option(None, "--master", help="ADDR:PORT of the rendezvous when --nnodes > 1."),
+    ips: Optional[str] = typer.Option(None, "--ips", help="Every node's address, in node-rank order, when --nnodes > 1 (as paddle.distributed.launch --ips)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Start both models from this checkpoint (.pt/.pth torch, .pdparams paddle)."),
     benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="reprod_log .npy with the metric the paddle train run must reach (e.g. a paper's), judged with the train tolerance."),
     locate: bool = typer.Option(False, "--locate", help="Trace every module (outputs, gradients, updates, BatchNorm statistics) even when the checks pass; on a failure this always happens."),
@@ -196,7 +197,8 @@ def run(
     except ValueError:
         raise UsageError(f"--devices: expected comma-separated GPU ids like 0,1, got '{devices}'") from None
     layout = Layout(nprocs=nprocs or cfg.distributed.nprocs, devices=device_ids, placement=placement,
-                    backend=cfg.distributed.backend, nnodes=nnodes, node_rank=node_rank, master=master)
+                    backend=cfg.distributed.backend, nnodes=nnodes, node_rank=node_rank, master=master,
+                    ips=tuple(a.strip() for a in ips.split(",")) if ips else ())
     _execute(cfg, out_dir, timeout, device, as_json, quiet, verbose, benchmark, weights, locate, layout, dp_equivalence)
 
 

@@ -57,11 +57,11 @@ class Session:
         # rank 0 of each framework is named after it, so every single-process check runs there
         self.ranks = {side: [side] + [f"{side}.{r}" for r in range(1, n)] for side in SIDES}
         threads = worker_threads(opts.threads) if n == 1 else max(1, worker_threads(opts.threads) // n)
-        ports = distributed.free_ports(1 + self.layout.world) if n > 1 else []
+        ports = distributed.free_ports(1 + self.layout.world) if self.layout.world > 1 else []
         specs = []
         for side in SIDES:
             for r, name in enumerate(self.ranks[side]):
-                env = distributed.rank_env(side, r, self.layout, ports) if n > 1 else {}
+                env = distributed.rank_env(side, r, self.layout, ports) if self.layout.world > 1 else {}
                 device = opts.device if not self.layout.devices else "gpu"
                 specs.append(WorkerSpec(name, {"threads": threads, "device": device, "env": env}, framework=side))
         self.group = WorkerGroup(specs, opts.timeout)
@@ -87,7 +87,7 @@ class Session:
         replaced: the same workers then serve another pair, as the localization tests do)."""
         self.plan = None
         self.data.batch(0)
-        if self.layout.nprocs > 1:
+        if self.layout.world > 1:
             distributed.validate(self.layout, next(iter(self.data.batch(0).values())).shape[0])
         infos = self.group.call({name: Request("setup", {"cfg": self.cfg.to_wire()}) for name in self.group.workers})
         self.infos = {side: infos[side] for side in SIDES}
@@ -101,7 +101,7 @@ class Session:
             self._load_checkpoint(self.opts.weights)
         state = self.one("torch", "export_state")
         self.initial_torch = state
-        if self.layout.nprocs > 1:  # every rank starts from rank 0's weights, as DDP would broadcast them
+        if self.layout.world > 1:  # every rank starts from rank 0's weights, as DDP would broadcast them
             self.group.call({name: Request("load_state", {"state": state}) for name in self.ranks["torch"][1:]})
         mapped = {"state": state, "raw": True} if self.plan is None else {"state": self.plan.to_paddle(state)}
         self.every_rank("paddle", "import_state", **mapped)
@@ -209,7 +209,7 @@ class Session:
 
     def check_backward(self, overrides: dict | None = None, write: bool = True) -> CheckResult:
         """Loss of every step, then the updated parameters and the last gradients by torch name."""
-        if self.layout.nprocs > 1:
+        if self.layout.world > 1:
             return self.check_backward_parallel(overrides)
         iters = self.cfg.train.iters
         out = self.both("train", batches=self.data.batches(range(iters)), mode=self.cfg.train.mode,
@@ -236,12 +236,12 @@ class Session:
     def check_backward_parallel(self, overrides: dict | None = None) -> CheckResult:
         """N ranks per framework: per-rank and rank-averaged losses, parameters after the last
         step (rank 0) and that every rank holds the same parameters, paddle DP vs torch DDP."""
-        n, iters = self.layout.nprocs, self.cfg.train.iters
+        iters = self.cfg.train.iters
         batches = self.data.batches(range(iters))
         requests = {}
         for side in SIDES:
             for r, name in enumerate(self.ranks[side]):
-                shards = [distributed.shard(b, r, n) for b in batches]
+                shards = self._shards(batches, r)
                 requests[name] = Request("train", {"batches": shards, "mode": self.cfg.train.mode, "parallel": True,
                                                    "total_steps": self.cfg.total_steps, "overrides": overrides})
         out = self.group.call(requests)
@@ -250,7 +250,7 @@ class Session:
             for r, name in enumerate(self.ranks[side]):
                 losses = {f"loss_{i}": v for i, v in enumerate(out[name]["loss"])}
                 per_rank[side].append(losses)
-                target.update({f"rank{r}:{k}": v for k, v in losses.items()})
+                target.update({f"rank{self.layout.global_rank0 + r}:{k}": v for k, v in losses.items()})
             target.update({f"loss_{i}": np.mean([np.float64(rk[f"loss_{i}"]) for rk in per_rank[side]]).astype(np.float32)
                            for i in range(iters)})
         params = dict(zip(SIDES, self._by_torch_name(out["torch"]["params"], out["paddle"]["params"])))
@@ -274,6 +274,10 @@ class Session:
         self.writer.arrays("bp_params_paddle.npy", params["paddle"])
         return result
 
+    def _shards(self, batches: list, local_rank: int) -> list:
+        """This rank's rows of each global batch: contiguous, by global rank (DistributedBatchSampler)."""
+        return [distributed.shard(b, self.layout.global_rank0 + local_rank, self.layout.world) for b in batches]
+
     def check_dp_equivalence(self) -> CheckResult:
         """Each framework's N-rank run against its own 1-rank run on the same global batches:
         wrong loss scaling, unsynchronized BatchNorm or non-averaged gradients show here."""
@@ -281,9 +285,7 @@ class Session:
         kwargs = {"batches": self.data.batches(range(iters)), "mode": self.cfg.train.mode,
                   "total_steps": self.cfg.total_steps}
         single = self.both("train", **kwargs)
-        n = self.layout.nprocs
-        requests = {name: Request("train", {**kwargs, "batches": [distributed.shard(b, r, n) for b in kwargs["batches"]],
-                                            "parallel": True})
+        requests = {name: Request("train", {**kwargs, "batches": self._shards(kwargs["batches"], r), "parallel": True})
                     for side in SIDES for r, name in enumerate(self.ranks[side])}
         multi = self.group.call(requests)
         one, many = {}, {}

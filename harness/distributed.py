@@ -22,6 +22,11 @@ class Layout:
     nnodes: int = 1
     node_rank: int = 0
     master: str | None = None  # ADDR:PORT of the torch rendezvous across nodes; None: this machine
+    ips: tuple = ()  # every node's address, in node-rank order (paddle's endpoints), across nodes
+
+    @property
+    def global_rank0(self) -> int:
+        return self.node_rank * self.nprocs
 
     @property
     def world(self) -> int:
@@ -54,8 +59,11 @@ def validate(layout: Layout, batch_rows: int | None = None) -> None:
         raise UsageError("backend nccl needs GPUs: give --devices")
     if not 0 <= layout.node_rank < layout.nnodes:
         raise UsageError(f"--node-rank {layout.node_rank} is not in [0, {layout.nnodes})")
-    if layout.nnodes > 1 and not layout.master:
+    if layout.nnodes > 1 and (not layout.master or ":" not in layout.master or not layout.master.rsplit(":", 1)[1].isdigit()):
         raise UsageError("--nnodes > 1 needs --master ADDR:PORT (the same on every node)")
+    if layout.nnodes > 1 and len(layout.ips) != layout.nnodes:
+        raise UsageError(f"--nnodes {layout.nnodes} needs --ips with {layout.nnodes} addresses, in node-rank order "
+                         "(paddle's rank endpoints, as paddle.distributed.launch --ips)")
     if batch_rows is not None and batch_rows % layout.nprocs:
         raise UsageError(f"a batch of {batch_rows} rows does not split evenly over {layout.nprocs} ranks")
 
@@ -86,21 +94,28 @@ def free_ports(n: int) -> list:
 
 
 def rank_env(framework: str, local_rank: int, layout: Layout, ports: list) -> dict:
-    """Environment of one rank, set before its framework is imported."""
+    """Environment of one rank, set before its framework is imported.
+
+    One machine: torch's rendezvous on ports[0], paddle's ranks on ports[1:]. Across machines
+    (--nnodes): torch's on --master, paddle's rank g of node n on ips[n]:(master port + 1 + g),
+    the same list on every node, as `paddle.distributed.launch --ips` would give them.
+    """
     rank = layout.node_rank * layout.nprocs + local_rank
-    host, port = ("127.0.0.1", ports[0]) if not layout.master else (layout.master.rsplit(":", 1)[0], int(layout.master.rsplit(":", 1)[1]))
     env = {"REPROD_COMM_BACKEND": layout.comm_backend()}
     card = layout.device_of(framework, local_rank)
     if card is not None:
         env["CUDA_VISIBLE_DEVICES"] = card
+    if layout.nnodes > 1:
+        host, port = layout.master.rsplit(":", 1)
+        endpoints = [f"{layout.ips[n]}:{int(port) + 1 + n * layout.nprocs + r}"
+                     for n in range(layout.nnodes) for r in range(layout.nprocs)]
+    else:
+        host, port = "127.0.0.1", str(ports[0])
+        endpoints = [f"127.0.0.1:{p}" for p in ports[1:1 + layout.world]]
     if framework == "torch":
         env.update(MASTER_ADDR=host, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(layout.world),
                    LOCAL_RANK=str(local_rank))
     else:
-        base = port + 1 if not layout.master else port
-        endpoints = [f"{host if layout.nnodes > 1 else '127.0.0.1'}:{base + i}" for i in range(layout.world)]
-        if not layout.master:
-            endpoints = [f"127.0.0.1:{p}" for p in ports[1:1 + layout.world]]
         env.update(
             PADDLE_TRAINER_ID=str(rank), PADDLE_TRAINERS_NUM=str(layout.world),
             PADDLE_TRAINER_ENDPOINTS=",".join(endpoints), PADDLE_CURRENT_ENDPOINT=endpoints[rank],

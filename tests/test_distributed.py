@@ -31,11 +31,16 @@ def test_rank_environment_on_a_four_gpu_box():
     assert [rank_env("paddle", r, split, ports)["CUDA_VISIBLE_DEVICES"] for r in range(2)] == ["2", "3"]
     cpu = rank_env("torch", 1, Layout(nprocs=2), ports)
     assert cpu["REPROD_COMM_BACKEND"] == "gloo" and "CUDA_VISIBLE_DEVICES" not in cpu
-    two_nodes = Layout(nprocs=2, nnodes=2, node_rank=1, master="10.0.0.1:29500")
+    two_nodes = Layout(nprocs=2, nnodes=2, node_rank=1, master="10.0.0.1:29500", ips=("10.0.0.1", "10.0.0.2"))
     env = rank_env("torch", 1, two_nodes, ports)
     assert env["RANK"] == "3" and env["WORLD_SIZE"] == "4" and env["MASTER_ADDR"] == "10.0.0.1"
+    penv = rank_env("paddle", 1, two_nodes, ports)
+    assert penv["PADDLE_TRAINER_ENDPOINTS"] == "10.0.0.1:29501,10.0.0.1:29502,10.0.0.2:29503,10.0.0.2:29504"
+    assert penv["PADDLE_CURRENT_ENDPOINT"] == "10.0.0.2:29504" and penv["PADDLE_TRAINER_ID"] == "3"
     with pytest.raises(UsageError, match="needs --master"):
         validate(Layout(nprocs=2, nnodes=2))
+    with pytest.raises(UsageError, match="needs --ips"):
+        validate(Layout(nprocs=2, nnodes=2, master="10.0.0.1:29500"))
 
 
 def test_mlp_two_ranks_aligned_and_equivalent_to_one_rank(tmp_path):
@@ -101,3 +106,30 @@ def test_rank_failure_exits_3_without_strays(make_pair, tmp_path, action, expect
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert expect in proc.stderr and "torch.1 worker" in proc.stderr
     assert _tagged_processes(tag) == []
+
+
+def test_two_nodes_on_one_machine_synchronize(tmp_path):
+    """--nnodes 2: two coordinators (as on two machines) whose ranks form one group per framework."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from harness.distributed import free_ports
+
+    port = free_ports(1)[0]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "harness", "run", "--zoo", "mlp", "--nnodes", "2", "--node-rank", str(n),
+                          "--master", f"127.0.0.1:{port}", "--ips", "127.0.0.1,127.0.0.1", "--checks", "backward",
+                          "--out", str(tmp_path / f"node{n}"), "--timeout", "120", "-q"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for n in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    keys = [{k["key"] for k in json.loads((tmp_path / f"node{n}" / "report.json").read_text())["checks"][0]["keys"]}
+            for n in (0, 1)]
+    assert "rank0:loss_0" in keys[0] and "rank1:loss_0" in keys[1]
+    for fw in ("torch", "paddle"):  # all-reduced: both nodes end with the same parameters
+        a, b = (np.load(tmp_path / f"node{n}" / f"bp_params_{fw}.npy", allow_pickle=True).tolist() for n in (0, 1))
+        assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
