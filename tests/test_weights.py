@@ -83,8 +83,9 @@ def test_aliased_paddle_tensors_are_filled_from_one_source():
     assert {e.paddle_name: e.alias_of for e in pl.entries} == {"rnn.weight_ih_l0": None, "rnn.0.cell.weight_ih": "rnn.weight_ih_l0"}
 
 
-@pytest.mark.parametrize("toml", [PAIRS / "layers" / "pair.toml", ROOT / "examples" / "transformer_encoder" / "pair.toml"],
-                         ids=["layers_by_order", "transformer_encoder"])
+@pytest.mark.parametrize("toml", [PAIRS / "layers" / "pair.toml", ROOT / "examples" / "transformer_encoder" / "pair.toml",
+                                  PAIRS / "decoder" / "pair.toml"],
+                         ids=["layers_by_order", "transformer_encoder", "transformer_decoder"])
 def test_real_pairs_align_through_the_automatic_mapping(toml, tmp_path):
     proc = cli("run", toml, "--out", tmp_path / "o", "--checks", "forward,backward")
     assert proc.returncode == 0, proc.stdout + proc.stderr
