@@ -322,6 +322,8 @@ class Runner:
         if eval_batches is None:
             result.update(params=self.params(self.model), grads=grads)
         else:
+            trainable = set(self.params(self.model))
+            result["buffers"] = {k: v for k, v in self.state(self.model).items() if k not in trainable}
             result["metric"] = self._evaluate(eval_batches)
         return result
 

@@ -104,3 +104,25 @@ def test_benchmark_file(mlp_session, tmp_path):
         assert bench and not bench[0].passed and not result.passed
     finally:
         mlp_session.benchmark = None
+
+
+BN_MOMENTUM_CONFUSED = '''
+import paddle
+from backends.zoo.cnn import pair as cnn
+from backends.zoo.cnn.pair import build_torch, make_batch  # noqa: F401
+
+def build_paddle():
+    model = cnn.PaddleCNN()
+    model.bn1 = paddle.nn.BatchNorm2D(8, momentum=0.1)  # torch's 0.1 copied literally: paddle means 0.9
+    return model
+'''
+
+
+def test_batchnorm_momentum_mixup_fails_train_on_running_means(make_pair, tmp_path):
+    toml = make_pair(BN_MOMENTUM_CONFUSED, '[data]\ninputs = ["image"]\n[train]\ntrain_iters = 5\n', name="bnmom")
+    proc = cli("run", toml, "--out", tmp_path / "o", "--checks", "forward,loss,backward,train")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rep = report(tmp_path / "o")
+    assert [c["name"] for c in rep["checks"] if not c["passed"]] == ["train"]
+    failing = [k["key"] for k in check(rep, "train")["keys"] if not k["passed"]]
+    assert "buffer:bn1.running_mean" in failing and "buffer:bn2.running_mean" not in failing
