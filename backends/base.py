@@ -44,11 +44,11 @@ class Stepper:
     def lr(self) -> float:
         raise NotImplementedError
 
-    def step(self) -> None:
-        """Clip, update, advance the scheduler."""
+    def step(self, metric: float | None = None) -> None:
+        """Clip, update, advance the scheduler (a plateau schedule reads `metric`, the step's loss)."""
         raise NotImplementedError
 
-    def advance(self) -> None:
+    def advance(self, metric: float | None = None) -> None:
         """Move the schedule one step without training (for the lr check)."""
         raise NotImplementedError
 
@@ -274,14 +274,15 @@ class Runner:
             cfg[section] = {**cfg[section], **values}
         return cfg
 
-    def op_lr_schedule(self, total_steps: int, overrides: dict | None = None) -> dict:
-        """The lr of each of total_steps steps, read from the framework's own scheduler."""
+    def op_lr_schedule(self, total_steps: int, overrides: dict | None = None, metrics: list | None = None) -> dict:
+        """The lr of each of total_steps steps, read from the framework's own scheduler; metrics
+        drive a plateau schedule (the same sequence on both sides)."""
         self._restore()
         stepper = self.make_stepper(self.model, self._config(overrides), total_steps)
         lrs = []
-        for _ in range(total_steps):
+        for i in range(total_steps):
             lrs.append(stepper.lr())
-            stepper.advance()
+            stepper.advance(metrics[i] if metrics else None)
         return {"lr": np.asarray(lrs, dtype=np.float64)}
 
     def op_train(self, batches: list, mode: str, total_steps: int, overrides: dict | None = None,
@@ -313,7 +314,7 @@ class Runner:
             self.backward(loss)
             if i == len(batches) - 1:
                 grads = self.grads(self.model)
-            stepper.step()
+            stepper.step(float(losses[-1]))
             stepper.zero_grad()
         result = {
             "loss": np.stack(losses) if losses else np.zeros(0, np.float32),

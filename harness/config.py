@@ -74,6 +74,10 @@ class SchedulerConfig:
     pct_start: float = 0.3
     div_factor: float = 25.0
     final_div_factor: float = 1e4
+    patience: int = 2  # plateau: steps without improvement before the lr drops by gamma
+    threshold: float = 1e-4
+    cooldown: int = 0
+    min_lr: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -217,7 +217,8 @@ class Session:
             result.keys.append(compare_arrays(f"benchmark:{name}", ref, np.asarray(paddle_metric[name], np.float64), tol))
 
     def check_lr(self, overrides: dict | None = None) -> CheckResult:
-        out = self.both("lr_schedule", total_steps=self.cfg.total_steps, overrides=overrides)
+        out = self.both("lr_schedule", total_steps=self.cfg.total_steps, overrides=overrides,
+                        metrics=plateau_metrics(self.cfg.total_steps))
         name = (overrides or {}).get("lr_scheduler", {}).get("name", self.cfg.lr_scheduler.name)
         if self.infos["torch"]["custom_optimizer"] or self.infos["paddle"]["custom_optimizer"]:
             name = "pair"
@@ -364,6 +365,12 @@ UNCONSTRAINED_RATIO = 1e-6
 # Parameters are judged against the size of their update, gradients against their own size:
 # float32 noise in a correct port stays near 1e-5 of either, a wrong decay or clip reaches 1e-3.
 SCALE_RTOL = 1e-4
+
+
+def plateau_metrics(steps: int) -> list:
+    """A fixed loss sequence for the lr check: improving, then flat with small noise below any
+    threshold, then improving again, so a plateau schedule must decide to drop and to wait."""
+    return [1.0 / (1 + i) if i < 2 or i >= 12 else 0.5 + 1e-6 * (i % 2) for i in range(steps)]
 
 
 def _flat(arrays: dict) -> np.ndarray:

@@ -103,6 +103,12 @@ SCHEDULERS = {
         "end_lr 0: lr_scheduler.PolynomialLR(total_iters=total_steps, power); else LambdaLR with end_lr",
         "paddle's PolynomialDecay default end_lr is 1e-4, torch decays to 0: the harness always passes end_lr",
     ),
+    "plateau": Family(
+        "plateau",
+        "lr.ReduceOnPlateau(lr, mode=\"min\", factor=gamma, patience, threshold, cooldown, min_lr), step(loss)",
+        "lr_scheduler.ReduceLROnPlateau(mode=\"min\", factor=gamma, patience, threshold, cooldown, min_lr), step(loss)",
+        "driven by each step's loss in training; the lr check feeds both the same fixed sequence",
+    ),
     "onecycle": Family(
         "onecycle",
         "lr.OneCycleLR(max_lr, total_steps, divide_factor=div_factor, end_learning_rate=max_lr/(div_factor*final_div_factor), phase_pct=pct_start)",

@@ -64,6 +64,17 @@ def test_scheduler_family_is_aligned(session, name):
     assert worst <= 1e-9
 
 
+def test_plateau_drops_the_lr_identically(session):
+    result = session.check_lr({"lr_scheduler": {"name": "plateau", "patience": 0, "gamma": 0.5}})
+    assert result.passed, [f"{k.key}: {k.reason}" for k in result.failing]
+    out = session.both("lr_schedule", total_steps=5, overrides={"lr_scheduler": {"name": "plateau", "patience": 0,
+                                                                                  "gamma": 0.5}},
+                       metrics=[1.0, 0.5, 0.5, 0.5, 0.5])
+    lrs = out["torch"]["lr"]
+    assert lrs[3] == pytest.approx(lrs[0] / 2)  # the schedule really moved, on both sides alike
+    assert list(out["paddle"]["lr"]) == pytest.approx(list(lrs), abs=1e-12)
+
+
 @pytest.mark.parametrize("extra", [{"num_cycles": 1.0}, {"end_lr": 1e-4}, {"warmup_steps": 0}])
 def test_scheduler_variants_are_aligned(session, extra):
     for name in ("cosine_warmup", "polynomial", "linear_warmup"):

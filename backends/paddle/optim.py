@@ -16,12 +16,15 @@ class PaddleStepper(base.Stepper):
     def lr(self) -> float:
         return float(self.optimizer.get_lr())
 
-    def step(self) -> None:
+    def step(self, metric: float | None = None) -> None:
         self.optimizer.step()
-        self.advance()
+        self.advance(metric)
 
-    def advance(self) -> None:
-        if self.scheduler is not None:
+    def advance(self, metric: float | None = None) -> None:
+        if isinstance(self.scheduler, S.ReduceOnPlateau):
+            if metric is not None:  # a traced step has no metric: both sides then skip it alike
+                self.scheduler.step(metric)
+        elif self.scheduler is not None:
             self.scheduler.step()
 
     def zero_grad(self) -> None:
@@ -51,6 +54,9 @@ def _scheduler(sched: dict, lr: float, total: int):
             decay = S.CosineAnnealingDecay(lr, T_max=max(1, total - warm))
             return S.LinearWarmup(decay, warmup_steps=warm, start_lr=0.0, end_lr=lr) if warm else decay
         return S.LambdaDecay(lr, warmup_lambda("cosine", warm, total, sched["num_cycles"], lr, end))
+    if name == "plateau":
+        return S.ReduceOnPlateau(lr, mode="min", factor=sched["gamma"], patience=sched["patience"],
+                                 threshold=sched["threshold"], cooldown=sched["cooldown"], min_lr=sched["min_lr"])
     if name == "onecycle":
         max_lr = sched["max_lr"] or lr
         return S.OneCycleLR(

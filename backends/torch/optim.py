@@ -18,7 +18,7 @@ class TorchStepper(base.Stepper):
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def step(self) -> None:
+    def step(self, metric: float | None = None) -> None:
         # paddle clips inside step(), then adds the regularization term: same order here
         if self.clip_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
@@ -30,12 +30,17 @@ class TorchStepper(base.Stepper):
                     if p.grad is not None:
                         p.grad.add_(torch.sign(p), alpha=self.l1_coeff)
         self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
+        self._schedule(metric)
 
-    def advance(self) -> None:
+    def advance(self, metric: float | None = None) -> None:
         self.optimizer.step()  # no gradients: updates nothing, keeps torch's step-order check happy
-        if self.scheduler is not None:
+        self._schedule(metric)
+
+    def _schedule(self, metric: float | None) -> None:
+        if isinstance(self.scheduler, S.ReduceLROnPlateau):
+            if metric is not None:  # a traced step has no metric: both sides then skip it alike
+                self.scheduler.step(metric)
+        elif self.scheduler is not None:
             self.scheduler.step()
 
     def zero_grad(self) -> None:
@@ -68,6 +73,9 @@ def _scheduler(optimizer, sched: dict, lr: float, total: int):
         return S.CosineAnnealingLR(optimizer, T_max=total, eta_min=sched["end_lr"])
     if name == "polynomial" and not sched["end_lr"]:
         return S.PolynomialLR(optimizer, total_iters=total, power=sched["power"])
+    if name == "plateau":
+        return S.ReduceLROnPlateau(optimizer, mode="min", factor=sched["gamma"], patience=sched["patience"],
+                                   threshold=sched["threshold"], cooldown=sched["cooldown"], min_lr=sched["min_lr"])
     if name == "onecycle":
         return S.OneCycleLR(
             optimizer, max_lr=sched["max_lr"] or lr, total_steps=total, pct_start=sched["pct_start"],
