@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -16,6 +18,9 @@ class Runner(base.Runner):
 
     def __init__(self, options: dict):
         super().__init__(options)
+        # paddle's C++ handler prints a "FatalError: Termination signal" report when the
+        # coordinator stops this worker on purpose (Ctrl-C, a sibling's failure): plain exit instead
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         use_gpu = options.get("device") in ("gpu", "auto") and paddle.device.cuda.device_count() > 0
         paddle.set_device("gpu" if use_gpu else "cpu")
 
