@@ -61,7 +61,8 @@ class Session:
         specs = []
         for side in SIDES:
             for r, name in enumerate(self.ranks[side]):
-                env = distributed.rank_env(side, r, self.layout, ports) if self.layout.world > 1 else {}
+                env = (distributed.rank_env(side, r, self.layout, ports) if self.layout.world > 1
+                       else distributed.device_env(side, r, self.layout))
                 device = opts.device if not self.layout.devices else "gpu"
                 specs.append(WorkerSpec(name, {"threads": threads, "device": device, "env": env}, framework=side))
         self.group = WorkerGroup(specs, opts.timeout)

@@ -93,6 +93,12 @@ def free_ports(n: int) -> list:
             s.close()
 
 
+def device_env(framework: str, local_rank: int, layout: Layout) -> dict:
+    """The one card a worker may see (--devices), also for a single-process run."""
+    card = layout.device_of(framework, local_rank)
+    return {} if card is None else {"CUDA_VISIBLE_DEVICES": card}
+
+
 def rank_env(framework: str, local_rank: int, layout: Layout, ports: list) -> dict:
     """Environment of one rank, set before its framework is imported.
 
@@ -101,10 +107,8 @@ def rank_env(framework: str, local_rank: int, layout: Layout, ports: list) -> di
     the same list on every node, as `paddle.distributed.launch --ips` would give them.
     """
     rank = layout.node_rank * layout.nprocs + local_rank
-    env = {"REPROD_COMM_BACKEND": layout.comm_backend()}
+    env = {"REPROD_COMM_BACKEND": layout.comm_backend(), **device_env(framework, local_rank, layout)}
     card = layout.device_of(framework, local_rank)
-    if card is not None:
-        env["CUDA_VISIBLE_DEVICES"] = card
     if layout.nnodes > 1:
         host, port = layout.master.rsplit(":", 1)
         endpoints = [f"{layout.ips[n]}:{int(port) + 1 + n * layout.nprocs + r}"

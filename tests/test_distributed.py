@@ -133,3 +133,11 @@ def test_two_nodes_on_one_machine_synchronize(tmp_path):
     for fw in ("torch", "paddle"):  # all-reduced: both nodes end with the same parameters
         a, b = (np.load(tmp_path / f"node{n}" / f"bp_params_{fw}.npy", allow_pickle=True).tolist() for n in (0, 1))
         assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_single_process_run_on_a_chosen_card():
+    from harness.distributed import device_env
+
+    assert device_env("paddle", 0, Layout(devices=(3,))) == {"CUDA_VISIBLE_DEVICES": "3"}
+    assert device_env("paddle", 0, Layout(devices=(0, 1), placement="split")) == {"CUDA_VISIBLE_DEVICES": "1"}
+    assert device_env("torch", 0, Layout()) == {}
