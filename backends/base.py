@@ -196,6 +196,7 @@ class Runner:
             raise ValueError(f"{path} defines no build_{self.framework}")
         self.seed_all(cfg["data"]["seed"])
         self.model = build()
+        self._parallel = None  # a wrapper of the previous model would train that one
         expected = self.model_type()
         if not isinstance(self.model, expected):
             raise TypeError(

@@ -18,7 +18,7 @@ from harness.diff import CheckResult, compare_arrays, compare_dicts
 from harness.errors import UsageError
 from harness.process import WorkerGroup, WorkerSpec
 from harness.protocol import Request
-from harness.report import ArtifactWriter, Divergence, RunReport
+from harness.report import ArtifactWriter, Divergence, RunReport, diff_log_lines
 
 SIDES = ("torch", "paddle")
 
@@ -278,13 +278,16 @@ class Session:
         other.update({**_prefixed("param:", params["paddle"]), **_prefixed("grad:", grads["paddle"])})
         result = compare_dicts("backward", ref, other, self.cfg.tolerance)
         self._note_unmapped(result)
-        judge_by_scale(result, ref, other, self.initial_torch, grads["torch"], grads["paddle"],
-                       self._optimizer_name(overrides) in ("adam", "adamw", "pair"))
+        adaptive = self._optimizer_name(overrides) in ("adam", "adamw", "pair")
+        judge_by_scale(result, ref, other, self.initial_torch, grads["torch"], grads["paddle"], adaptive)
+        if adaptive:
+            distributed.judge_rank_losses(result, ref, other, SCALE_RTOL)
         for side in SIDES:  # DataParallel keeps ranks identical; a rank that drifted was never synchronized
             first = _flat(out[side]["params"])
             for r, name in enumerate(self.ranks[side][1:], 1):
                 key = compare_arrays(f"sync:{side}:rank{r}", first, _flat(out[name]["params"]), self.cfg.tolerance.backward)
                 result.keys.append(key)
+        distributed.sync_notes(result)
         self.writer.check(result, ref, other)
         for side in SIDES:
             for r, losses in enumerate(per_rank[side]):
@@ -299,7 +302,9 @@ class Session:
 
     def check_dp_equivalence(self) -> CheckResult:
         """Each framework's N-rank run against its own 1-rank run on the same global batches:
-        wrong loss scaling, unsynchronized BatchNorm or non-averaged gradients show here."""
+        wrong loss scaling, unsynchronized BatchNorm or non-averaged gradients show here. Judged
+        like the backward check (parameters against their update, noise-driven elements under an
+        adaptive optimizer set aside): summing gradients over ranks rounds differently."""
         iters = self.cfg.train.iters
         kwargs = {"batches": self.data.batches(range(iters)), "mode": self.cfg.train.mode,
                   "total_steps": self.cfg.total_steps}
@@ -307,16 +312,34 @@ class Session:
         requests = {name: Request("train", {**kwargs, "batches": self._shards(kwargs["batches"], r), "parallel": True})
                     for side in SIDES for r, name in enumerate(self.ranks[side])}
         multi = self.group.call(requests)
-        one, many = {}, {}
+        adaptive = self._optimizer_name(None) in ("adam", "adamw", "pair")
+        result, one, many = CheckResult("dp_equivalence"), {}, {}
         for side in SIDES:
-            for i in range(iters):
-                one[f"{side}:loss_{i}"] = np.asarray(single[side]["loss"][i])
-                many[f"{side}:loss_{i}"] = np.mean([np.float64(multi[name]["loss"][i]) for name in self.ranks[side]]).astype(np.float32)
-            one.update(_prefixed(f"{side}:param:", single[side]["params"]))
-            many.update(_prefixed(f"{side}:param:", multi[side]["params"]))
-        result = compare_dicts("backward", one, many, self.cfg.tolerance)
-        result.name = "dp_equivalence"
-        self.writer.check(result, one, many, stem="dp_equivalence", log="dp_equivalence_diff.log")
+            a = {f"loss_{i}": np.asarray(single[side]["loss"][i]) for i in range(iters)}
+            b = {f"loss_{i}": np.mean([np.float64(multi[name]["loss"][i]) for name in self.ranks[side]]).astype(np.float32)
+                 for i in range(iters)}
+            # paddle tensors under torch names where the plan knows them, so torch's initial state is the start of both
+            named = (lambda x: x) if side == "torch" or self.plan is None else self.plan.paddle_to_torch_names
+            initial = self.initial_torch if side == "torch" or self.plan is not None else {}
+            grads_a, grads_b = named(single[side]["grads"]), named(multi[side]["grads"])
+            a.update({**_prefixed("param:", named(single[side]["params"])), **_prefixed("grad:", grads_a)})
+            b.update({**_prefixed("param:", named(multi[side]["params"])), **_prefixed("grad:", grads_b)})
+            part = compare_dicts("backward", a, b, self.cfg.tolerance)
+            judge_by_scale(part, a, b, initial, grads_a, grads_b, adaptive)
+            for key in part.keys:
+                key.key = f"{side}:{key.key}"
+            result.keys += part.keys
+            result.notes += [f"{side}:{note}" for note in part.notes]
+            one.update(_prefixed(f"{side}:", a))
+            many.update(_prefixed(f"{side}:", b))
+        note = distributed.batchnorm_note(self.infos, self.cfg.train.mode)
+        if note and not result.passed:
+            result.notes.append(note)
+        # not torch vs paddle here: the files are named after the two runs
+        n = self.layout.nprocs
+        self.writer.arrays("dp_equivalence_1rank.npy", one)
+        self.writer.arrays(f"dp_equivalence_{n}rank.npy", many)
+        self.writer.text("dp_equivalence_diff.log", "\n".join(diff_log_lines(result, one, many)) + "\n")
         return result
 
     def _optimizer_name(self, overrides: dict | None) -> str:
@@ -452,7 +475,8 @@ def first_divergence(checks: list) -> Divergence | None:
             if not bad:
                 return Divergence(check.name, "check", detail=check.why)
             key = bad[0]
-            step = int(key.key.split("_")[-1]) if key.key.startswith("loss_") else None
+            last = key.key.rsplit(":", 1)[-1]  # "loss_3", or per rank / framework "rank1:loss_3"
+            step = int(last[5:]) if last.startswith("loss_") and last[5:].isdigit() else None
             return Divergence(check.name, "output", step=step, detail=f"{key.key}: {key.reason}")
     return None
 

@@ -16,6 +16,8 @@ from harness.errors import RemoteTraceback, WorkerError
 from harness.protocol import Failure, Reply, Request, make_shm_dir, pack, unpack
 
 CLOSE_GRACE_S = 5.0
+# how long a failed rank's peers get to show that one of them died first (and caused it)
+PEER_DEATH_GRACE_S = 0.5
 
 
 @dataclass
@@ -113,7 +115,10 @@ class WorkerGroup:
                     worker = handles[ready]
                     if worker.name not in pending:
                         continue
-                    results[worker.name] = self._receive(worker, requests[worker.name].op)
+                    try:
+                        results[worker.name] = self._receive(worker, requests[worker.name].op)
+                    except WorkerError as err:
+                        raise self._root_cause(err, worker, pending, requests[worker.name].op)
                     del pending[worker.name]
             return results
         except BaseException:
@@ -135,6 +140,30 @@ class WorkerGroup:
         assert isinstance(msg, Reply)
         worker.seconds += msg.seconds
         return unpack(msg.value, consume=True)
+
+    def _root_cause(self, err: WorkerError, failed: _Worker, pending: dict, op: str) -> WorkerError:
+        """A rank whose peer died fails in its collective ("connection closed by peer") at about
+        the moment the peer's death shows: the dead peer is the cause, whichever was seen first."""
+        others = [w for name, w in pending.items() if w is not failed]
+        if not others or err.remote_traceback is None:
+            return err
+        wait([w.process.sentinel for w in others], timeout=PEER_DEATH_GRACE_S)
+        for w in others:
+            if not w.process.is_alive() and not self._has_reply(w):
+                try:
+                    self._raise_dead(w, op)
+                except WorkerError as dead:
+                    dead.remote_traceback = f"after which {err}:\n{err.remote_traceback}"
+                    return dead
+        return err
+
+    @staticmethod
+    def _has_reply(worker: _Worker) -> bool:
+        """A message waits in the pipe (a closed pipe polls readable too, but holds none)."""
+        try:
+            return worker.conn.poll() and worker.conn.recv() is not None
+        except (EOFError, OSError):
+            return False
 
     @staticmethod
     def _raise_dead(worker: _Worker, op: str):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import signal
+import sys
 
 import numpy as np
 import paddle
@@ -76,7 +79,14 @@ class Runner(base.Runner):
         import paddle.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_parallel_env()  # PADDLE_TRAINER_* set by the coordinator, as paddle.distributed.launch does
+            # every rank prints its "Modified FLAGS detected" table here, over the coordinator's progress
+            captured = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(captured):
+                    dist.init_parallel_env()  # PADDLE_TRAINER_* set by the coordinator, as paddle.distributed.launch does
+            finally:
+                sys.stderr.write("".join(line for line in captured.getvalue().splitlines(keepends=True)
+                                         if not line.startswith(("FLAGS(name=", "=====")) and line.strip()))
         return paddle.DataParallel(model)
 
     def read_checkpoint(self, path: str) -> dict:
