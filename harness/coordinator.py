@@ -234,14 +234,8 @@ class Session:
         out = self.both("train", batches=self.data.batches(range(iters)), mode=self.cfg.train.mode,
                         total_steps=self.cfg.total_steps, overrides=overrides)
         losses = {side: {f"loss_{i}": v for i, v in enumerate(out[side]["loss"])} for side in SIDES}
-        params = dict(zip(SIDES, self._by_torch_name(out["torch"]["params"], out["paddle"]["params"])))
-        grads = dict(zip(SIDES, self._by_torch_name(out["torch"]["grads"], out["paddle"]["grads"])))
-        ref = {**losses["torch"], **_prefixed("param:", params["torch"]), **_prefixed("grad:", grads["torch"])}
-        other = {**losses["paddle"], **_prefixed("param:", params["paddle"]), **_prefixed("grad:", grads["paddle"])}
-        result = compare_dicts("backward", ref, other, self.cfg.tolerance)
-        self._note_unmapped(result)
-        adaptive = self._optimizer_name(overrides) in ("adam", "adamw", "pair")
-        judge_by_scale(result, ref, other, self.initial_torch, grads["torch"], grads["paddle"], adaptive)
+        ref, other = dict(losses["torch"]), dict(losses["paddle"])
+        result, params, grads = self._judge_updates(ref, other, out, overrides)
         if write:
             self.writer.arrays("bp_params_torch.npy", params["torch"])
             self.writer.arrays("bp_params_paddle.npy", params["paddle"])
@@ -272,15 +266,8 @@ class Session:
                 target.update({f"rank{self.layout.global_rank0 + r}:{k}": v for k, v in losses.items()})
             target.update({f"loss_{i}": np.mean([np.float64(rk[f"loss_{i}"]) for rk in per_rank[side]]).astype(np.float32)
                            for i in range(iters)})
-        params = dict(zip(SIDES, self._by_torch_name(out["torch"]["params"], out["paddle"]["params"])))
-        grads = dict(zip(SIDES, self._by_torch_name(out["torch"]["grads"], out["paddle"]["grads"])))
-        ref.update({**_prefixed("param:", params["torch"]), **_prefixed("grad:", grads["torch"])})
-        other.update({**_prefixed("param:", params["paddle"]), **_prefixed("grad:", grads["paddle"])})
-        result = compare_dicts("backward", ref, other, self.cfg.tolerance)
-        self._note_unmapped(result)
-        adaptive = self._optimizer_name(overrides) in ("adam", "adamw", "pair")
-        judge_by_scale(result, ref, other, self.initial_torch, grads["torch"], grads["paddle"], adaptive)
-        if adaptive:
+        result, params, _ = self._judge_updates(ref, other, out, overrides)
+        if self._adaptive(overrides):
             distributed.judge_rank_losses(result, ref, other, SCALE_RTOL)
         for side in SIDES:  # DataParallel keeps ranks identical; a rank that drifted was never synchronized
             first = _flat(out[side]["params"])
@@ -312,7 +299,7 @@ class Session:
         requests = {name: Request("train", {**kwargs, "batches": self._shards(kwargs["batches"], r), "parallel": True})
                     for side in SIDES for r, name in enumerate(self.ranks[side])}
         multi = self.group.call(requests)
-        adaptive = self._optimizer_name(None) in ("adam", "adamw", "pair")
+        adaptive = self._adaptive(None)
         result, one, many = CheckResult("dp_equivalence"), {}, {}
         for side in SIDES:
             a = {f"loss_{i}": np.asarray(single[side]["loss"][i]) for i in range(iters)}
@@ -341,6 +328,22 @@ class Session:
         self.writer.arrays(f"dp_equivalence_{n}rank.npy", many)
         self.writer.text("dp_equivalence_diff.log", "\n".join(diff_log_lines(result, one, many)) + "\n")
         return result
+
+    def _judge_updates(self, ref: dict, other: dict, out: dict, overrides: dict | None) -> tuple:
+        """Adds the parameters after the last step and the last gradients (by torch name) to the
+        loss keys in ref/other, compares them all and applies the scale rules of judge_by_scale."""
+        params = dict(zip(SIDES, self._by_torch_name(out["torch"]["params"], out["paddle"]["params"])))
+        grads = dict(zip(SIDES, self._by_torch_name(out["torch"]["grads"], out["paddle"]["grads"])))
+        for side, target in (("torch", ref), ("paddle", other)):
+            target.update({**_prefixed("param:", params[side]), **_prefixed("grad:", grads[side])})
+        result = compare_dicts("backward", ref, other, self.cfg.tolerance)
+        self._note_unmapped(result)
+        judge_by_scale(result, ref, other, self.initial_torch, grads["torch"], grads["paddle"], self._adaptive(overrides))
+        return result, params, grads
+
+    def _adaptive(self, overrides: dict | None) -> bool:
+        """Adam-type updates (or a pair's own optimizer, unknown): noise-driven elements move by lr."""
+        return self._optimizer_name(overrides) in ("adam", "adamw", "pair")
 
     def _optimizer_name(self, overrides: dict | None) -> str:
         if self.infos["torch"]["custom_optimizer"] or self.infos["paddle"]["custom_optimizer"]:

@@ -534,7 +534,7 @@ class Locator:
         result = compare_dicts("backward", ref, other, self.tol.backward)
         grads_t, grads_p = tr.get("grads", {}), self.match.as_torch(pr.get("grads", {}))
         initial = {n: before["state"][n] for n in names}
-        adaptive = self.s._optimizer_name(None) in ("adam", "adamw", "pair")
+        adaptive = self.s._adaptive(None)
         judge_by_scale(result, ref, other, initial, grads_t, grads_p, adaptive)
         for k in result.keys:
             if "unconstrained" in k.note:
