@@ -1,4 +1,4 @@
-"""Recording for localization (harness/locate.py): every module call's inputs and outputs, the
+"""Recording for localization (harness/locate/): every module call's inputs and outputs, the
 gradients that arrive at each output, parameter gradients, and the state after an update.
 
 Written once over the Runner's framework primitives (named_modules, hook_forward, hook_grad),
@@ -32,7 +32,7 @@ class Recorder:
         self._removers = []
 
     def _leaves(self, value, prefix: str) -> dict:
-        return {k: t for k, t in self.runner._tensor_leaves(value, prefix)}
+        return {k: t for k, t in self.runner.tensor_leaves(value, prefix)}
 
     def _pre(self, name, module):
         def hook(args, kwargs):

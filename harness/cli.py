@@ -7,9 +7,7 @@ import functools
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +17,7 @@ from rich.markup import escape
 
 from harness import __version__, config
 from harness.errors import HarnessError, UsageError, WorkerError
+from harness.progress import Progress
 
 app = typer.Typer(
     name="reprod-harness",
@@ -86,38 +85,11 @@ def _root(
     pass
 
 
-class Progress:
-    """A spinner with the current step on a terminal; plain timestamped lines otherwise."""
-
-    def __init__(self, console: Console, quiet: bool):
-        self.console, self.quiet = console, quiet
-        self.start = time.perf_counter()
-        self.status = None
-
-    def __enter__(self):
-        if not self.quiet and self.console.is_terminal:
-            self.status = self.console.status("starting")
-            self.status.__enter__()
-        return self
-
-    def __call__(self, message: str) -> None:
-        elapsed = time.perf_counter() - self.start
-        if self.quiet:
-            return
-        if self.status is not None:
-            self.status.update(f"[{elapsed:5.1f}s] {message}")
-        else:
-            self.console.print(f"[{elapsed:5.1f}s] {message}", highlight=False)
-
-    def __exit__(self, *exc):
-        if self.status is not None:
-            self.status.__exit__(*exc)
-
-
-def _execute(cfg, out_dir: Optional[Path], timeout: float, device: str, as_json: bool, quiet: bool, verbose: bool,
-             benchmark: Optional[Path] = None, weights: Optional[Path] = None, locate: bool = False,
-             layout=None, dp_equivalence: bool = False):
-    from harness import coordinator
+def _execute(cfg, *, out_dir: Optional[Path], timeout: float, device: str = "auto", as_json: bool = False,
+             quiet: bool = False, verbose: bool = False, benchmark: Optional[Path] = None,
+             weights: Optional[Path] = None, locate: bool = False, layout=None, dp_equivalence: bool = False):
+    from harness import checkpoints, coordinator
+    from harness.session import RunOptions
 
     out_dir = (out_dir or Path("artifacts") / cfg.name).resolve()
     if benchmark is not None:
@@ -128,11 +100,11 @@ def _execute(cfg, out_dir: Optional[Path], timeout: float, device: str, as_json:
     # SIGTERM unwinds like Ctrl-C, so the workers are stopped and the shared-memory folder removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if weights is not None:
-        coordinator.checkpoint_side(weights)  # a missing or unknown file is a usage error, before any worker starts
+        checkpoints.checkpoint_side(weights)  # a missing or unknown file is a usage error, before any worker starts
     if dp_equivalence and (layout is None or layout.nprocs < 2 or layout.nnodes > 1):
         raise UsageError("--dp-equivalence compares N ranks with 1 on one machine: give --nprocs 2 or more, no --nnodes")
-    opts = coordinator.RunOptions(out_dir=out_dir, timeout=timeout, device=device, benchmark=benchmark, weights=weights,
-                                  locate=locate, layout=layout, dp_equivalence=dp_equivalence)
+    opts = RunOptions(out_dir=out_dir, timeout=timeout, device=device, benchmark=benchmark, weights=weights,
+                      locate=locate, layout=layout, dp_equivalence=dp_equivalence)
     with Progress(err, quiet or as_json) as progress:
         report = coordinator.run(cfg, opts, progress)
     data = report.to_json()
@@ -157,7 +129,7 @@ TIMEOUT_HELP = "Seconds any single step may take before the workers are stopped 
 @app.command()
 @guarded
 def run(
-    pair_toml: Optional[Path] = typer.Argument(None, help="The run's TOML file (see DESIGN.md / `reprod-harness init`)."),
+    pair_toml: Optional[Path] = typer.Argument(None, help="The run's TOML file (see `reprod-harness init` and docs/design.md)."),
     zoo: Optional[str] = typer.Option(None, "--zoo", help="Run a built-in pair instead (see `reprod-harness zoo`)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Artifacts folder [default: artifacts/<name>]."),
     checks: Optional[str] = typer.Option(None, "--checks", help="Comma-separated subset, e.g. forward,loss."),
@@ -199,7 +171,8 @@ def run(
     layout = Layout(nprocs=nprocs or cfg.distributed.nprocs, devices=device_ids, placement=placement,
                     backend=cfg.distributed.backend, nnodes=nnodes, node_rank=node_rank, master=master,
                     ips=tuple(a.strip() for a in ips.split(",")) if ips else ())
-    _execute(cfg, out_dir, timeout, device, as_json, quiet, verbose, benchmark, weights, locate, layout, dp_equivalence)
+    _execute(cfg, out_dir=out_dir, timeout=timeout, device=device, as_json=as_json, quiet=quiet, verbose=verbose,
+             benchmark=benchmark, weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence)
 
 
 @app.command()
@@ -209,7 +182,7 @@ def demo(
     timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
 ):
     """Run the built-in tiny_transformer pair through every check (about 30 s on a 2-core CPU)."""
-    _execute(config.load_zoo("tiny_transformer"), out_dir, timeout, "auto", False, False, False)
+    _execute(config.load_zoo("tiny_transformer"), out_dir=out_dir, timeout=timeout)
 
 
 @app.command()
@@ -226,29 +199,14 @@ def convert(
     Examples: reprod-harness convert --pair pair.toml --torch-weights model.pt --out model.pdparams ;
     reprod-harness convert --pair pair.toml --paddle-weights model.pdparams --out model.pt
     """
-    import tempfile
+    from harness import checkpoints, coordinator
 
-    from harness import coordinator
-
-    if (torch_weights is None) == (paddle_weights is None):
-        raise UsageError("give exactly one of --torch-weights or --paddle-weights")
-    source = torch_weights or paddle_weights
-    side = coordinator.checkpoint_side(source)
-    if side != ("torch" if torch_weights else "paddle"):
-        raise UsageError(f"{source}: a {side} checkpoint given as --{'torch' if torch_weights else 'paddle'}-weights")
-    wanted = ".pdparams" if side == "torch" else (".pt", ".pth")
-    if not str(out_path).endswith(wanted):
-        raise UsageError(f"--out {out_path}: expected a {' or '.join(wanted) if isinstance(wanted, tuple) else wanted} file")
+    source = checkpoints.validate_conversion(torch_weights=torch_weights, paddle_weights=paddle_weights,
+                                             target=out_path)
     cfg = config.load(pair_toml)
-    with tempfile.TemporaryDirectory() as tmp, Progress(err, False) as progress:
-        session = coordinator.Session(cfg, coordinator.RunOptions(out_dir=Path(tmp), timeout=timeout), progress)
-        try:
-            session.start()
-            progress(f"converting {source.name}")
-            session.convert(source.resolve(), out_path.resolve())
-        finally:
-            session.close()
-    out.print(f"wrote {out_path} ({'paddle' if side == 'torch' else 'torch'} checkpoint, mapped strictly)")
+    with Progress(err, False) as progress:
+        side = coordinator.convert_checkpoint(cfg, source=source, target=out_path, timeout=timeout, progress=progress)
+    out.print(f"wrote {out_path} ({side} checkpoint, mapped strictly)")
 
 
 @app.command()
@@ -261,9 +219,7 @@ def init(
 
     Example: reprod-harness init my_port && reprod-harness run my_port/pair.toml
     """
-    import backends  # framework-free package; the starter pair imports torch and paddle, so it lives there
-
-    templates = Path(backends.__file__).parent / "templates"
+    templates = config.templates_dir()  # the starter pair imports torch and paddle, so it lives in backends/
     targets = [directory / name for name in ("pair.toml", "pair.py")]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
@@ -304,7 +260,8 @@ def compare(
     from harness.compare import compare_files
     from harness.render import key_table
 
-    result = compare_files(reference, port, threshold, max_threshold, log, allow_nan)
+    result = compare_files(reference, port, threshold=threshold, max_threshold=max_threshold, log=log,
+                           allow_nan=allow_nan)
     data = result.to_json()
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
@@ -341,39 +298,6 @@ def report_cmd(
     raise typer.Exit(EXIT_ALIGNED if data.get("aligned") else EXIT_MISALIGNED)
 
 
-PROBES = {
-    "torch": (
-        "import json, torch; c = torch.cuda.is_available(); print(json.dumps({'version': torch.__version__, "
-        "'cuda_build': torch.version.cuda, 'cudnn': torch.backends.cudnn.version() if c else None, "
-        "'nccl': '.'.join(map(str, torch.cuda.nccl.version())) if c else None, "
-        "'devices': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}))"
-    ),
-    "paddle": (
-        "import json, paddle; c = paddle.device.is_compiled_with_cuda(); print(json.dumps({'version': paddle.__version__, "
-        "'cuda_build': paddle.version.cuda() if c else None, 'cudnn': paddle.version.cudnn() if c else None, "
-        "'nccl': str(paddle.version.nccl()) if c else None, "
-        "'devices': [paddle.device.cuda.get_device_name(i) for i in range(paddle.device.cuda.device_count())] if c else []}))"
-    ),
-}
-INSTALL_HINT = {
-    "torch": 'pip install -e ".[torch]"  (or a CUDA build from pytorch.org)',
-    "paddle": 'pip install -e ".[paddle]"  (or paddlepaddle-gpu from paddlepaddle.org.cn)',
-}
-
-
-def probe(framework: str, timeout: float = 120.0) -> dict:
-    """Import one framework in its own interpreter and describe it."""
-    env = dict(os.environ, GLOG_minloglevel="2")
-    try:
-        proc = subprocess.run([sys.executable, "-c", PROBES[framework]], capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"importing {framework} took over {timeout:.0f} s"}
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-        return {"error": last}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @app.command()
 @guarded
 def doctor():
@@ -385,17 +309,17 @@ def doctor():
     out.print(f"reprod-harness {__version__}")
     out.print(f"python         {platform.python_version()} ({sys.executable})")
     out.print(f"numpy          {numpy.__version__}")
+    from harness.doctor import INSTALL_HINT, describe, probe
+
     missing = []
     for fw in ("torch", "paddle"):
         info = probe(fw)
         if "error" in info:
             missing.append(fw)
-            out.print(f"{fw:14} [red]not usable[/]: {escape(info['error'])}\n{'':15}install: {escape(INSTALL_HINT[fw])}", highlight=False)
+            out.print(f"{fw:14} [red]not usable[/]: {escape(info['error'])}\n{'':15}install: {escape(INSTALL_HINT[fw])}",
+                      highlight=False)
             continue
-        cuda = f"CUDA {info['cuda_build']}" if info.get("cuda_build") else "CPU build"
-        extra = "".join(f", {k} {info[k]}" for k in ("cudnn", "nccl") if info.get(k))
-        devices = ", ".join(info["devices"]) or "no GPU visible"
-        out.print(f"{fw:14} {info['version']} ({cuda}{extra}); devices: {devices}", highlight=False)
+        out.print(f"{fw:14} {describe(info)}", highlight=False)
     if missing:
         raise typer.Exit(1)
 

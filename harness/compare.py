@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.config import Tolerance
+from harness.artifacts import atomic_write, diff_log_lines, load_npy
 from harness.diff import CheckResult, compare_dicts
 from harness.errors import UsageError
-from harness.report import atomic_write, diff_log_lines, load_npy
+from harness.keys import values
+from harness.tolerance import Tolerance
 
 
 def load_side(path: Path) -> dict:
@@ -36,9 +37,9 @@ def _flatten(data: dict, prefix: str = "") -> dict:
     return out
 
 
-def compare_files(ref: Path, other: Path, threshold: float, max_threshold: float | None,
-                  log: Path | None, allow_nan: bool = False) -> CheckResult:
-    a, b = load_side(ref), load_side(other)
+def compare_files(ref: Path, other: Path, *, threshold: float, max_threshold: float | None = None,
+                  log: Path | None = None, allow_nan: bool = False) -> CheckResult:
+    a, b = values(load_side(ref)), values(load_side(other))
     result = compare_dicts("compare", a, b, Tolerance(threshold, max_threshold, allow_nan=allow_nan))
     if log is not None:
         atomic_write(log, ("\n".join(diff_log_lines(result, a, b)) + "\n").encode())

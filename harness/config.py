@@ -1,9 +1,10 @@
-"""Run configuration: the TOML contract of DESIGN.md, validated with file/key/line in every error."""
+"""Run configuration: the TOML contract of docs/design.md, validated with file/key/line in every error."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import re
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ else:  # pragma: no cover
 
 from harness.errors import ConfigError
 from harness.optim_table import OPTIMIZERS, SCHEDULERS, decay_mode
+from harness.tolerance import Tolerance, ToleranceConfig
 
 CHECKS = ("forward", "metric", "loss", "lr", "backward", "train")
 
@@ -85,34 +87,6 @@ class TrainConfig:
     iters: int = 5
     train_iters: int = 50
     mode: str = "eval"  # the backward check runs in eval mode so dropout cannot differ
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Per-key criteria. abs mode: mean |d| <= mean and max |d| <= max. rtol set: max rel <= rtol."""
-
-    mean: float = 1e-6
-    max: float | None = None  # None: 100 x mean
-    rtol: float | None = None
-    allow_nan: bool = False
-
-    @property
-    def max_abs(self) -> float:
-        return self.max if self.max is not None else 100.0 * self.mean
-
-
-@dataclass(frozen=True)
-class ToleranceConfig:
-    forward: Tolerance = Tolerance(1e-6)
-    metric: Tolerance = Tolerance(1e-6)
-    loss: Tolerance = Tolerance(1e-6)
-    lr: Tolerance = Tolerance(1e-9)
-    backward: Tolerance = Tolerance(1e-6)
-    train: Tolerance = Tolerance(0.0, rtol=0.0015)
-    keys: dict = field(default_factory=dict)  # glob -> Tolerance, overrides for matching keys
-
-    def for_check(self, check: str) -> Tolerance:
-        return getattr(self, check)
 
 
 @dataclass(frozen=True)
@@ -197,7 +171,7 @@ def _type_name(tp) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}.get(tp, str(tp))
 
 
-def _coerce(src: _Source, key: str, value: Any, default: Any, annotation: str):
+def _coerce(src: _Source, key: str, value: Any, annotation: str):
     """Check one value against the type its dataclass field declares."""
     ann = annotation.replace(" ", "")
     optional = "None" in ann
@@ -225,7 +199,7 @@ def _section(src: _Source, name: str, cls, table: Any):
         if key not in fields:
             raise src.error(f"{name}.{key}", f"unknown key '{key}' in [{name}]{_suggest(key, fields)}")
         f = fields[key]
-        values[key] = _coerce(src, f"{name}.{key}", value, f.default, str(f.type))
+        values[key] = _coerce(src, f"{name}.{key}", value, str(f.type))
         choices = CHOICES.get((name, key))
         if choices and values[key] not in choices:
             raise src.error(
@@ -363,10 +337,21 @@ def load(path: str | Path) -> RunConfig:
     return parse(text, path.resolve())
 
 
-def zoo_dir() -> Path:
-    import backends.zoo  # a framework-free package of pair files
+def backends_dir() -> Path:
+    """The backends package's folder, found without importing it: the coordinator reads the zoo
+    and the starter templates there as data and never runs backends code."""
+    spec = importlib.util.find_spec("backends")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("backends", None, "the backends package is not installed (pip install -e .)")
+    return Path(next(iter(spec.submodule_search_locations)))
 
-    return Path(backends.zoo.__file__).parent
+
+def zoo_dir() -> Path:
+    return backends_dir() / "zoo"
+
+
+def templates_dir() -> Path:
+    return backends_dir() / "templates"
 
 
 def zoo_names() -> list[str]:

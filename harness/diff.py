@@ -1,6 +1,6 @@
 """The diff engine: per-key comparison results that carry their statistics and their verdict.
 
-Rules (DESIGN.md): never transpose, broadcast or cast silently; NaN/Inf on either side fail
+Rules (docs/design.md): never transpose, broadcast or cast silently; NaN/Inf on either side fail
 (unless allow_nan and both sides have them at exactly the same places); integers and bools
 compare exactly in a wide type; a key on one side only fails by name; a check with nothing
 compared fails.
@@ -8,12 +8,12 @@ compared fails.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from harness.config import Tolerance, ToleranceConfig
+from harness.keys import Key
+from harness.tolerance import Tolerance, ToleranceConfig
 
 # Relative differences are |a - b| / max(|a|, |b|, REL_EPS): symmetric, and finite where both are 0.
 REL_EPS = 1e-12
@@ -28,7 +28,7 @@ ULP_FLOOR = {np.dtype(np.float32): ULPS * float(np.finfo(np.float32).eps),
 
 @dataclass
 class KeyResult:
-    key: str
+    id: Key
     passed: bool
     reason: str = ""
     shape: list | None = None
@@ -47,13 +47,19 @@ class KeyResult:
     max_threshold: float | None = None
     rtol: float | None = None
     note: str = ""
+    rule: str = ""  # the named verdict rule (harness/rules.py) that changed this key's verdict
+    precision: str = ""  # the dtype the values were compared in
+
+    @property
+    def key(self) -> str:
+        return str(self.id)
 
     @property
     def compared(self) -> bool:
         return self.count > 0
 
     def to_json(self) -> dict:
-        d = asdict(self)
+        d = {"key": self.key, **{k: v for k, v in asdict(self).items() if k != "id"}}
         return {k: v for k, v in d.items() if v is not None and v != ""}
 
 
@@ -76,10 +82,6 @@ class CheckResult:
     def failing(self) -> list:
         return [k for k in self.keys if not k.passed]
 
-    def worst(self, attr: str) -> float | None:
-        vals = [getattr(k, attr) for k in self.keys if getattr(k, attr) is not None]
-        return max(vals) if vals else None
-
     @property
     def why(self) -> str:
         if self.reason:
@@ -98,22 +100,24 @@ class CheckResult:
         return d
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.3g}"
+def fmt(x) -> str:
+    """Every number a person reads: three significant digits, '-' for none."""
+    return "-" if x is None else f"{x:.3g}"
 
 
 def _shape(a) -> list:
     return list(np.shape(a))
 
 
-def compare_arrays(key: str, ref, other, tol: Tolerance) -> KeyResult:
+def compare_arrays(key: Key, ref, other, tol: Tolerance) -> KeyResult:
     """ref is the reference (torch) side, other the port (paddle) side."""
-    res = KeyResult(key=key, passed=False, threshold=tol.mean, max_threshold=tol.max_abs, rtol=tol.rtol)
+    res = KeyResult(id=key, passed=False, threshold=tol.mean, max_threshold=tol.max_abs, rtol=tol.rtol)
     if ref is None or other is None:
         res.reason = f"only in {'paddle' if ref is None else 'torch'} output"
         return res
     a, b = np.asarray(ref), np.asarray(other)
     res.shape, res.dtype = _shape(a), a.dtype.name
+    res.precision = a.dtype.name if np.issubdtype(a.dtype, np.floating) else ""
     if a.shape != b.shape:
         res.shape_other = _shape(b)
         res.reason = f"shape {tuple(a.shape)} (torch) vs {tuple(b.shape)} (paddle)"
@@ -187,7 +191,7 @@ def _compare_float(res: KeyResult, a: np.ndarray, b: np.ndarray, tol: Tolerance,
     if tol.rtol is not None:
         res.passed = res.max_rel <= tol.rtol
         if not res.passed:
-            res.reason = f"max rel {_fmt(res.max_rel)} > rtol {_fmt(tol.rtol)}"
+            res.reason = f"max rel {fmt(res.max_rel)} > rtol {fmt(tol.rtol)}"
         return res
     reasons = []
     mean_limit = max(tol.mean, ulp * float(np.mean(np.abs(a))))
@@ -196,27 +200,20 @@ def _compare_float(res: KeyResult, a: np.ndarray, b: np.ndarray, tol: Tolerance,
         res.threshold, res.max_threshold = mean_limit, max_limit
         res.note = f"threshold raised to {ULPS} float32 ulps of the values"
     if not res.mean_abs <= mean_limit:
-        reasons.append(f"mean |d| {_fmt(res.mean_abs)} > {_fmt(mean_limit)}")
+        reasons.append(f"mean |d| {fmt(res.mean_abs)} > {fmt(mean_limit)}")
     if not res.max_abs <= max_limit:
-        reasons.append(f"max |d| {_fmt(res.max_abs)} at {res.worst_index} > {_fmt(max_limit)}")
+        reasons.append(f"max |d| {fmt(res.max_abs)} at {res.worst_index} > {fmt(max_limit)}")
     res.passed = not reasons
     res.reason = "; ".join(reasons)
     return res
 
 
-def tolerance_for(tolerances: ToleranceConfig | Tolerance, check: str, key: str) -> Tolerance:
-    if isinstance(tolerances, Tolerance):
-        return tolerances
-    for pattern, tol in tolerances.keys.items():
-        if fnmatch.fnmatchcase(key, pattern):
-            return tol
-    return tolerances.for_check(check)
-
-
 def compare_dicts(check: str, ref: dict, other: dict, tolerances: ToleranceConfig | Tolerance) -> CheckResult:
-    """Compare every key of either side, reference order first. A single Tolerance applies to all."""
+    """Compare every key of either side (dicts keyed by Key), reference order first. A single
+    Tolerance applies to all; a ToleranceConfig picks per check and key glob."""
     keys = list(ref) + [k for k in other if k not in ref]
     result = CheckResult(check)
     for key in keys:
-        result.keys.append(compare_arrays(key, ref.get(key), other.get(key), tolerance_for(tolerances, check, key)))
+        tol = tolerances if isinstance(tolerances, Tolerance) else tolerances.for_key(check, str(key))
+        result.keys.append(compare_arrays(key, ref.get(key), other.get(key), tol))
     return result

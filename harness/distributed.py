@@ -7,11 +7,8 @@ DistributedBatchSampler does without shuffling: rank r of N gets the contiguous 
 
 from __future__ import annotations
 
-import re
 import socket
 from dataclasses import dataclass
-
-import numpy as np
 
 from harness.errors import UsageError
 
@@ -139,56 +136,3 @@ def rank_env(framework: str, local_rank: int, layout: Layout, ports: list) -> di
         if card is not None:
             env["FLAGS_selected_gpus"] = "0"  # the one card CUDA_VISIBLE_DEVICES leaves visible
     return env
-
-
-RANK_LOSS = re.compile(r"^rank(\d+):loss_(\d+)$")
-
-
-def judge_rank_losses(result, ref: dict, other: dict, rtol: float) -> None:
-    """Second look at per-rank losses after step 0 under an adaptive optimizer.
-
-    Elements whose averaged gradient is rounding noise take steps of about lr under Adam (the
-    unconstrained-parameter trap in FACTS.md). The averaged loss barely depends on them, but one
-    rank's shard does (its own gradient there does not cancel against the other ranks'), so a
-    correct port's per-rank losses of later steps drift apart by more than float32 rounding. Such a
-    key passes when its difference is within rtol of how far training moved that rank's loss. Step
-    0 (every rank on the same weights), the rank-averaged losses and the sync keys stay strict.
-    """
-    for key in result.keys:
-        m = RANK_LOSS.match(key.key)
-        if key.passed or m is None or key.nonfinite or key.mean_abs is None or m.group(2) == "0":
-            continue
-        start = f"rank{m.group(1)}:loss_0"
-        if start not in ref:
-            continue
-        moved = abs(float(np.float64(ref[key.key])) - float(np.float64(ref[start])))
-        d = abs(float(np.float64(ref[key.key])) - float(np.float64(other[key.key])))
-        if d <= rtol * moved:
-            key.note = (f"within {rtol:g} of how far training moved this rank's loss ({moved:.3g}): an adaptive "
-                        f"optimizer steps rounding-noise gradient elements by lr [{key.reason}]")
-            key.passed, key.reason = True, ""
-            result.notes.append(f"{key.key}: {key.note}")
-
-
-def sync_notes(result) -> None:
-    """A framework whose ranks end with different parameters never averaged its gradients."""
-    for key in result.keys:
-        if key.key.startswith("sync:") and not key.passed:
-            framework = key.key.split(":")[1]
-            result.notes.append(
-                f"{key.key}: {framework} rank {key.key.rsplit('rank', 1)[1]} ended with other parameters than rank 0, "
-                f"so {framework}'s gradients were not all-reduced; does forward_{framework} call the model it is "
-                "given (the DataParallel wrapper) rather than an inner module?")
-
-
-def batchnorm_note(infos: dict, mode: str) -> str | None:
-    """Why a correct port can fail the DP-equivalence check: per-shard BatchNorm statistics."""
-    if mode != "train":
-        return None
-    found = [f"{side}:{m['name']}" for side, info in infos.items() for m in info.get("modules", [])
-             if "BatchNorm" in m["type"] and "Sync" not in m["type"]]
-    if not found:
-        return None
-    return (f"BatchNorm in train mode ({', '.join(found[:3])}{'...' if len(found) > 3 else ''}): each rank normalizes "
-            "with its own shard's statistics, so N ranks differ from 1 rank unless the model uses SyncBatchNorm "
-            "(torch.nn.SyncBatchNorm.convert_sync_batchnorm / paddle.nn.SyncBatchNorm.convert_sync_batchnorm)")

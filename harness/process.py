@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import sys
@@ -20,11 +21,20 @@ CLOSE_GRACE_S = 5.0
 PEER_DEATH_GRACE_S = 0.5
 
 
+WORKER_ENTRY = "backends.worker"  # started by name: the coordinator never imports backends code
+
+
 @dataclass
 class WorkerSpec:
     name: str  # "torch" | "paddle" | "torch.1" (rank 1 of a data-parallel run) ...
-    options: dict  # threads, device, env, ... (see backends.worker.main)
+    options: dict  # threads, device, env, ... (see the entry module's main)
     framework: str = ""  # defaults to name
+    entry: str = WORKER_ENTRY  # module whose main(framework, conn, options) serves requests
+
+
+def _enter(entry: str, framework: str, conn, options: dict) -> None:
+    """The child's first code: imports its entry module by name there, never here."""
+    importlib.import_module(entry).main(framework, conn, options)
 
 
 @contextlib.contextmanager
@@ -45,13 +55,11 @@ def _main_module_hidden():
 
 class _Worker:
     def __init__(self, ctx, spec: WorkerSpec, shm_dir):
-        from backends.worker import main  # framework-free entry point, runs in the child
-
         self.name = spec.name
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
-            target=main,
-            args=(spec.framework or spec.name, child, dict(spec.options, shm_dir=str(shm_dir))),
+            target=_enter,
+            args=(spec.entry, spec.framework or spec.name, child, dict(spec.options, shm_dir=str(shm_dir))),
             name=f"reprod-{spec.name}-worker",
             daemon=True,
         )
@@ -62,7 +70,7 @@ class _Worker:
 
 
 class WorkerGroup:
-    """Context manager: `with WorkerGroup(specs, timeout) as g: g.call({...})`.
+    """start(), then any number of call({...}), then close() (always, in a finally).
 
     Every call waits on the pipes *and* the process sentinels with a deadline, so a worker
     that raises, dies or hangs ends the wait; then every worker is stopped (terminate, then
@@ -74,12 +82,9 @@ class WorkerGroup:
         self.workers: dict[str, _Worker] = {}
         self.shm_dir = None
 
-    def __enter__(self) -> WorkerGroup:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    @property
+    def names(self) -> list:
+        return [spec.name for spec in self.specs]
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")  # never fork: CUDA and thread pools do not survive it

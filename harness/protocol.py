@@ -12,16 +12,40 @@ import os
 import tempfile
 import uuid
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
 SHM_MIN_BYTES = 1 << 20
+SIDES = ("torch", "paddle")  # the reference first: every diff is torch vs paddle
+
+
+class Op(str, Enum):
+    """What a coordinator may ask of a worker; both sides answer the same set."""
+
+    PING = "ping"
+    SETUP = "setup"
+    EXPORT_STATE = "export_state"
+    IMPORT_STATE = "import_state"
+    LOAD_STATE = "load_state"
+    READ_CHECKPOINT = "read_checkpoint"
+    WRITE_CHECKPOINT = "write_checkpoint"
+    FORWARD = "forward"
+    LOSS = "loss"
+    METRIC = "metric"
+    LR_SCHEDULE = "lr_schedule"
+    TRAIN = "train"
+    TRACE_BEGIN = "trace_begin"
+    TRACE_STEP = "trace_step"
+
+    def __str__(self) -> str:  # messages name the op as the wire does
+        return self.value
 
 
 @dataclass
 class Request:
-    op: str
+    op: Op
     kwargs: dict = field(default_factory=dict)
 
 
@@ -54,12 +78,12 @@ def make_shm_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="reprod-harness-", dir=shm_root()))
 
 
-def pack(obj, shm_dir: Path | None):
+def pack(obj, shm_dir: str | Path | None):
     """Replace large arrays in a nested dict/list/tuple by SharedArray handles."""
     if isinstance(obj, np.ndarray):
         if shm_dir is None or obj.nbytes < SHM_MIN_BYTES or obj.dtype.hasobject:
             return obj
-        path = shm_dir / f"{uuid.uuid4().hex}.npy"
+        path = Path(shm_dir) / f"{uuid.uuid4().hex}.npy"
         np.save(path, obj, allow_pickle=False)
         return SharedArray(str(path), obj.shape, obj.dtype.str)
     if isinstance(obj, dict):

@@ -7,11 +7,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from harness.diff import fmt
+
 MAX_KEYS_SHOWN = 12
-
-
-def _num(x) -> str:
-    return "-" if x is None else f"{x:.3g}"
 
 
 def _verdict(passed: bool) -> str:
@@ -35,12 +33,12 @@ def summary_table(report: dict) -> Table:
         means = [k["mean_abs"] for k in keys if "mean_abs" in k]
         maxes = [k["max_abs"] for k in keys if "max_abs" in k]
         thresholds = sorted({k["rtol"] if "rtol" in k else k.get("threshold") for k in keys} - {None})
-        thr = ", ".join(_num(t) + (" rel" if any("rtol" in k for k in keys) else "") for t in thresholds[:2]) or "-"
+        thr = ", ".join(fmt(t) + (" rel" if any("rtol" in k for k in keys) else "") for t in thresholds[:2]) or "-"
         table.add_row(
             check["name"],
             f"{compared}/{len(keys)}",
-            _num(max(means) if means else None),
-            _num(max(maxes) if maxes else None),
+            fmt(max(means) if means else None),
+            fmt(max(maxes) if maxes else None),
             thr,
             _verdict(check["passed"]),
         )
@@ -58,9 +56,9 @@ def key_table(check: dict, *, only_failing: bool = False) -> Table:
     for k in keys[:MAX_KEYS_SHOWN]:
         style = None if k["passed"] else "red"
         shape = str(tuple(k["shape"])) if "shape" in k else "-"
-        thr = f"{_num(k['rtol'])} rel" if "rtol" in k else f"{_num(k.get('threshold'))} / {_num(k.get('max_threshold'))}"
+        thr = f"{fmt(k['rtol'])} rel" if "rtol" in k else f"{fmt(k.get('threshold'))} / {fmt(k.get('max_threshold'))}"
         table.add_row(
-            k["key"], shape, _num(k.get("mean_abs")), _num(k.get("max_abs")), _num(k.get("max_rel")), thr,
+            k["key"], shape, fmt(k.get("mean_abs")), fmt(k.get("max_abs")), fmt(k.get("max_rel")), thr,
             "PASS" if k["passed"] else f"FAIL {k.get('reason', '')}", style=style,
         )
     if len(keys) > MAX_KEYS_SHOWN:
@@ -74,7 +72,7 @@ def divergence_tree(path: list) -> Tree:
     """The call path from the model to the diverging module, with the output diff at each level."""
     def label(level: dict) -> str:
         style = "red" if level.get("differs") else "green"
-        diff = f"  [{style}]out mean |d| {_num(level.get('diff'))}[/]" if level.get("diff") is not None else ""
+        diff = f"  [{style}]out mean |d| {fmt(level.get('diff'))}[/]" if level.get("diff") is not None else ""
         return f"{escape(level['module'])} [dim]({escape(level['type'])})[/]{diff}"
 
     tree = Tree(label(path[0]))
@@ -102,7 +100,7 @@ def around_table(div: dict) -> Table:
         out_diff = r.get("out_grad_diff") if grad else r.get("out_diff")
         cells = [escape(r.get("module", "")), *([escape(r.get("paddle") or "")] if renamed else []),
                  escape(r.get("type", "")), shape(r.get("in_shape")), shape(r.get("out_shape")),
-                 _num(r.get("in_diff")), _num(out_diff), r.get("status", "")]
+                 fmt(r.get("in_diff")), fmt(out_diff), r.get("status", "")]
         status = r.get("status")
         table.add_row(*cells, style="bold red" if status == "HERE" else "red" if status == "DIFFERS" else None)
     return table

@@ -114,8 +114,13 @@ SEPARATE_QKV = {"q_proj_weight": "q_proj.weight", "k_proj_weight": "k_proj.weigh
 MHA_CHILDREN = ("q_proj", "k_proj", "v_proj")
 
 
-def _full(module: str, local: str) -> str:
+def full_name(module: str, local: str) -> str:
+    """A tensor's structured name from its module's and its own."""
     return f"{module}.{local}" if module else local
+
+
+def module_of(tensor_name: str) -> str:
+    return tensor_name.rsplit(".", 1)[0] if "." in tensor_name else ""
 
 
 def _tensors(module: dict) -> dict:
@@ -132,7 +137,7 @@ class _Planner:
         first_by_id: dict = {}
         for m in paddle_modules:
             for local, shape in _tensors(m).items():
-                full = _full(m["name"], local)
+                full = full_name(m["name"], local)
                 self.paddle_shapes[full] = tuple(shape)
                 ident = m.get("ids", {}).get(local)
                 if ident is not None and ident in first_by_id:
@@ -145,14 +150,14 @@ class _Planner:
             for local in _tensors(m):
                 ident = m.get("ids", {}).get(local)
                 if ident is not None and ident in seen:
-                    self.torch_tied[_full(m["name"], local)] = seen[ident]
+                    self.torch_tied[full_name(m["name"], local)] = seen[ident]
                 elif ident is not None:
-                    seen[ident] = _full(m["name"], local)
+                    seen[ident] = full_name(m["name"], local)
         self.torch_modules = [m for m in torch_modules if self._owns_tensors(m, torch=True)]
         self.paddle_modules = [m for m in paddle_modules if kind(m["type"]) == "mha" or self._owns_tensors(m, torch=False)]
 
     def _owns_tensors(self, m: dict, torch: bool) -> bool:
-        names = [_full(m["name"], k) for k in _tensors(m)]
+        names = [full_name(m["name"], k) for k in _tensors(m)]
         aliases = self.torch_tied if torch else self.paddle_alias
         return any(n not in aliases for n in names)
 
@@ -198,14 +203,14 @@ class _Planner:
 
     @staticmethod
     def _consumed_children(tm: dict, pm: dict) -> set:
-        return {_full(pm["name"], c) for c in MHA_CHILDREN} if kind(tm["type"]) == "mha" else set()
+        return {full_name(pm["name"], c) for c in MHA_CHILDREN} if kind(tm["type"]) == "mha" else set()
 
     # ------------------------------------------------------------------ tensors
     def convert(self, tm: dict, pm: dict) -> None:
         k = kind(tm["type"])
-        ptensors = {_full(pm["name"], loc): tuple(s) for loc, s in _tensors(pm).items()}
+        ptensors = {full_name(pm["name"], loc): tuple(s) for loc, s in _tensors(pm).items()}
         for local, shape in _tensors(tm).items():
-            tname = _full(tm["name"], local)
+            tname = full_name(tm["name"], local)
             if tname in self.torch_tied:
                 self.dropped.append((tname, f"tied to {self.torch_tied[tname]}"))
                 continue
@@ -215,13 +220,13 @@ class _Planner:
             shape = tuple(shape)
             if k == "mha" and local in FUSED_QKV:
                 for i, child in enumerate(MHA_CHILDREN):
-                    self._add(tname, shape, _full(pm["name"], f"{child}.{FUSED_QKV[local]}"),
+                    self._add(tname, shape, full_name(pm["name"], f"{child}.{FUSED_QKV[local]}"),
                               transpose=len(shape) == 2, part=(i, 3))
                 continue
             if k == "mha" and local in SEPARATE_QKV:
-                self._add(tname, shape, _full(pm["name"], SEPARATE_QKV[local]), transpose=True)
+                self._add(tname, shape, full_name(pm["name"], SEPARATE_QKV[local]), transpose=True)
                 continue
-            pname = _full(pm["name"], RENAMES.get(k, {}).get(local, local))
+            pname = full_name(pm["name"], RENAMES.get(k, {}).get(local, local))
             if pname not in ptensors:
                 raise UsageError(
                     f"weight mapping: torch '{tname}' has no counterpart in paddle module '{pm['name']}' "

@@ -1,4 +1,8 @@
-"""Shared test helpers: real CLI runs in subprocesses, and small pair folders written on the fly."""
+"""Shared test helpers: real CLI runs in subprocesses, and small pair folders written on the fly.
+
+Tests that start worker processes (directly or through the CLI) are marked `e2e`;
+`pytest -m "not e2e"` runs the rest in seconds.
+"""
 
 from __future__ import annotations
 
@@ -33,15 +37,20 @@ def check(rep: dict, name: str) -> dict:
     return next(c for c in rep["checks"] if c["name"] == name)
 
 
+def pair_folder(root: Path, name: str, pair_py: str, toml_body: str = "") -> Path:
+    """root/name/{pair.py, pair.toml}; returns the TOML's path."""
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pair.py").write_text(textwrap.dedent(pair_py))
+    (folder / "pair.toml").write_text(f'name = "{name}"\npair = "pair.py"\n' + textwrap.dedent(toml_body))
+    return folder / "pair.toml"
+
+
 @pytest.fixture
 def make_pair(tmp_path):
     """make_pair(pair_py, toml_body) -> path of pair.toml in a fresh folder."""
 
     def _make(pair_py: str, toml_body: str = "", name: str = "t") -> Path:
-        folder = tmp_path / name
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "pair.py").write_text(textwrap.dedent(pair_py))
-        (folder / "pair.toml").write_text(f'name = "{name}"\npair = "pair.py"\n' + textwrap.dedent(toml_body))
-        return folder / "pair.toml"
+        return pair_folder(tmp_path, name, pair_py, toml_body)
 
     return _make

@@ -1,30 +1,129 @@
-"""The coordinator never loads a framework; each worker loads exactly one."""
+"""The rules of the house, checked: the coordinator never loads a framework nor runs backends
+code, harness/ has no import cycle, backends/ use only harness's framework-free leaves, each
+worker loads exactly one framework, and a backend missing a primitive fails at start-up."""
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harness import protocol, stubs
 
+ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORK_MODULES = ("torch", "paddle", "reprod_log")
+# what backends/ may import from harness/: framework-free leaves with no dependency on a run
+BACKEND_MAY_IMPORT = {"harness.protocol", "harness.pairfile", "harness.stubs", "harness.optim_table",
+                      "harness.safeload"}
 
 
-def test_coordinator_imports_no_framework():
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, known: set) -> set:
+    """Every module this file imports (at any depth of the file, function bodies included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:  # `from harness import keys` imports the module harness.keys
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in known else node.module)
+    return found
+
+
+def _graph(package: str) -> dict:
+    files = {_module_name(p): p for p in (ROOT / package).rglob("*.py")}
+    known = set(files) | {_module_name(p) for p in (ROOT / "harness").rglob("*.py")}
+    return {name: _imports(path, known) for name, path in files.items()}
+
+
+def _cycle(graph: dict) -> list | None:
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in graph:
+                continue
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycle_inside_harness():
+    assert _cycle(_graph("harness")) is None, " -> ".join(_cycle(_graph("harness")))
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_harness_never_imports_backends_or_a_framework():
+    for module, imported in _graph("harness").items():
+        bad = {m for m in imported if m.split(".")[0] in ("backends", *FRAMEWORK_MODULES)}
+        assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_backends_use_only_harness_leaves():
+    for module, imported in _graph("backends").items():
+        bad = {m for m in imported if m.split(".")[0] == "harness" and m not in BACKEND_MAY_IMPORT}
+        assert not bad, f"{module} imports {sorted(bad)}: only {sorted(BACKEND_MAY_IMPORT)} are framework-free leaves"
+
+
+def test_coordinator_imports_no_framework_and_no_backends_code():
     code = (
         "import sys, json\n"
         "import harness.cli, harness.coordinator, harness.diff, harness.report, harness.config, harness.weights\n"
         "from harness.data import BatchSource\n"
         "from harness.config import load_zoo\n"
         "cfg = load_zoo('tiny_transformer'); BatchSource(cfg).batch(0)\n"  # loads the pair module
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in %r and not getattr(sys.modules[m], '__reprod_stub__', False))))"
-        % (FRAMEWORK_MODULES,)
+        "mods = [m for m in sys.modules if not getattr(sys.modules[m], '__reprod_stub__', False)]\n"
+        "print(json.dumps(sorted(m for m in mods if m.split('.')[0] in %r)))"
+        % (FRAMEWORK_MODULES + ("backends",),)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    # the zoo pair's own `from backends.zoo...` lines are pair code, loaded as data by the pair loader
+    assert [m for m in loaded if not m.startswith("backends.zoo")] == []
+
+
+def test_a_backend_missing_a_primitive_fails_at_start_up_naming_it():
+    from backends.base import Runner
+    from backends.primitives import Primitives
+
+    abstract = sorted(Primitives.__abstractmethods__)
+    assert len(abstract) > 20
+    incomplete = type("Incomplete", (Runner,), {name: (lambda self, *a, **k: None) for name in abstract[1:]})
+    with pytest.raises(TypeError, match=abstract[0]):
+        incomplete({})
+    complete = type("Complete", (Runner,), {name: (lambda self, *a, **k: None) for name in abstract})
+    runner = complete({})
+    assert runner.handle(protocol.Op.PING, {"payload": np.arange(3)}) == {"shape": [3], "sum": 3.0}
+    with pytest.raises(RuntimeError, match="'forward' before 'setup'"):
+        runner.handle(protocol.Op.FORWARD, {"batch": {}})
 
 
 def test_stubbed_framework_fails_loudly_when_used():
@@ -39,14 +138,16 @@ def test_stubbed_framework_fails_loudly_when_used():
         with pytest.raises(stubs.MissingFrameworkError, match="torch.zeros"):
             value + 1
         with pytest.raises(stubs.MissingFrameworkError):
-            np.asarray(value).sum() if False else float(value)
+            float(value)
     assert "torch" not in sys.modules or not getattr(sys.modules["torch"], "__reprod_stub__", False)
 
 
-def test_large_arrays_travel_through_shared_memory(tmp_path):
+@pytest.mark.parametrize("as_text", [False, True], ids=["path", "str"])
+def test_large_arrays_travel_through_shared_memory(tmp_path, as_text):
+    """Workers receive their shared-memory folder as a string: both forms must work."""
     big = np.arange(protocol.SHM_MIN_BYTES // 4 + 10, dtype=np.float32)
     small = np.arange(10, dtype=np.int64)
-    packed = protocol.pack({"a": big, "b": [small]}, tmp_path)
+    packed = protocol.pack({"a": big, "b": [small]}, str(tmp_path) if as_text else tmp_path)
     assert isinstance(packed["a"], protocol.SharedArray)
     assert isinstance(packed["b"][0], np.ndarray)  # small arrays go through the pipe
     assert len(list(tmp_path.iterdir())) == 1

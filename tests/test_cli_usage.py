@@ -69,6 +69,7 @@ def test_pair_module_missing_functions_and_bad_make_batch(make_pair, tmp_path):
     assert res.exit_code == 2 and "make_batch must return numpy arrays" in res.output
 
 
+@pytest.mark.e2e
 def test_init_writes_a_pair_that_runs(tmp_path):
     res = runner.invoke(app, ["init", str(tmp_path / "p")])
     assert res.exit_code == 0
@@ -78,6 +79,7 @@ def test_init_writes_a_pair_that_runs(tmp_path):
     assert report(tmp_path / "o")["aligned"]
 
 
+@pytest.mark.e2e
 def test_convert_round_trip_and_run_from_a_paddle_checkpoint(tmp_path):
     import torch
 

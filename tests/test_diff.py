@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from harness.config import Tolerance, ToleranceConfig
-from harness.diff import compare_arrays, compare_dicts, tolerance_for
+from harness.diff import compare_arrays, compare_dicts
+from harness.tolerance import Tolerance, ToleranceConfig
 
 TOL = Tolerance(1e-6)
 
@@ -89,8 +89,8 @@ def test_relative_mode_for_train_metric():
 
 def test_per_key_glob_overrides():
     tols = ToleranceConfig(keys={"out.hidden*": Tolerance(1e-3)})
-    assert tolerance_for(tols, "forward", "out.hidden_states.1").mean == 1e-3
-    assert tolerance_for(tols, "forward", "out.logits").mean == 1e-6
+    assert tols.for_key("forward", "out.hidden_states.1").mean == 1e-3
+    assert tols.for_key("forward", "out.logits").mean == 1e-6
     a, b = np.zeros(4, np.float32), np.full(4, 1e-4, np.float32)
     res = compare_dicts("forward", {"out.hidden.0": a, "out.logits": a}, {"out.hidden.0": b, "out.logits": b}, tols)
     assert [k.passed for k in res.keys] == [True, False]

@@ -1,12 +1,15 @@
 """Properties of the diff engine over generated arrays."""
 
 import numpy as np
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
+import pytest
 
-from harness.config import Tolerance
-from harness.diff import compare_arrays
+pytest.importorskip("hypothesis", reason="property tests need hypothesis (the [test] extra installs it)")
+from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+from harness.diff import compare_arrays  # noqa: E402
+from harness.tolerance import Tolerance  # noqa: E402
 
 TOL = Tolerance(1e-6)
 finite = hnp.arrays(

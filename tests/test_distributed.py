@@ -3,21 +3,25 @@
 The CLI runs what a user runs (zoo mlp, exit codes, stray processes); the cases that need no
 separate process tree share one 2-rank session (4 workers), each case rebuilding both models."""
 
-import os
-import textwrap
 import uuid
 
 import numpy as np
 import pytest
 
-from conftest import check, cli, report
+from conftest import check, cli, pair_folder, report
 from test_failures import _tagged_processes
 from harness import config
-from harness.coordinator import RunOptions, Session, first_divergence
-from harness.data import BatchSource
-from harness.diff import compare_dicts
-from harness.distributed import Layout, judge_rank_losses, rank_env, shard, validate
-from harness.errors import UsageError
+from harness.checks.common import judge
+from harness.checks.parallel import dp_equivalence
+from harness.checks.training import backward
+from harness.coordinator import first_divergence
+from harness.distributed import Layout, rank_env, shard, validate
+from harness.errors import UsageError, WorkerError
+from harness.keys import Key, Kind
+from harness.process import WorkerGroup, WorkerSpec
+from harness.protocol import Op, Request
+from harness.rules import Evidence
+from harness.session import RunOptions, Session
 
 
 def test_shards_are_contiguous_like_distributed_batch_sampler():
@@ -54,6 +58,7 @@ def test_rank_environment_on_a_four_gpu_box():
         validate(Layout(nprocs=2, nnodes=2, master="10.0.0.1:29500"))
 
 
+@pytest.mark.e2e
 def test_mlp_two_ranks_aligned_and_equivalent_to_one_rank(tmp_path):
     proc = cli("run", "--zoo", "mlp", "--nprocs", "2", "--dp-equivalence", "--checks", "backward", "--out", tmp_path / "o")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -79,6 +84,7 @@ def loss_paddle(output, batch):
 '''
 
 
+@pytest.mark.e2e
 def test_dp_only_bug_passes_on_one_card(make_pair, tmp_path):
     """The pair below is a correct port on one card; the 2-rank session test catches it."""
     toml = make_pair(DP_ONLY_BUG, '[data]\ninputs = ["x"]\n[loss]\nkind = "pair"\n', name="dpbug")
@@ -114,10 +120,12 @@ WRAPPERS = {"torch": ("RANK", "torch.nn.parallel.DistributedDataParallel"),
             "paddle": ("PADDLE_TRAINER_ID", "paddle.DataParallel")}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("side,action,expect", [
     ("torch", "raise RuntimeError('rank 1 broke')", "RuntimeError: rank 1 broke"),
     ("paddle", "os._exit(9)", "exit code 9"),
 ], ids=["torch_rank_raises", "paddle_rank_dies"])
+@pytest.mark.e2e
 def test_rank_failure_exits_3_without_strays(make_pair, tmp_path, side, action, expect):
     rank_var, wrapper = WRAPPERS[side]
     source = RANK_FAILURE.format(side=side, rank_var=rank_var, wrapper=wrapper, action=action)
@@ -134,6 +142,7 @@ def test_rank_failure_exits_3_without_strays(make_pair, tmp_path, side, action, 
     assert _tagged_processes(tag) == []
 
 
+@pytest.mark.e2e
 def test_two_nodes_on_one_machine_synchronize(tmp_path):
     """--nnodes 2: two coordinators (as on two machines) whose ranks form one group per framework."""
     import json
@@ -179,28 +188,26 @@ def test_nccl_needs_one_card_per_rank():
     validate(Layout(nprocs=2, devices=(0,), backend="gloo"))  # gloo may share a card
 
 
+def _losses(rank0_step0, rank0_step1, mean_step1):
+    return {Key(Kind.LOSS, step=0, rank=0): np.float32(rank0_step0), Key(Kind.LOSS, step=1, rank=0): np.float32(rank0_step1),
+            Key(Kind.LOSS, step=1): np.float32(mean_step1)}
+
+
 def test_rank_losses_after_step_0_judged_against_their_change():
-    ref = {"rank0:loss_0": np.float32(2.0), "rank0:loss_1": np.float32(1.5), "loss_1": np.float32(1.5)}
-    near = {"rank0:loss_0": np.float32(2.0), "rank0:loss_1": np.float32(1.5 + 2e-5), "loss_1": np.float32(1.5 + 2e-5)}
-    result = compare_dicts("backward", ref, near, config.ToleranceConfig())
-    judge_rank_losses(result, ref, near, 1e-4)
-    verdict = {k.key: k.passed for k in result.keys}
-    assert verdict == {"rank0:loss_0": True, "rank0:loss_1": True, "loss_1": False}  # averaged: still strict
-    far = dict(near, **{"rank0:loss_0": np.float32(2.0 + 2e-5), "rank0:loss_1": np.float32(1.5 + 1e-3)})
-    result = compare_dicts("backward", ref, far, config.ToleranceConfig())
-    judge_rank_losses(result, ref, far, 1e-4)
+    ref = _losses(2.0, 1.5, 1.5)
+    near = _losses(2.0, 1.5 + 2e-5, 1.5 + 2e-5)
+    result = judge("backward", ref, near, config.ToleranceConfig(), Evidence(adaptive=True))
+    verdict = {k.key: (k.passed, k.rule) for k in result.keys}
+    assert verdict == {"rank0:loss_0": (True, ""), "rank0:loss_1": (True, "rank_loss_drift"),
+                       "loss_1": (False, "")}  # averaged: still strict
+    assert not judge("backward", ref, near, config.ToleranceConfig(), Evidence(adaptive=False)).keys[1].passed
+    far = _losses(2.0 + 2e-5, 1.5 + 1e-3, 1.5 + 2e-5)
+    result = judge("backward", ref, far, config.ToleranceConfig(), Evidence(adaptive=True))
     assert not any(k.passed for k in result.keys)  # step 0 strict; 1e-3 is past 1e-4 of the 0.5 change
     assert first_divergence([result]).step == 0
 
 
 # --------------------------------------------------------------------------- one 2-rank session
-def _pair_dir(root, name: str, source: str, toml: str):
-    folder = root / name
-    folder.mkdir()
-    (folder / "pair.py").write_text(textwrap.dedent(source))
-    (folder / "pair.toml").write_text(f'name = "{name}"\npair = "pair.py"\n' + textwrap.dedent(toml))
-    return folder / "pair.toml"
-
 
 TRANSFORMER_ADAMW = ("from backends.zoo.tiny_transformer.pair import build_paddle, build_torch, make_batch  # noqa\n",
                      '[data]\ninputs = ["input_ids"]\nbatch_size = 8\n[optimizer]\nname = "adamw"\nlr = 0.01\n'
@@ -221,105 +228,101 @@ CNN_TRAIN_MODE = ("from backends.zoo.cnn.pair import build_paddle, build_torch, 
 @pytest.fixture(scope="module")
 def dp_session(tmp_path_factory):
     root = tmp_path_factory.mktemp("dp_pairs")
-    pairs = {name: _pair_dir(root, name, *spec) for name, spec in
+    pairs = {name: pair_folder(root, name, *spec) for name, spec in
              (("transformer_adamw", TRANSFORMER_ADAMW), ("bypass", BYPASS), ("cnn_train_mode", CNN_TRAIN_MODE),
               ("dpbug", (DP_ONLY_BUG, '[data]\ninputs = ["x"]\n[loss]\nkind = "pair"\n')))}
     first = config.load(pairs["transformer_adamw"])
     s = Session(first, RunOptions(out_dir=tmp_path_factory.mktemp("dp_out"), layout=Layout(nprocs=2), timeout=300),
                 progress=lambda m: None)
     s.start()
-    s.pairs = pairs
-    yield s
+    yield s, pairs
     s.close()
 
 
-def _use(session, name):
-    cfg = config.load(session.pairs[name])
-    session.cfg, session.data = cfg, BatchSource(cfg)
-    session.setup()
+def _use(dp, name):
+    """The same four workers, the next pair: both models rebuilt."""
+    session, pairs = dp
+    session.use(config.load(pairs[name]))
+    return session
 
 
 def _failing(result):
     return {k.key for k in result.keys if not k.passed}
 
 
+@pytest.mark.e2e
 def test_adamw_transformer_two_ranks_no_false_alarm(dp_session):
     """Adam turns rounding noise on zero-gradient elements (attention's key bias) into steps of
     lr; neither torch vs paddle under DP nor N ranks vs 1 rank may call that a divergence."""
-    _use(dp_session, "transformer_adamw")
-    backward = dp_session.check_backward()
-    assert backward.passed, _failing(backward)
-    assert any("k_proj.bias: unconstrained" in n for n in backward.notes)
-    equivalence = dp_session.check_dp_equivalence()
+    session = _use(dp_session, "transformer_adamw")
+    result = backward(session)
+    assert result.passed, _failing(result)
+    assert any("k_proj.bias: unconstrained" in n for n in result.notes)
+    assert any(k.rule == "unconstrained_elements" for k in result.keys)
+    equivalence = dp_equivalence(session)
     assert equivalence.passed, _failing(equivalence)
     assert {"torch:loss_4", "paddle:loss_4", "paddle:param:head.weight", "torch:grad:head.weight"} <= \
         {k.key for k in equivalence.keys}
 
 
+@pytest.mark.e2e
 def test_ungathered_gradients_caught(dp_session):
-    _use(dp_session, "bypass")
-    backward = dp_session.check_backward()
-    failing = _failing(backward)
+    session = _use(dp_session, "bypass")
+    result = backward(session)
+    failing = _failing(result)
     assert "sync:paddle:rank1" in failing and "sync:torch:rank1" not in failing
     assert "rank0:loss_0" not in failing and "rank0:loss_1" in failing  # same weights at step 0
-    assert any("paddle's gradients were not all-reduced" in n for n in backward.notes)
-    equivalence = dp_session.check_dp_equivalence()
+    assert any("paddle's gradients were not all-reduced" in n for n in result.notes)
+    equivalence = dp_equivalence(session)
     assert any(k.startswith("paddle:") for k in _failing(equivalence))
     assert not any(k.startswith("torch:") for k in _failing(equivalence))
 
 
+@pytest.mark.e2e
 def test_loss_scaled_by_world_size_caught(dp_session):
     """DP_ONLY_BUG passes on one card (test_dp_only_bug_passes_on_one_card), fails with 2 ranks."""
-    _use(dp_session, "dpbug")
-    backward = dp_session.check_backward()
-    assert {"rank0:loss_0", "rank1:loss_0", "loss_0"} <= _failing(backward)
-    assert first_divergence([backward]).step == 0
+    result = backward(_use(dp_session, "dpbug"))
+    assert {"rank0:loss_0", "rank1:loss_0", "loss_0"} <= _failing(result)
+    assert first_divergence([result]).step == 0
 
 
+@pytest.mark.e2e
 def test_unsynchronized_batchnorm_shows_in_dp_equivalence(dp_session):
     """Both frameworks normalize per shard: torch vs paddle agree, N ranks vs 1 rank does not."""
-    _use(dp_session, "cnn_train_mode")
-    assert dp_session.check_backward().passed
-    equivalence = dp_session.check_dp_equivalence()
+    session = _use(dp_session, "cnn_train_mode")
+    assert backward(session).passed
+    equivalence = dp_equivalence(session)
     failing = _failing(equivalence)
     assert "torch:loss_0" in failing and "paddle:loss_0" in failing
     assert any("SyncBatchNorm" in n for n in equivalence.notes)
-    out = dp_session.writer.out_dir
+    out = session.writer.out_dir
     assert (out / "dp_equivalence_1rank.npy").exists() and (out / "dp_equivalence_2rank.npy").exists()
 
 
-def test_a_dead_rank_is_named_as_the_cause_not_its_peer():
+def _fake_group(behaviours: dict) -> WorkerGroup:
+    """Workers that speak the protocol without a framework (tests/fake_workers.py)."""
+    specs = [WorkerSpec(name, {"behaviour": b}, framework=name.split(".")[0], entry="fake_workers")
+             for name, b in behaviours.items()]
+    group = WorkerGroup(specs, timeout=20)
+    group.start()
+    group.call({name: Request(Op.PING) for name in group.names})  # every one up before the real request
+    return group
+
+
+@pytest.mark.parametrize("peer_dies", [True, False], ids=["peer_dies", "nobody_dies"])
+def test_a_dead_rank_is_named_as_the_cause_not_its_peer(peer_dies):
     """When a rank dies, its peer's collective fails too, at about the same moment; whichever the
-    coordinator reads first, the dead rank is reported, with the peer's traceback after it."""
-    import time
-    from types import SimpleNamespace
-
-    import multiprocess as mp
-
-    from harness.errors import WorkerError
-    from harness.process import WorkerGroup
-
-    ctx = mp.get_context("spawn")
-
-    def worker(name, target, *args):
-        conn, child = ctx.Pipe()
-        process = ctx.Process(target=target, args=args, daemon=True)
-        process.start()
-        child.close()
-        return SimpleNamespace(name=name, process=process, conn=conn)
-
-    failed, dead, alive = worker("torch", time.sleep, 30), worker("torch.1", os._exit, 9), worker("paddle", time.sleep, 30)
+    coordinator reads first, the dead rank is reported, with the peer's traceback after it. When
+    nobody died, the failure itself is the cause."""
+    group = _fake_group({"torch": "peer_error", "torch.1": "die_soon" if peer_dies else "sleep", "paddle": "sleep"})
     try:
-        dead.process.join(30)
-        group = WorkerGroup([], timeout=10)
-        peer = WorkerError("torch", "'train' failed: RuntimeError: Connection closed by peer", "Traceback ... peer\n")
-        pending = {w.name: w for w in (failed, dead, alive)}
-        cause = group._root_cause(peer, failed, pending, "train")
+        with pytest.raises(WorkerError) as info:
+            group.call({name: Request(Op.TRAIN) for name in group.names})
+    finally:
+        group.close()
+    cause = info.value
+    if peer_dies:
         assert cause.worker == "torch.1" and "exit code 9" in str(cause)
         assert "Connection closed by peer" in cause.remote_traceback
-        del pending["torch.1"]  # nobody else died: the failure itself is the cause
-        assert group._root_cause(peer, failed, pending, "train") is peer
-    finally:
-        for w in (failed, alive):
-            w.process.kill()
-            w.process.join(5)
+    else:
+        assert cause.worker == "torch" and "Connection closed by peer" in str(cause)

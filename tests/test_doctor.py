@@ -1,6 +1,10 @@
 """doctor probes each framework in its own interpreter and says how to install a missing one."""
 
+import pytest
+
 from conftest import cli
+
+pytestmark = pytest.mark.e2e  # each test imports both frameworks in subprocesses
 
 
 def test_doctor_reports_both_frameworks():

@@ -7,6 +7,8 @@ import pytest
 
 from conftest import ROOT, check, cli, report
 
+pytestmark = pytest.mark.e2e  # every test here starts workers
+
 HAVE_BERT_LIBS = all(importlib.util.find_spec(m) is not None for m in ("transformers", "paddlenlp"))
 
 

@@ -1,6 +1,5 @@
 """A worker that raises, dies or hangs ends the run with exit 3, its cause shown, nothing left running."""
 
-import os
 import time
 import uuid
 from pathlib import Path
@@ -8,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import cli
+
+pytestmark = pytest.mark.e2e  # every test here starts workers
 
 BASE = """
 import os, time

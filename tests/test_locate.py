@@ -1,20 +1,20 @@
 """Localization: injected bugs are each named at the right module or parameter; aligned pairs get
-no divergence. One pair of workers serves every case (Session.setup() rebuilds both models for
+no divergence. One pair of workers serves every case (Session.use() rebuilds both models for
 the next pair), so the whole file costs a few worker start-ups, not one per case."""
 
 from __future__ import annotations
 
 import json
-import textwrap
 
 import numpy as np
 import pytest
 
-from conftest import cli, report
+from conftest import cli, pair_folder, report
 from harness import config, locate
-from harness.config import Tolerance
-from harness.coordinator import CHECK_METHODS, RunOptions, Session
-from harness.data import BatchSource
+from harness.checks import CHECKS
+from harness.coordinator import trace_context
+from harness.session import RunOptions, Session
+from harness.tolerance import Tolerance
 
 # Embedding -> Linear -> 2 residual blocks (LayerNorm, Linear, GELU) -> head. The torch side is the
 # reference; BUG changes only the paddle side. Small initial weights keep LayerNorm's input
@@ -232,21 +232,13 @@ mode = "train"
 """
 
 
-def _write(tmp_path, name: str, source: str, toml: str):
-    folder = tmp_path / name
-    folder.mkdir()
-    (folder / "pair.py").write_text(source)
-    (folder / "pair.toml").write_text(f'name = "{name}"\npair = "pair.py"\n' + textwrap.dedent(toml))
-    return folder / "pair.toml"
-
-
 def transformer_pair(tmp_path, bug: str):
     source = TRANSFORMER.format(bug=bug) + (UNTRANSPOSED_MAPPING if bug == "untransposed" else "")
-    return _write(tmp_path, f"tf_{bug}", source, TRANSFORMER_TOML)
+    return pair_folder(tmp_path, f"tf_{bug}", source, TRANSFORMER_TOML)
 
 
 def cnn_pair(tmp_path, bug: str):
-    return _write(tmp_path, f"cnn_{bug}", CNN.format(bug=bug), CNN_TOML)
+    return pair_folder(tmp_path, f"cnn_{bug}", CNN.format(bug=bug), CNN_TOML)
 
 
 @pytest.fixture(scope="module")
@@ -260,11 +252,9 @@ def session(tmp_path_factory):
 
 def run_and_locate(session, toml, checks):
     """The same workers, the next pair: rebuild both models, run the checks, then localize."""
-    cfg = config.load(toml).replace(checks=tuple(checks))
-    session.cfg, session.data = cfg, BatchSource(cfg)
-    session.setup()
-    results = [CHECK_METHODS[name](session) for name in checks]
-    return results, locate.locate(session, results, always=True)
+    session.use(config.load(toml).replace(checks=tuple(checks)))
+    results = [CHECKS[name](session) for name in checks]
+    return results, locate.locate(trace_context(session), results, always=True)
 
 
 def test_size_one_axes_are_no_divergence():
@@ -303,6 +293,7 @@ BUGS = [
 ]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("bug, make, checks, where, layer", BUGS, ids=[b[0] for b in BUGS])
 def test_injected_bug_is_located(session, tmp_path, bug, make, checks, where, layer):
     results, outcome = run_and_locate(session, make(tmp_path, bug), checks)
@@ -338,6 +329,7 @@ ALIGNED = [
 ]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("bug, make, checks", ALIGNED, ids=[a[0] for a in ALIGNED])
 def test_aligned_pair_reports_nothing(session, tmp_path, bug, make, checks):
     results, outcome = run_and_locate(session, make(tmp_path, bug), checks)
@@ -345,6 +337,7 @@ def test_aligned_pair_reports_nothing(session, tmp_path, bug, make, checks):
     assert outcome.finding is None, outcome.finding.detail
 
 
+@pytest.mark.e2e
 def test_cli_reports_the_path_and_a_clean_run_stays_clean(make_pair, tmp_path):
     """End to end: a failing run names the layer in report.json and prints the tree; the same pair
     without the bug, with --locate, reports no divergence."""

@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
-from backends.base import count_metric
+from backends.metrics import count_metric
 from conftest import check, cli, report
 from harness import config
-from harness.coordinator import RunOptions, Session
+from harness.artifacts import save_npy
+from harness.checks import outputs, training
+from harness.session import RunOptions, Session
 
 
 def test_count_metric_by_hand():
@@ -28,15 +30,17 @@ def mlp_session(tmp_path_factory):
     s.close()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind,key", [("accuracy", "accuracy"), ("topk", "top3_accuracy"), ("f1", "f1_macro")])
 def test_builtin_metrics_aligned(mlp_session, kind, key):
-    result = mlp_session.check_metric({"metric": {"kind": kind, "k": 3}})
+    result = outputs.metric(mlp_session, overrides={"metric": {"kind": kind, "k": 3}})
     assert result.passed and [k.key for k in result.keys] == [key]
     assert result.keys[0].count == 1
 
 
+@pytest.mark.e2e
 def test_train_check_artifacts(mlp_session):
-    result = mlp_session.check_train()
+    result = training.train(mlp_session)
     assert result.passed, [f"{k.key}: {k.reason}" for k in result.failing]
     names = [k.key for k in result.keys]
     assert names[: mlp_session.cfg.train.train_iters] == [f"loss_{i}" for i in range(mlp_session.cfg.train.train_iters)]
@@ -75,6 +79,7 @@ def build_paddle():
 '''
 
 
+@pytest.mark.e2e
 def test_wrong_pair_metric_fails_metric(make_pair, tmp_path):
     toml = make_pair(WRONG_METRIC, '[data]\ninputs = ["x"]\n[metric]\nkind = "pair"\n', name="wrong_metric")
     proc = cli("run", toml, "--out", tmp_path / "o", "--checks", "forward,metric")
@@ -83,6 +88,7 @@ def test_wrong_pair_metric_fails_metric(make_pair, tmp_path):
     assert check(rep, "forward")["passed"] and not check(rep, "metric")["passed"]
 
 
+@pytest.mark.e2e
 def test_train_mode_difference_fails_train_only(make_pair, tmp_path):
     toml = make_pair(TRAIN_ONLY_DROPOUT, '[data]\ninputs = ["x"]\n[train]\ntrain_iters = 10\n', name="dropout")
     proc = cli("run", toml, "--out", tmp_path / "o")
@@ -93,17 +99,13 @@ def test_train_mode_difference_fails_train_only(make_pair, tmp_path):
     assert any("dropout" in n for n in check(rep, "train").get("notes", []))
 
 
-def test_benchmark_file(mlp_session, tmp_path):
-    from harness.report import save_npy
-
-    mlp_session.benchmark = tmp_path / "bench.npy"
-    try:
-        save_npy(mlp_session.benchmark, {"accuracy": np.array(0.99)})  # far above a random-label model
-        result = mlp_session.check_train()
-        bench = [k for k in result.keys if k.key == "benchmark:accuracy"]
-        assert bench and not bench[0].passed and not result.passed
-    finally:
-        mlp_session.benchmark = None
+@pytest.mark.e2e
+def test_benchmark_file(tmp_path):
+    save_npy(tmp_path / "bench.npy", {"accuracy": np.array(0.99)})  # far above a random-label model
+    proc = cli("run", "--zoo", "mlp", "--checks", "train", "--benchmark", tmp_path / "bench.npy", "--out", tmp_path / "o")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    bench = [k for k in check(report(tmp_path / "o"), "train")["keys"] if k["key"] == "benchmark:accuracy"]
+    assert bench and not bench[0]["passed"]
 
 
 BN_MOMENTUM_CONFUSED = '''
@@ -118,6 +120,7 @@ def build_paddle():
 '''
 
 
+@pytest.mark.e2e
 def test_batchnorm_momentum_mixup_fails_train_on_running_means(make_pair, tmp_path):
     toml = make_pair(BN_MOMENTUM_CONFUSED, '[data]\ninputs = ["image"]\n[train]\ntrain_iters = 5\n', name="bnmom")
     proc = cli("run", toml, "--out", tmp_path / "o", "--checks", "forward,loss,backward,train")

@@ -6,8 +6,12 @@ import itertools
 import pytest
 
 from harness import config
-from harness.coordinator import RunOptions, Session
+from harness.checks import outputs, training
 from harness.optim_table import OPTIMIZERS, SCHEDULERS
+from harness.protocol import Op
+from harness.session import RunOptions, Session
+
+pytestmark = pytest.mark.e2e
 
 DECAYS = {"none": {}, "coupled": {"decay": "coupled"}, "decoupled": {"decay": "decoupled"}, "l1": {"decay": "l1"}}
 CLIPS = {"noclip": {}, "globalclip": {"grad_clip": 0.05}}
@@ -44,7 +48,7 @@ def test_optimizer_matrix_is_aligned(session):
         settings = {"name": opt, "lr": 0.01, "momentum": 0.9, "nesterov": opt == "momentum",
                     "weight_decay": 0.0 if decay == "none" else 0.05, "no_decay": ["norm", "bias"],
                     **DECAYS[decay], **CLIPS[clip]}
-        result = session.check_backward({"optimizer": settings}, write=False)
+        result = training.backward(session, overrides={"optimizer": settings}, write=False)
         losses = [k for k in result.keys if k.key.startswith("loss_")]
         worst = max(k.mean_abs for k in losses)
         if not result.passed or worst > 1e-6 or len(losses) != 5:
@@ -57,7 +61,7 @@ def test_optimizer_matrix_is_aligned(session):
 def test_scheduler_family_is_aligned(session, name):
     sched = {"name": name, "warmup_steps": 3, "total_steps": 12, "step_size": 2, "milestones": [2, 5],
              "gamma": 0.5, "power": 2.0, "end_lr": 0.0, "num_cycles": 0.5, "max_lr": 0.1}
-    result = session.check_lr({"lr_scheduler": sched})
+    result = outputs.lr(session, overrides={"lr_scheduler": sched})
     assert result.passed, [f"{k.key}: {k.reason}" for k in result.failing]
     assert len(result.keys) == session.cfg.total_steps
     worst = max(k.max_abs for k in result.keys)
@@ -65,9 +69,9 @@ def test_scheduler_family_is_aligned(session, name):
 
 
 def test_plateau_drops_the_lr_identically(session):
-    result = session.check_lr({"lr_scheduler": {"name": "plateau", "patience": 0, "gamma": 0.5}})
+    result = outputs.lr(session, overrides={"lr_scheduler": {"name": "plateau", "patience": 0, "gamma": 0.5}})
     assert result.passed, [f"{k.key}: {k.reason}" for k in result.failing]
-    out = session.both("lr_schedule", total_steps=5, overrides={"lr_scheduler": {"name": "plateau", "patience": 0,
+    out = session.both(Op.LR_SCHEDULE, total_steps=5, overrides={"lr_scheduler": {"name": "plateau", "patience": 0,
                                                                                   "gamma": 0.5}},
                        metrics=[1.0, 0.5, 0.5, 0.5, 0.5])
     lrs = out["torch"]["lr"]
@@ -79,5 +83,5 @@ def test_plateau_drops_the_lr_identically(session):
 def test_scheduler_variants_are_aligned(session, extra):
     for name in ("cosine_warmup", "polynomial", "linear_warmup"):
         sched = {"name": name, "warmup_steps": 2, "power": 1.5, "end_lr": 0.0, "num_cycles": 0.5, **extra}
-        result = session.check_lr({"lr_scheduler": sched})
+        result = outputs.lr(session, overrides={"lr_scheduler": sched})
         assert result.passed, (name, extra, [f"{k.key}: {k.reason}" for k in result.failing])

@@ -4,6 +4,8 @@ import pytest
 
 from conftest import cli, check, report
 
+pytestmark = pytest.mark.e2e  # every test here starts workers
+
 BASE = '''
 import math
 import numpy as np

@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from conftest import ROOT, cli, report
 
 README = (ROOT / "README.md").read_text()
@@ -14,6 +16,7 @@ def _block(lang: str, first_line: str) -> str:
     raise AssertionError(f"README has no ```{lang} block starting with {first_line!r}")
 
 
+@pytest.mark.e2e
 def test_readme_example_pair_is_aligned(tmp_path):
     (tmp_path / "pair.py").write_text(_block("python", "# pair.py"))
     (tmp_path / "pair.toml").write_text(_block("toml", "# pair.toml"))

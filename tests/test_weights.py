@@ -86,6 +86,7 @@ def test_aliased_paddle_tensors_are_filled_from_one_source():
 @pytest.mark.parametrize("toml", [PAIRS / "layers" / "pair.toml", ROOT / "examples" / "transformer_encoder" / "pair.toml",
                                   PAIRS / "decoder" / "pair.toml"],
                          ids=["layers_by_order", "transformer_encoder", "transformer_decoder"])
+@pytest.mark.e2e
 def test_real_pairs_align_through_the_automatic_mapping(toml, tmp_path):
     proc = cli("run", toml, "--out", tmp_path / "o", "--checks", "forward,backward")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -102,6 +103,7 @@ def torch_to_paddle(state):
 '''
 
 
+@pytest.mark.e2e
 def test_user_mapping_that_forgets_a_square_transpose_fails_forward(make_pair, tmp_path):
     toml = make_pair(UNTRANSPOSED, '[data]\ninputs = ["x"]\n', name="untransposed")
     proc = cli("run", toml, "--out", tmp_path / "o", "--checks", "forward")
@@ -118,6 +120,7 @@ def torch_to_paddle(state):
 '''
 
 
+@pytest.mark.e2e
 def test_a_correct_user_mapping_passes_backward_without_comparing_unknown_layouts(make_pair, tmp_path):
     toml = make_pair(CORRECT_USER_MAPPING, '[data]\ninputs = ["x"]\n', name="usermap")
     proc = cli("run", toml, "--out", tmp_path / "o", "--checks", "forward,backward")

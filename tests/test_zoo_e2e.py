@@ -1,12 +1,12 @@
 """End to end, as a user runs it: every zoo pair aligned, an injected bug caught at forward."""
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import PAIRS, check, cli, report
+
+pytestmark = pytest.mark.e2e  # every test here starts workers
 
 SCHEMA_KEYS = {"schema", "name", "aligned", "checks", "first_divergence", "environment", "timing"}
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import paddle
 from paddle.optimizer import lr as S
 
-from backends import base
+from backends.primitives import Stepper
 from harness.optim_table import decay_mode, decays, warmup_lambda
 
 
-class PaddleStepper(base.Stepper):
+class PaddleStepper(Stepper):
     def __init__(self, optimizer, scheduler=None):
         self.optimizer, self.scheduler = optimizer, scheduler
 
@@ -67,7 +67,7 @@ def _scheduler(sched: dict, lr: float, total: int):
     raise ValueError(f"unknown lr scheduler '{name}'")
 
 
-def build_stepper(model, cfg: dict, total_steps: int, custom=None) -> base.Stepper:
+def build_stepper(model, cfg: dict, total_steps: int, custom=None) -> Stepper:
     if custom is not None:
         optimizer, scheduler = custom(model, total_steps)
         return PaddleStepper(optimizer, scheduler)

@@ -12,6 +12,7 @@ import paddle
 import paddle.nn.functional as F
 
 from backends import base
+from backends.primitives import Stepper
 from backends.paddle.optim import build_stepper
 
 
@@ -38,6 +39,9 @@ class Runner(base.Runner):
 
     def model_type(self):
         return paddle.nn.Layer
+
+    def to_device(self, model):
+        return model  # paddle builds on the device set at start-up
 
     def module_table(self, model) -> list:
         table = []
@@ -142,8 +146,8 @@ class Runner(base.Runner):
     def topk(self, output, k: int):
         return paddle.topk(output.reshape([-1, output.shape[-1]]), k, axis=-1)[1]
 
-    def make_stepper(self, model, cfg: dict, total_steps: int) -> base.Stepper:
-        return build_stepper(model, cfg, total_steps, self._pair_fn("optimizer"))
+    def make_stepper(self, model, cfg: dict, total_steps: int) -> Stepper:
+        return build_stepper(model, cfg, total_steps, self.pair_fn("optimizer"))
 
     def named_modules(self, model) -> list:
         return list(model.named_sublayers(include_self=True))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch.optim import lr_scheduler as S
 
-from backends import base
+from backends.primitives import Stepper
 from harness.optim_table import decay_mode, decays, warmup_lambda
 
 
-class TorchStepper(base.Stepper):
+class TorchStepper(Stepper):
     def __init__(self, optimizer, scheduler=None, params=(), clip_norm=0.0, clip_value=0.0, l1=(0.0, ())):
         self.optimizer, self.scheduler = optimizer, scheduler
         self.params, self.clip_norm, self.clip_value = list(params), clip_norm, clip_value
@@ -91,7 +91,7 @@ def _scheduler(optimizer, sched: dict, lr: float, total: int):
     return S.LambdaLR(optimizer, fn)
 
 
-def build_stepper(model, cfg: dict, total_steps: int, custom=None) -> base.Stepper:
+def build_stepper(model, cfg: dict, total_steps: int, custom=None) -> Stepper:
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = cfg["optimizer"], cfg["lr_scheduler"]
     if custom is not None:

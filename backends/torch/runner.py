@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from backends import base
+from backends.primitives import Stepper
 from backends.torch.optim import build_stepper
 
 
@@ -41,10 +42,8 @@ class Runner(base.Runner):
     def model_type(self):
         return torch.nn.Module
 
-    def op_setup(self, cfg: dict) -> dict:
-        info = super().op_setup(cfg)
-        self.model.to(self.dev)
-        return info
+    def to_device(self, model):
+        return model.to(self.dev)
 
     def module_table(self, model) -> list:
         table = []
@@ -91,6 +90,9 @@ class Runner(base.Runner):
     def set_train(self, model, training: bool) -> None:
         model.train(training)
 
+    def allow_backward_in_eval(self, model) -> None:
+        pass  # torch backpropagates through every module in eval mode
+
     def no_grad(self):
         return torch.no_grad()
 
@@ -123,8 +125,8 @@ class Runner(base.Runner):
     def topk(self, output, k: int):
         return output.reshape(-1, output.shape[-1]).topk(k, dim=-1).indices
 
-    def make_stepper(self, model, cfg: dict, total_steps: int) -> base.Stepper:
-        return build_stepper(model, cfg, total_steps, self._pair_fn("optimizer"))
+    def make_stepper(self, model, cfg: dict, total_steps: int) -> Stepper:
+        return build_stepper(model, cfg, total_steps, self.pair_fn("optimizer"))
 
     def named_modules(self, model) -> list:
         return list(model.named_modules())

@@ -1,0 +1,127 @@
+"""Artifacts: reprod_log-compatible .npy files and diff logs, written atomically.
+
+Every file is written to a temporary name and renamed into place, so a reader never sees a
+half-written file, and report.json only exists for a run that finished.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harness.diff import CheckResult
+from harness.keys import texts
+
+# Artifact stems per check, as the reproduction guide names them.
+STEMS = {
+    "forward": "forward",
+    "metric": "metric",
+    "loss": "loss",
+    "lr": "lr",
+    "backward": "bp_align",
+    "train": "train_align",
+}
+LOG_NAMES = {"lr": "scheduler_diff.log"}
+
+
+def log_name(check: str) -> str:
+    return LOG_NAMES.get(check, f"{STEMS.get(check, check)}_diff.log")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_npy(path: Path, arrays: dict) -> None:
+    """np.save of a dict of arrays: what reprod_log.ReprodLogger.save writes and load_info reads."""
+    buf = io.BytesIO()
+    np.save(buf, {k: np.asarray(v) for k, v in arrays.items()}, allow_pickle=True)
+    atomic_write(path, buf.getvalue())
+
+
+def load_npy(path: Path) -> dict:
+    data = np.load(path, allow_pickle=True)
+    value = data.tolist() if data.dtype == object and data.shape == () else None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: not a reprod_log file (expected np.save of a dict of arrays)")
+    return value
+
+
+def reprod_log_mean(a, b):
+    """The value reprod_log prints: |a - b|.mean() in the arrays' own dtype (numpy scalar)."""
+    return np.abs(np.asarray(a) - np.asarray(b)).mean()
+
+
+def diff_log_lines(result: CheckResult, ref: dict, other: dict, stamp: str | None = None) -> list:
+    """reprod_log's report() lines, line for line, with our verdict per key, then strict details."""
+    stamp = stamp or time.strftime("%Y/%m/%d %H:%M:%S")
+    head = f"[{stamp}] root INFO: "
+    lines = []
+    for k in result.keys:
+        a, b = ref.get(k.id), other.get(k.id)
+        if a is None or b is None or np.shape(a) != np.shape(b):
+            value = "nan"
+        else:
+            value = "{}".format(reprod_log_mean(a, b)) if k.mean_abs is not None else "nan"
+        lines.append(f"{head}{k.key}: ")
+        lines.append(f"{head}\tmean diff: check passed: {k.passed}, value: {value}")
+    for k in result.failing:
+        lines.append(f"{head}strict: {k.key}: FAILED: {k.reason}")
+    if result.compared == 0:
+        lines.append(f"{head}strict: {result.why}")
+    lines.append(f"{head}diff check {'passed' if result.passed else 'failed'}")
+    return lines
+
+
+class ArtifactWriter:
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        stale = self.out_dir / "report.json"
+        if stale.exists():  # a report must never describe an older run than the files beside it
+            stale.unlink()
+
+    def check(self, result: CheckResult, ref: dict, other: dict) -> None:
+        """The check's two reprod_log files (keyed by Key) and its diff log."""
+        stem = STEMS[result.name]
+        self.arrays(f"{stem}_torch.npy", ref)
+        self.arrays(f"{stem}_paddle.npy", other)
+        self.log(log_name(result.name), result, ref, other)
+
+    def log(self, name: str, result: CheckResult, ref: dict, other: dict) -> None:
+        self.text(name, "\n".join(diff_log_lines(result, ref, other)) + "\n")
+
+    def text(self, name: str, content: str) -> None:
+        atomic_write(self.out_dir / name, content.encode())
+
+    def arrays(self, name: str, arrays: dict) -> None:
+        save_npy(self.out_dir / name, texts(arrays))
+
+    def report(self, report) -> Path:
+        path = self.out_dir / "report.json"
+        atomic_write(path, (json.dumps(report.to_json(), indent=2, default=json_default) + "\n").encode())
+        return path
+
+
+def json_default(o):
+    if isinstance(o, (np.generic,)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+

@@ -1,0 +1,69 @@
+"""Checkpoints of either framework: `run --weights` (both sides start from one) and the `convert`
+command (one framework's file written as the other's), both through the run's weight plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.errors import UsageError
+from harness.protocol import Op
+
+SUFFIXES = {".pt": "torch", ".pth": "torch", ".bin": "torch", ".pdparams": "paddle"}
+TARGET_SUFFIXES = {"torch": (".pdparams",), "paddle": (".pt", ".pth")}  # by the source's side
+
+
+def checkpoint_side(path: Path) -> str:
+    side = SUFFIXES.get(Path(path).suffix)
+    if side is None:
+        raise UsageError(f"{path}: unknown checkpoint type (expected {', '.join(SUFFIXES)})")
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: file not found")
+    return side
+
+
+def load_into(session, path: Path) -> None:
+    """--weights: the torch model takes the checkpoint (a paddle one through the plan); the
+    session then shares torch's weights with paddle as always."""
+    side = checkpoint_side(path)
+    session.progress(f"loading {path.name} ({side} checkpoint)")
+    state = session.one(side, Op.READ_CHECKPOINT, path=str(path))
+    if side == "paddle":
+        if session.plan is None:
+            raise UsageError(f"--weights {path}: a paddle checkpoint needs the automatic mapping to reach torch "
+                             "(the pair defines its own torch_to_paddle); give a torch checkpoint instead")
+        state = session.plan.to_torch(state)
+    session.one("torch", Op.LOAD_STATE, state=state, keep_own=session.torch_only)
+
+
+def validate_conversion(*, torch_weights: Path | None, paddle_weights: Path | None, target: Path) -> Path:
+    """The convert command's arguments, checked before any worker starts; returns the source."""
+    if (torch_weights is None) == (paddle_weights is None):
+        raise UsageError("give exactly one of --torch-weights or --paddle-weights")
+    source = torch_weights or paddle_weights
+    side = checkpoint_side(source)
+    given = "torch" if torch_weights else "paddle"
+    if side != given:
+        raise UsageError(f"{source}: a {side} checkpoint given as --{given}-weights")
+    wanted = TARGET_SUFFIXES[side]
+    if not str(target).endswith(wanted):
+        raise UsageError(f"--out {target}: expected a {' or '.join(wanted)} file")
+    return source
+
+
+def convert(session, source: Path, target: Path) -> str:
+    """source (either framework) written as the other framework's file at target; returns its side."""
+    side = checkpoint_side(source)
+    state = session.one(side, Op.READ_CHECKPOINT, path=str(source))
+    if side == "torch":
+        if session.plan is None:  # the pair's torch_to_paddle, applied by the paddle worker
+            session.one("paddle", Op.IMPORT_STATE, state=state, raw=True)
+            state = session.one("paddle", Op.EXPORT_STATE)
+        else:
+            state = session.plan.to_paddle(state)
+        session.one("paddle", Op.WRITE_CHECKPOINT, state=state, path=str(target))
+        return "paddle"
+    if session.plan is None:
+        raise UsageError("convert: paddle -> torch needs the automatic mapping (the pair defines torch_to_paddle)")
+    session.one("torch", Op.WRITE_CHECKPOINT, state=session.plan.to_torch(state), path=str(target),
+                keep_own=session.torch_only)
+    return "torch"

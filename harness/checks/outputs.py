@@ -1,0 +1,44 @@
+"""Checks of what the model computes without training: forward outputs, the metric, the loss and
+the learning-rate schedule (the guide's steps 1 to 3 and the scheduler part of step 4)."""
+
+from __future__ import annotations
+
+from harness import keys
+from harness.checks.common import record
+from harness.diff import CheckResult
+from harness.keys import Key, Kind
+from harness.protocol import Op
+
+
+def forward(session) -> CheckResult:
+    out = session.both(Op.FORWARD, batch=session.data.batch(0))
+    return record(session, "forward", keys.values(out["torch"]), keys.values(out["paddle"]))
+
+
+def loss(session) -> CheckResult:
+    out = session.both(Op.LOSS, batch=session.data.batch(0))
+    return record(session, "loss", keys.values(out["torch"]), keys.values(out["paddle"]))
+
+
+def eval_steps(session) -> range:
+    return range(session.cfg.data.eval_batches)
+
+
+def metric(session, *, overrides: dict | None = None) -> CheckResult:
+    out = session.both(Op.METRIC, batches=session.data.batches(eval_steps(session)), overrides=overrides)
+    return record(session, "metric", keys.values(out["torch"]), keys.values(out["paddle"]))
+
+
+def lr(session, *, overrides: dict | None = None) -> CheckResult:
+    steps = session.cfg.total_steps
+    out = session.both(Op.LR_SCHEDULE, total_steps=steps, overrides=overrides, metrics=plateau_metrics(steps))
+    name = "pair" if session.custom_optimizer else \
+        (overrides or {}).get("lr_scheduler", {}).get("name", session.cfg.lr_scheduler.name)
+    per_step = {side: {Key(Kind.LR, name, step=i): v for i, v in enumerate(out[side]["lr"])} for side in out}
+    return record(session, "lr", per_step["torch"], per_step["paddle"])
+
+
+def plateau_metrics(steps: int) -> list:
+    """A fixed loss sequence for the lr check: improving, then flat with small noise below any
+    threshold, then improving again, so a plateau schedule must decide to drop and to wait."""
+    return [1.0 / (1 + i) if i < 2 or i >= 12 else 0.5 + 1e-6 * (i % 2) for i in range(steps)]

@@ -1,0 +1,107 @@
+"""Checks that train: backward (the guide's step 4: losses of every step, then the updated
+parameters and the last gradients by torch name) and train (step 5: the loss curve, the trained
+model's metric and BatchNorm running means)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness import keys, plot
+from harness.checks import parallel
+from harness.checks.common import judge, judge_updates
+from harness.compare import load_side
+from harness.diff import CheckResult
+from harness.errors import UsageError
+from harness.keys import Key, Kind
+from harness.protocol import SIDES, Op
+
+# The held-out evaluation batches of the train check are make_batch(rng, step) at these steps.
+HELDOUT_STEP = 1_000_000
+
+
+def backward(session, *, overrides: dict | None = None, write: bool = True) -> CheckResult:
+    if session.layout.world > 1:
+        return parallel.backward(session, overrides=overrides)
+    cfg = session.cfg
+    out = session.both(Op.TRAIN, batches=session.data.batches(range(cfg.train.iters)), mode=cfg.train.mode,
+                       total_steps=cfg.total_steps, overrides=overrides)
+    losses = {side: keys.losses(out[side]["loss"]) for side in SIDES}
+    result, params, grads = judge_updates(session, dict(losses["torch"]), dict(losses["paddle"]), out, overrides)
+    if write:
+        w = session.writer
+        for side in SIDES:
+            w.arrays(f"bp_params_{side}.npy", params[side])
+            w.arrays(f"bp_grads_{side}.npy", grads[side])
+            w.arrays(f"bp_align_{side}.npy", losses[side])  # the guide's file: losses only
+        w.log("bp_align_diff.log", result, *[_all_keys(losses[s], params[s], grads[s]) for s in SIDES])
+    return result
+
+
+def _all_keys(losses: dict, params: dict, grads: dict) -> dict:
+    return {**losses, **keys.named(Kind.PARAM, params), **keys.named(Kind.GRAD, grads)}
+
+
+def heldout_steps(session) -> range:
+    """Batches the trained models are scored on: never among the training steps."""
+    return range(HELDOUT_STEP, HELDOUT_STEP + session.cfg.data.eval_batches)
+
+
+def train(session) -> CheckResult:
+    """train_iters steps in train mode: loss curves and final metric within the relative train
+    tolerance (0.15 %), BatchNorm running means, optionally the paddle metric against --benchmark."""
+    cfg = session.cfg
+    iters = cfg.train.train_iters
+    out = session.both(Op.TRAIN, batches=session.data.batches(range(iters)), mode="train",
+                       total_steps=cfg.lr_scheduler.total_steps or iters,
+                       eval_batches=session.data.batches(heldout_steps(session)))
+    sides = {side: {**keys.losses(out[side]["loss"]), **keys.named(Kind.METRIC, out[side]["metric"])} for side in SIDES}
+    result = judge("train", sides["torch"], sides["paddle"], cfg.tolerance)
+    # running means are judged in absolute terms, like parameters: a relative rule would call
+    # float noise on a mean near 0 a divergence
+    means = _running_means(session, out)
+    result.keys += judge("train", means["torch"], means["paddle"], cfg.tolerance.backward).keys
+    for side in SIDES:
+        sides[side].update(means[side])
+    if session.options.benchmark:
+        result.keys += _against_benchmark(session.options.benchmark, out["paddle"]["metric"], cfg.tolerance.train)
+    dropout = sorted({f"{side}:{name}" for side, names in session.dropout().items() for name in names})
+    if dropout:
+        result.notes.append(
+            f"the model has dropout ({', '.join(dropout[:3])}{'...' if len(dropout) > 3 else ''}): in train "
+            "mode each framework draws its own masks, so the curves can differ in a correct port; set p = 0 "
+            "for this check")
+    session.writer.check(result, sides["torch"], sides["paddle"])
+    note = plot.train_curve(session.writer.out_dir / "train_curve.png", out["torch"]["loss"], out["paddle"]["loss"],
+                            cfg.name)
+    if note:
+        result.notes.append(note)
+    return result
+
+
+def _running_means(session, out: dict) -> dict:
+    """BatchNorm running means after training: train-mode losses never read them, so a momentum
+    convention mix-up (paddle 0.9 = torch 0.1) shows only here or in the final metric. Running
+    variances are left out: torch updates them with the unbiased batch variance, paddle with the
+    biased one, a gap of up to 1/(N-1) in a correct port (`--locate` judges them with that gap)."""
+    means = {side: {} for side in SIDES}
+    if session.plan is None:
+        return means
+    paddle_buffers = session.plan.paddle_to_torch_names(out["paddle"]["buffers"])
+    for name, value in out["torch"]["buffers"].items():
+        if name.endswith("running_mean") and name in paddle_buffers:
+            means["torch"][Key(Kind.BUFFER, name)] = value
+            means["paddle"][Key(Kind.BUFFER, name)] = paddle_buffers[name]
+    return means
+
+
+def _against_benchmark(path, paddle_metric: dict, tol) -> list:
+    reference = load_side(path)
+    shared = [k for k in reference if k in paddle_metric or k.removeprefix("metric_") in paddle_metric]
+    if not shared:
+        raise UsageError(f"{path}: no key matches the metric ({', '.join(paddle_metric)})")
+    ref, port = {}, {}
+    for key in shared:
+        name = key.removeprefix("metric_")
+        ref[Key(Kind.BENCHMARK, name)] = np.asarray(reference[key], np.float64).reshape(())
+        port[Key(Kind.BENCHMARK, name)] = np.asarray(paddle_metric[name], np.float64)
+    return judge("train", ref, port, tol).keys

@@ -1,0 +1,135 @@
+"""The verdict rules: every second look at a key that failed the plain diff, in one place.
+
+A check compares (harness/diff.py), then `apply` runs the named rules below in a fixed order,
+then the check writes its artifacts. A rule may only turn a failed key into a passed one, and
+it says so on the key (`rule`, and the reason in `note`), so report.json shows which rule
+changed which verdict. Each rule holds one constant and the measured fact it rests on
+(docs/traps.md has the numbers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness.diff import CheckResult, KeyResult
+from harness.keys import Key, Kind
+
+UNCONSTRAINED = "unconstrained_elements"
+UPDATE_SCALE = "update_scale"
+RANK_DRIFT = "rank_loss_drift"
+VARIANCE_GAP = "variance_gap"
+
+# unconstrained_elements: a parameter element whose gradient is this small against the largest
+# gradient is driven by rounding noise. Its true gradient is zero (a bias right before
+# BatchNorm, the key third of attention's in_proj_bias); each framework's noise (~1e-9), divided
+# by sqrt(v) under Adam, becomes its own full step of size lr, so such elements end 1e-4..1e-3
+# apart after 5 steps of a correct port while every loss agrees to 1e-7.
+UNCONSTRAINED_RATIO = 1e-6
+# update_scale: float32 round-off in a correct port stays near 1e-6..1e-5 of the size of a
+# parameter's update (or of a gradient's mean magnitude); a wrong decay or clip reaches 1e-3.
+SCALE_RTOL = 1e-4
+# rank_loss_drift: under Adam one rank's shard feels the noise-driven elements above, whose
+# steps cancel in the averaged loss but not in a rank's own; measured at 2e-5..3e-5 of how far
+# training moved that rank's loss in a correct port (tiny_transformer, 2 ranks, AdamW lr 1e-2).
+RANK_DRIFT_RTOL = 1e-4
+# variance_gap: torch updates BatchNorm's running variance with the unbiased batch variance,
+# paddle with the biased one: a gap of at most running_var / N per update (N values per
+# channel); the slack covers float32 rounding of that bound.
+VARIANCE_GAP_SLACK = 1.01
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the rules may read besides a key's two values (parameters and gradients by torch name)."""
+
+    initial: dict = field(default_factory=dict)  # parameters before the first step
+    grads_ref: dict = field(default_factory=dict)  # last gradients of the reference side
+    grads_other: dict = field(default_factory=dict)
+    adaptive: bool = False  # an Adam-type optimizer (or a pair's own, unknown one)
+
+
+def apply(result: CheckResult, ref: dict, other: dict, evidence: Evidence) -> None:
+    """The rules in their fixed order over every key that failed the diff on finite values."""
+    largest = max((float(np.abs(g).max()) for g in evidence.grads_ref.values() if np.size(g)), default=0.0)
+    for key in result.keys:
+        if key.passed or key.mean_abs is None or key.nonfinite:
+            continue
+        if key.id.kind in (Kind.PARAM, Kind.GRAD):
+            _judge_tensor(result, key, ref[key.id], other[key.id], evidence, largest)
+        elif key.id.kind is Kind.LOSS and key.id.rank is not None and evidence.adaptive:
+            rank_loss_drift(result, key, ref, other)
+
+
+def unconstrained_mask(name: str, evidence: Evidence, largest: float):
+    """unconstrained_elements: the elements still judged (None: the rule does not apply)."""
+    if not (evidence.adaptive and largest > 0 and name in evidence.grads_ref and name in evidence.grads_other):
+        return None
+    g = np.maximum(np.abs(evidence.grads_ref[name]), np.abs(evidence.grads_other[name]))
+    return g > UNCONSTRAINED_RATIO * largest
+
+
+def within_update_scale(mean_abs: float, max_abs: float, size: float) -> bool:
+    """update_scale: the difference is round-off against the size of what moved it."""
+    return mean_abs <= SCALE_RTOL * size and max_abs <= 100 * SCALE_RTOL * size
+
+
+def gradient_within_scale(relative: float) -> bool:
+    """update_scale for a gradient given as mean |d| / mean |gradient| (localization)."""
+    return relative <= SCALE_RTOL
+
+
+def _judge_tensor(result: CheckResult, key: KeyResult, ref, other, evidence: Evidence, largest: float) -> None:
+    name = key.id.name
+    a, b = np.asarray(ref, np.float64), np.asarray(other, np.float64)
+    keep = unconstrained_mask(name, evidence, largest) if key.id.kind is Kind.PARAM else None
+    if keep is not None and not keep.any():
+        g = np.maximum(np.abs(evidence.grads_ref[name]), np.abs(evidence.grads_other[name]))
+        _release(result, key, UNCONSTRAINED,
+                 f"unconstrained: its gradient is rounding noise (max |g| {g.max():.2g} vs {largest:.2g} largest), "
+                 "which an adaptive optimizer turns into steps of size lr; its value is not judged")
+        return
+    keep = np.ones(a.shape, bool) if keep is None else keep
+    d = np.abs(a - b)[keep]
+    if key.id.kind is Kind.PARAM and name in evidence.initial:
+        size, what = float(np.mean(np.abs(a - evidence.initial[name])[keep])), "its update"
+    elif key.id.kind is Kind.GRAD:
+        size, what = float(np.mean(np.abs(a))), "the gradient"
+    else:
+        return
+    within_abs = d.mean() <= key.threshold and d.max() <= key.max_threshold
+    if not (within_abs or within_update_scale(float(d.mean()), float(d.max()), size)):
+        return
+    partial = not keep.all()
+    why = (f"{int((~keep).sum())} of {keep.size} elements unconstrained (gradient is rounding noise under an "
+           "adaptive optimizer), the others ") if partial else ""
+    why += "within the threshold" if within_abs else f"within {SCALE_RTOL:g} of the size of {what} (mean {size:.2g})"
+    _release(result, key, UNCONSTRAINED if partial else UPDATE_SCALE, why, noted=partial)
+
+
+def rank_loss_drift(result: CheckResult, key: KeyResult, ref: dict, other: dict) -> None:
+    """A rank's loss after step 0 within RANK_DRIFT_RTOL of how far training moved it. Step 0
+    (every rank on the same weights), the averaged losses and the sync keys stay strict."""
+    start = Key(Kind.LOSS, step=0, rank=key.id.rank)
+    if key.id.step == 0 or start not in ref:
+        return
+    moved = abs(float(np.float64(ref[key.id])) - float(np.float64(ref[start])))
+    d = abs(float(np.float64(ref[key.id])) - float(np.float64(other[key.id])))
+    if d <= RANK_DRIFT_RTOL * moved:
+        _release(result, key, RANK_DRIFT,
+                 f"within {RANK_DRIFT_RTOL:g} of how far training moved this rank's loss ({moved:.3g}): an adaptive "
+                 "optimizer steps rounding-noise gradient elements by lr")
+
+
+def within_variance_gap(torch_var: np.ndarray, paddle_var: np.ndarray, count: int, max_abs: float) -> bool:
+    """variance_gap: running variances within running_var / N of each other (localization)."""
+    gap = np.abs(torch_var.astype(np.float64) - paddle_var)
+    return bool(np.all(gap <= np.abs(torch_var) / count * VARIANCE_GAP_SLACK + max_abs))
+
+
+def _release(result: CheckResult, key: KeyResult, rule: str, why: str, noted: bool = True) -> None:
+    key.note = f"{why} [{key.reason}]"
+    key.passed, key.reason, key.rule = True, "", rule
+    if noted:
+        result.notes.append(f"{key.key}: {why}" if rule != RANK_DRIFT else f"{key.key}: {key.note}")

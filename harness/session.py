@@ -1,0 +1,166 @@
+"""One run's workers: the topology (a worker per framework, or N ranks each), the torch initial
+weights shared with paddle, and calls to one side, both sides or every rank."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from harness import checkpoints, distributed, weights
+from harness.artifacts import ArtifactWriter
+from harness.config import RunConfig
+from harness.data import BatchSource
+from harness.process import WorkerGroup, WorkerSpec
+from harness.protocol import SIDES, Op, Request
+
+ADAPTIVE = ("adam", "adamw", "pair")  # a pair's own optimizer is unknown: treated as adaptive
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out_dir: Path
+    timeout: float = 900.0
+    device: str = "auto"  # auto | cpu | gpu
+    threads: int | None = None  # per worker; None: half the cores each
+    benchmark: Path | None = None  # reprod_log .npy with the metric the paddle run must reach
+    weights: Path | None = None  # start both models from this checkpoint (.pt / .pdparams)
+    layout: distributed.Layout | None = None  # None: [distributed] of the config
+    dp_equivalence: bool = False
+    locate: bool = False  # trace every module even when all checks pass (they always are on a failure)
+
+
+def worker_threads(requested: int | None) -> int:
+    return requested or max(1, (os.cpu_count() or 2) // 2)
+
+
+class Session:
+    """Both workers up, weights shared, then any sequence of checks (harness/checks/)."""
+
+    def __init__(self, cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lambda msg: None):
+        self.cfg, self.options, self.progress = cfg, opts, progress
+        self.data = BatchSource(cfg)
+        self.writer = ArtifactWriter(opts.out_dir)
+        self.plan: weights.Plan | None = None
+        self.initial_torch: dict = {}
+        self.infos: dict = {}
+        self.layout = opts.layout or distributed.Layout(nprocs=cfg.distributed.nprocs, backend=cfg.distributed.backend)
+        distributed.validate(self.layout)
+        n = self.layout.nprocs
+        # rank 0 of each framework is named after it, so every single-process check runs there
+        self.ranks = {side: [side] + [f"{side}.{r}" for r in range(1, n)] for side in SIDES}
+        self.group = WorkerGroup(self._specs(), opts.timeout)
+
+    def _specs(self) -> list:
+        opts, layout = self.options, self.layout
+        threads = worker_threads(opts.threads) if layout.nprocs == 1 else max(1, worker_threads(opts.threads) // layout.nprocs)
+        ports = distributed.free_ports(1 + layout.world) if layout.world > 1 else []
+        device = opts.device if not layout.devices else "gpu"
+        specs = []
+        for side in SIDES:
+            for r, name in enumerate(self.ranks[side]):
+                env = (distributed.rank_env(side, r, layout, ports) if layout.world > 1
+                       else distributed.device_env(side, r, layout))
+                specs.append(WorkerSpec(name, {"threads": threads, "device": device, "env": env}, framework=side))
+        return specs
+
+    # ------------------------------------------------------------------ calling workers
+    def call(self, requests: dict) -> dict:
+        """Worker name -> Request, all at once; returns worker name -> reply."""
+        return self.group.call(requests)
+
+    def both(self, op: Op, **kwargs) -> dict:
+        return self.call({side: Request(op, kwargs) for side in SIDES})
+
+    def every_rank(self, side: str, op: Op, **kwargs) -> dict:
+        return self.call({name: Request(op, kwargs) for name in self.ranks[side]})
+
+    def one(self, side: str, op: Op, **kwargs):
+        return self.call({side: Request(op, kwargs)})[side]
+
+    def seconds(self, side: str) -> float:
+        return self.group.seconds(side)
+
+    # ------------------------------------------------------------------ set-up
+    def start(self) -> None:
+        self.data.batch(0)  # a broken make_batch is a usage error: find it before any process starts
+        self.progress("starting the torch and paddle workers")
+        self.group.start()
+        self._setup()
+
+    def use(self, cfg: RunConfig) -> None:
+        """The same workers serve another pair: both models rebuilt, weights shared again."""
+        self.cfg, self.data = cfg, BatchSource(cfg)
+        self._setup()
+
+    def _setup(self) -> None:
+        self.plan = None
+        batch = self.data.batch(0)
+        if self.layout.world > 1:
+            distributed.validate(self.layout, next(iter(batch.values())).shape[0])
+        infos = self.call({name: Request(Op.SETUP, {"cfg": self.cfg.to_wire()}) for name in self.group.names})
+        self.infos = {side: infos[side] for side in SIDES}
+        self.progress("sharing the torch initial weights with paddle")
+        if not self.infos["paddle"]["custom_mapping"]:
+            self.plan = weights.plan(self.infos["torch"]["modules"], self.infos["paddle"]["modules"])
+            self.writer.text("weight_map.txt", self.plan.table())
+        else:
+            self.writer.text("weight_map.txt", "converted by the pair's torch_to_paddle(state)\n")
+        if self.options.weights is not None:
+            checkpoints.load_into(self, self.options.weights)
+        self._share_weights()
+
+    def _share_weights(self) -> None:
+        state = self.one("torch", Op.EXPORT_STATE)
+        self.initial_torch = state
+        if self.layout.world > 1:  # every rank starts from rank 0's weights, as DDP would broadcast them
+            self.call({name: Request(Op.LOAD_STATE, {"state": state}) for name in self.ranks["torch"][1:]})
+        self.every_rank("paddle", Op.IMPORT_STATE, **self.to_paddle(state))
+
+    def to_paddle(self, torch_state: dict) -> dict:
+        """The arguments that load a torch state into paddle: through the plan, or the pair's own
+        torch_to_paddle (raw) when it has one."""
+        if self.plan is None:
+            return {"state": torch_state, "raw": True}
+        return {"state": self.plan.to_paddle(torch_state), "raw": False}
+
+    def close(self) -> None:
+        self.group.close()
+
+    # ------------------------------------------------------------------ what the checks read
+    @property
+    def torch_only(self) -> tuple:
+        """torch tensors with no paddle counterpart (BatchNorm's batch counter), kept on load."""
+        return tuple(name for name, _ in self.plan.dropped) if self.plan else ()
+
+    @property
+    def custom_optimizer(self) -> bool:
+        return self.infos["torch"]["custom_optimizer"] or self.infos["paddle"]["custom_optimizer"]
+
+    def adaptive(self, overrides: dict | None = None) -> bool:
+        """Adam-type updates: noise-driven elements move by lr (harness/rules.py)."""
+        if self.custom_optimizer:
+            return True
+        return (overrides or {}).get("optimizer", {}).get("name", self.cfg.optimizer.name) in ADAPTIVE
+
+    def dropout(self) -> dict:
+        """Per side, the modules that drop out (p > 0)."""
+        return {side: [m["name"] for m in self.infos[side]["modules"] if m.get("dropout")] for side in SIDES}
+
+    def by_torch_name(self, torch_arrays: dict, paddle_arrays: dict) -> tuple:
+        """Paddle arrays renamed and laid out as torch's, so one key names one parameter. With the
+        pair's own torch_to_paddle the correspondence is unknown: nothing to compare."""
+        if self.plan is None:
+            return {}, {}
+        return torch_arrays, self.plan.paddle_to_torch_names(paddle_arrays)
+
+    def environment(self) -> dict:
+        env = {"python": platform.python_version(), "numpy": np.__version__}
+        for side in SIDES:
+            env[side] = self.infos.get(side, {}).get("version")
+        env["devices"] = {side: self.infos.get(side, {}).get("device") for side in SIDES}
+        return env
