@@ -54,14 +54,6 @@ def save_npy(path: Path, arrays: dict) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def load_npy(path: Path) -> dict:
-    data = np.load(path, allow_pickle=True)
-    value = data.tolist() if data.dtype == object and data.shape == () else None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: not a reprod_log file (expected np.save of a dict of arrays)")
-    return value
-
-
 def reprod_log_mean(a, b):
     """The value reprod_log prints: |a - b|.mean() in the arrays' own dtype (numpy scalar)."""
     return np.abs(np.asarray(a) - np.asarray(b)).mean()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.artifacts import atomic_write, diff_log_lines, load_npy
+from harness.artifacts import atomic_write, diff_log_lines
 from harness.diff import CheckResult, compare_dicts
 from harness.errors import UsageError
 from harness.keys import values
+from harness.safeload import UnsafeFile, load_npy_dict
 from harness.tolerance import Tolerance
 
 
@@ -16,7 +17,9 @@ def load_side(path: Path) -> dict:
     if not path.is_file():
         raise UsageError(f"{path}: file not found")
     try:
-        data = load_npy(path)
+        data = load_npy_dict(path)  # never runs code from the file
+    except UnsafeFile as exc:
+        raise UsageError(str(exc)) from None
     except Exception as exc:  # np.load raises many types for a file that is not .npy
         raise UsageError(f"{path}: cannot read as a reprod_log .npy file ({type(exc).__name__}: {exc})") from None
     nested = [k for k, v in data.items() if isinstance(v, dict)]

@@ -1,4 +1,4 @@
-"""Unit tests of the diff engine: every rule of DESIGN.md, each able to fail."""
+"""Unit tests of the diff engine: every rule of docs/design.md, each able to fail."""
 
 import numpy as np
 import pytest

@@ -13,6 +13,7 @@ import paddle.nn.functional as F
 
 from backends import base
 from backends.primitives import Stepper
+from harness.safeload import load_pdparams
 from backends.paddle.optim import build_stepper
 
 
@@ -94,8 +95,7 @@ class Runner(base.Runner):
         return paddle.DataParallel(model)
 
     def read_checkpoint(self, path: str) -> dict:
-        state = paddle.load(path)
-        return {k: np.array(v.numpy() if hasattr(v, "numpy") else v) for k, v in state.items()}
+        return load_pdparams(path)  # never paddle.load: a pickle may run code while it loads
 
     def write_checkpoint(self, model, path: str) -> None:
         paddle.save(model.state_dict(), path)
