@@ -103,8 +103,8 @@ class Runner(Primitives):
         names tensors the other framework has no counterpart of (BatchNorm's batch counter)."""
         state = dict(state)
         if keep_own:
-            own = self.state(self.model)
-            state.update({k: own[k] for k in keep_own if k in own and k not in state})
+            own = self.state_tensors(self.model)
+            state.update({k: self.to_numpy(own[k]) for k in keep_own if k in own and k not in state})
         self.load_state(self.model, state)
         self._initial = self.state(self.model)
         self._dirty = False
@@ -187,10 +187,11 @@ class Runner(Primitives):
         finally:
             self._forward_model = None
         if eval_batches is None:
-            result.update(params=self.params(self.model), grads=grads)
+            result.update(params=self.export(self.param_tensors(self.model)), grads=grads)
         else:
-            trainable = set(self.params(self.model))
-            result["buffers"] = {k: v for k, v in self.state(self.model).items() if k not in trainable}
+            trainable = set(self.param_tensors(self.model))
+            buffers = {k: t for k, t in self.state_tensors(self.model).items() if k not in trainable}
+            result["buffers"] = self.snapshot(buffers)
             result["metric"] = self._evaluate(eval_batches, self.cfg["metric"])
         return result
 
@@ -208,8 +209,8 @@ class Runner(Primitives):
             losses.append(self.scalar(loss))
             lrs.append(stepper.lr())
             self.backward(loss)
-            if i == len(batches) - 1:
-                grads = self.grads(self.model)
+            if i == len(batches) - 1:  # before clipping and the update change them in place
+                grads = self.snapshot(self.grad_tensors(self.model))
             stepper.step(float(losses[-1]))
             stepper.zero_grad()
         result = {"loss": np.stack(losses) if losses else np.zeros(0, np.float32), "lr": np.asarray(lrs, np.float64)}

@@ -5,8 +5,11 @@ at start-up, naming it (Python refuses to instantiate the class), never with a s
 from __future__ import annotations
 
 import abc
+import functools
 
 import numpy as np
+
+from harness.protocol import Deferred
 
 
 class Stepper(abc.ABC):
@@ -47,13 +50,13 @@ class Primitives(abc.ABC):
 
     # ---------------------------------------------------------------- state
     @abc.abstractmethod
-    def state(self, model) -> dict: ...
+    def state_tensors(self, model) -> dict: """Parameters and persistent buffers by structured name."""
     @abc.abstractmethod
     def load_state(self, model, state: dict) -> None: """Strict: every tensor present, every shape equal."""
     @abc.abstractmethod
-    def params(self, model) -> dict: """Trainable parameters by structured name."""
+    def param_tensors(self, model) -> dict: """Trainable parameters by structured name."""
     @abc.abstractmethod
-    def grads(self, model) -> dict: ...
+    def grad_tensors(self, model) -> dict: """Parameters' gradients, where they have one."""
     @abc.abstractmethod
     def read_checkpoint(self, path: str) -> dict: """A framework checkpoint file as numpy, never running code."""
     @abc.abstractmethod
@@ -71,7 +74,7 @@ class Primitives(abc.ABC):
     @abc.abstractmethod
     def to_tensor(self, array: np.ndarray): ...
     @abc.abstractmethod
-    def to_numpy(self, tensor) -> np.ndarray: ...
+    def to_numpy(self, tensor) -> np.ndarray: """May be a view of the tensor's memory (torch on CPU)."""
     @abc.abstractmethod
     def backward(self, loss) -> None: ...
     @abc.abstractmethod
@@ -92,6 +95,21 @@ class Primitives(abc.ABC):
     def hook_grad(self, tensor, fn) -> None: """fn(grad) once the gradient w.r.t. tensor is known."""
 
     # ---------------------------------------------------------------- written once over the primitives
+    def snapshot(self, tensors: dict) -> dict:
+        """Numpy copies that later training cannot change."""
+        return {k: np.array(self.to_numpy(t)) for k, t in tensors.items()}
+
+    def export(self, tensors: dict) -> dict:
+        """For a reply: each tensor becomes numpy only when it is sent, and is written straight
+        from the tensor's memory where the framework allows, so no second copy of a model is made."""
+        return {k: Deferred(functools.partial(self.to_numpy, t)) for k, t in tensors.items()}
+
+    def state(self, model) -> dict:
+        return self.snapshot(self.state_tensors(model))
+
+    def params(self, model) -> dict:
+        return self.snapshot(self.param_tensors(model))
+
     def tensors(self, batch: dict) -> dict:
         return {k: self.to_tensor(v) for k, v in batch.items()}
 

@@ -95,7 +95,7 @@ class Tracer:
                     result["loss"] = runner.scalar(loss)
             if backward:
                 runner.backward(loss)
-                result["grads"] = runner.grads(model)
+                result["grads"] = runner.snapshot(runner.grad_tensors(model))
         finally:
             recorder.close()
         result["calls"] = [{k: v for k, v in c.items() if k != "exit"} for c in

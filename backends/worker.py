@@ -56,7 +56,7 @@ def main(framework: str, conn, options: dict) -> None:
             if runner is None:
                 module = importlib.import_module(f"backends.{framework}.runner")
                 runner = module.Runner(options)
-            value = runner.handle(msg.op, unpack(msg.kwargs, consume=False))
+            value = runner.handle(msg.op, unpack(msg.kwargs, keep_handles=False))
             reply = Reply(pack(value, shm_dir), time.perf_counter() - start)
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the coordinator
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -87,7 +87,8 @@ def _root(
 
 def _execute(cfg, *, out_dir: Optional[Path], timeout: float, device: str = "auto", as_json: bool = False,
              quiet: bool = False, verbose: bool = False, benchmark: Optional[Path] = None,
-             weights: Optional[Path] = None, locate: bool = False, layout=None, dp_equivalence: bool = False):
+             weights: Optional[Path] = None, locate: bool = False, layout=None, dp_equivalence: bool = False,
+             save_tensors: bool = False):
     from harness import checkpoints, coordinator
     from harness.session import RunOptions
 
@@ -104,7 +105,7 @@ def _execute(cfg, *, out_dir: Optional[Path], timeout: float, device: str = "aut
     if dp_equivalence and (layout is None or layout.nprocs < 2 or layout.nnodes > 1):
         raise UsageError("--dp-equivalence compares N ranks with 1 on one machine: give --nprocs 2 or more, no --nnodes")
     opts = RunOptions(out_dir=out_dir, timeout=timeout, device=device, benchmark=benchmark, weights=weights,
-                      locate=locate, layout=layout, dp_equivalence=dp_equivalence)
+                      locate=locate, layout=layout, dp_equivalence=dp_equivalence, save_tensors=save_tensors)
     with Progress(err, quiet or as_json) as progress:
         report = coordinator.run(cfg, opts, progress)
     data = report.to_json()
@@ -150,6 +151,7 @@ def run(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Start both models from this checkpoint (.pt/.pth torch, .pdparams paddle)."),
     benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="reprod_log .npy with the metric the paddle train run must reach (e.g. a paper's), judged with the train tolerance."),
     locate: bool = typer.Option(False, "--locate", help="Trace every module (outputs, gradients, updates, BatchNorm statistics) even when the checks pass; on a failure this always happens."),
+    save_tensors: bool = typer.Option(False, "--save-tensors", help="Save parameters and gradients whole (bp_params_*.npy, bp_grads_*.npy) whatever their size; by default beyond 64 MiB only per-tensor statistics are saved."),
 ):
     """Run the checks of a pair and write the artifacts. Exit 0 aligned, 1 misaligned, 2 usage, 3 worker failure.
 
@@ -172,7 +174,8 @@ def run(
                     backend=cfg.distributed.backend, nnodes=nnodes, node_rank=node_rank, master=master,
                     ips=tuple(a.strip() for a in ips.split(",")) if ips else ())
     _execute(cfg, out_dir=out_dir, timeout=timeout, device=device, as_json=as_json, quiet=quiet, verbose=verbose,
-             benchmark=benchmark, weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence)
+             benchmark=benchmark, weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence,
+             save_tensors=save_tensors)
 
 
 @app.command()

@@ -69,6 +69,7 @@ class CheckResult:
     keys: list = field(default_factory=list)
     reason: str = ""
     notes: list = field(default_factory=list)
+    tensor_dumps: str = ""  # "full" | "statistics": how parameters and gradients were saved
 
     @property
     def compared(self) -> int:
@@ -97,6 +98,8 @@ class CheckResult:
             d["reason"] = self.why
         if self.notes:
             d["notes"] = list(self.notes)
+        if self.tensor_dumps:
+            d["tensor_dumps"] = self.tensor_dumps
         return d
 
 
@@ -137,65 +140,119 @@ def compare_arrays(key: Key, ref, other, tol: Tolerance) -> KeyResult:
         return res
     if not np.issubdtype(a.dtype, np.floating):
         return _compare_exact(res, a, b)
-    return _compare_float(res, a.astype(np.float64), b.astype(np.float64), tol, ULP_FLOOR.get(a.dtype, 0.0))
+    return _compare_float(res, a, b, tol, ULP_FLOOR.get(a.dtype, 0.0))
 
 
 def _compare_exact(res: KeyResult, a: np.ndarray, b: np.ndarray) -> KeyResult:
-    # uint64 does not fit int64: compare as Python-exact objects only then
-    wide = object if a.dtype == np.uint64 else np.int64
-    d = np.abs(a.astype(wide) - b.astype(wide)).astype(np.float64)
-    _stats(res, d, np.abs(a.astype(np.float64)), np.abs(b.astype(np.float64)), a, b)
-    res.passed = res.max_abs == 0
+    """Integers and bools: equal or not, decided exactly (statistics in float64 for reading)."""
+    sums = _Sums()
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    differing = 0
+    for start in range(0, fa.size, CHUNK):
+        x, y = fa[start:start + CHUNK], fb[start:start + CHUNK]
+        differing += int(np.count_nonzero(x != y))
+        sums.add(x.astype(np.float64), y.astype(np.float64), start)
+    sums.into(res, a.shape)
+    res.passed = differing == 0
     res.threshold, res.max_threshold, res.rtol = 0.0, 0.0, None
     if not res.passed:
-        res.reason = f"{int(np.count_nonzero(d))} of {d.size} values differ (exact compare), first at {res.worst_index}"
+        res.reason = f"{differing} of {fa.size} values differ (exact compare), first at {res.worst_index}"
     return res
 
 
-def _stats(res: KeyResult, d: np.ndarray, abs_a: np.ndarray, abs_b: np.ndarray, a, b) -> None:
-    res.count = int(d.size)
-    res.mean_abs = float(d.mean())
-    flat = int(np.argmax(d))
-    res.max_abs = float(d.reshape(-1)[flat])
-    res.worst_index = [int(i) for i in np.unravel_index(flat, d.shape)]
-    rel = d / np.maximum(np.maximum(abs_a, abs_b), REL_EPS)
-    res.mean_rel, res.max_rel = float(rel.mean()), float(rel.max())
-    fa, fb = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
-    na, nb = float(np.linalg.norm(fa)), float(np.linalg.norm(fb))
-    res.cosine = 1.0 if na == 0 and nb == 0 else float(fa @ fb / (na * nb)) if na and nb else 0.0
+# Elements compared at a time: a tensor of any size is judged in bounded memory (the coordinator
+# must not grow with the model beyond one chunk of the pair being compared).
+CHUNK = 1 << 20
+
+
+class _Sums:
+    """Running statistics of |a - b| over the compared (finite) elements, chunk by chunk."""
+
+    def __init__(self):
+        self.count, self.sum_d, self.max_d, self.arg = 0, 0.0, -1.0, 0
+        self.sum_rel, self.max_rel, self.dot, self.sq_a, self.sq_b = 0.0, 0.0, 0.0, 0.0, 0.0
+        self.sum_abs_a, self.max_abs_a = 0.0, 0.0
+
+    def add(self, x: np.ndarray, y: np.ndarray, offset: int) -> None:
+        if not x.size:
+            return
+        d, ax, ay = np.abs(x - y), np.abs(x), np.abs(y)
+        i = int(np.argmax(d))
+        if d[i] > self.max_d:
+            self.max_d, self.arg = float(d[i]), offset + i
+        rel = d / np.maximum(np.maximum(ax, ay), REL_EPS)
+        self.count += int(d.size)
+        self.sum_d += float(d.sum())
+        self.sum_rel += float(rel.sum())
+        self.max_rel = max(self.max_rel, float(rel.max()))
+        self.dot += float(x @ y)
+        self.sq_a += float(x @ x)
+        self.sq_b += float(y @ y)
+        self.sum_abs_a += float(ax.sum())
+        self.max_abs_a = max(self.max_abs_a, float(ax.max()))
+
+    def into(self, res: KeyResult, shape: tuple) -> None:
+        res.count = self.count
+        res.mean_abs, res.max_abs = self.sum_d / self.count, self.max_d
+        res.worst_index = [int(i) for i in np.unravel_index(self.arg, shape)]
+        res.mean_rel, res.max_rel = self.sum_rel / self.count, self.max_rel
+        na, nb = np.sqrt(self.sq_a), np.sqrt(self.sq_b)
+        res.cosine = 1.0 if na == 0 and nb == 0 else float(self.dot / (na * nb)) if na and nb else 0.0
+
+
+class _NonFinite:
+    """Where NaN/Inf are, on which side, and whether both sides have them at the same places."""
+
+    def __init__(self):
+        self.count, self.first, self.in_a, self.in_b, self.same = 0, None, False, False, True
+
+    def add(self, x, y, bx, by, offset: int) -> None:
+        either = bx | by
+        if not either.any():
+            return
+        if self.first is None:
+            self.first = offset + int(np.argmax(either))
+        self.count += int(either.sum())
+        self.in_a, self.in_b = self.in_a or bool(bx.any()), self.in_b or bool(by.any())
+        self.same = self.same and np.array_equal(bx, by) and np.array_equal(x[bx], y[by], equal_nan=True)
 
 
 def _compare_float(res: KeyResult, a: np.ndarray, b: np.ndarray, tol: Tolerance, ulp: float) -> KeyResult:
-    bad_a, bad_b = ~np.isfinite(a), ~np.isfinite(b)
-    mask = None
-    if bad_a.any() or bad_b.any():
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    sums, bad = _Sums(), _NonFinite()
+    for start in range(0, fa.size, CHUNK):
+        x, y = fa[start:start + CHUNK].astype(np.float64), fb[start:start + CHUNK].astype(np.float64)
+        bx, by = ~np.isfinite(x), ~np.isfinite(y)
+        bad.add(x, y, bx, by, start)
+        keep = ~(bx | by)
+        sums.add(x[keep], y[keep], start) if bad.count else sums.add(x, y, start)
+    if bad.count:
         res.nonfinite = True
-        same = np.array_equal(bad_a, bad_b) and np.array_equal(a[bad_a], b[bad_b], equal_nan=True)
-        if not (tol.allow_nan and same):
-            side = "both" if bad_a.any() and bad_b.any() else "torch" if bad_a.any() else "paddle"
-            where = np.argwhere(bad_a | bad_b)[0].tolist()
-            n = int((bad_a | bad_b).sum())
-            res.reason = f"{n} NaN/Inf value(s) ({side}), first at {where}"
+        if not (tol.allow_nan and bad.same):
+            side = "both" if bad.in_a and bad.in_b else "torch" if bad.in_a else "paddle"
+            where = [int(i) for i in np.unravel_index(bad.first, a.shape)]
+            res.reason = f"{bad.count} NaN/Inf value(s) ({side}), first at {where}"
             res.worst_index = where
             return res
-        mask = ~bad_a
-        a, b = a[mask], b[mask]
-        if a.size == 0:
+        if sums.count == 0:
             res.passed, res.note = True, "all values non-finite at the same places (allow_nan)"
             return res
-    d = np.abs(a - b)
-    _stats(res, d, np.abs(a), np.abs(b), a, b)
-    if mask is not None:
-        res.worst_index = None  # indices of the masked view would mislead
+    sums.into(res, a.shape)
+    if bad.count:
+        res.worst_index = None  # indices among the finite elements would mislead
         res.note = "NaN/Inf at identical places (allow_nan)"
+    return _verdict(res, tol, ulp, sums)
+
+
+def _verdict(res: KeyResult, tol: Tolerance, ulp: float, sums: _Sums) -> KeyResult:
     if tol.rtol is not None:
         res.passed = res.max_rel <= tol.rtol
         if not res.passed:
             res.reason = f"max rel {fmt(res.max_rel)} > rtol {fmt(tol.rtol)}"
         return res
     reasons = []
-    mean_limit = max(tol.mean, ulp * float(np.mean(np.abs(a))))
-    max_limit = max(tol.max_abs, ulp * float(np.max(np.abs(a))))
+    mean_limit = max(tol.mean, ulp * sums.sum_abs_a / sums.count)
+    max_limit = max(tol.max_abs, ulp * sums.max_abs_a)
     if mean_limit > tol.mean or max_limit > tol.max_abs:
         res.threshold, res.max_threshold = mean_limit, max_limit
         res.note = f"threshold raised to {ULPS} float32 ulps of the values"

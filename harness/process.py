@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import shutil
 import sys
 import time
@@ -14,7 +13,7 @@ import multiprocess as mp
 from multiprocess.connection import wait
 
 from harness.errors import RemoteTraceback, WorkerError
-from harness.protocol import Failure, Reply, Request, make_shm_dir, pack, unpack
+from harness.protocol import Failure, Reply, Request, make_shm_dir, own, pack, unpack
 
 CLOSE_GRACE_S = 5.0
 # how long a failed rank's peers get to show that one of them died first (and caused it)
@@ -99,11 +98,13 @@ class WorkerGroup:
     def call(self, requests: dict[str, Request], timeout: float | None = None) -> dict:
         """Send each worker its request, wait for all replies at once; returns name -> value."""
         deadline = time.monotonic() + (timeout or self.timeout)
+        sent = []  # the packed requests: their shared-memory files live until the replies are in
         try:
             for name, req in requests.items():
                 worker = self.workers[name]
+                sent.append(own(pack(req.kwargs, self.shm_dir)))
                 try:
-                    worker.conn.send(Request(req.op, pack(req.kwargs, self.shm_dir)))
+                    worker.conn.send(Request(req.op, sent[-1]))
                 except (BrokenPipeError, ConnectionError, OSError):
                     self._raise_dead(worker, req.op)
             pending = {name: self.workers[name] for name in requests}
@@ -129,8 +130,6 @@ class WorkerGroup:
         except BaseException:
             self.close(graceful=False)  # one broke: stop the rest now
             raise
-        finally:
-            self._sweep_requests()
 
     def _receive(self, worker: _Worker, op: str):
         try:
@@ -144,7 +143,7 @@ class WorkerGroup:
             raise err from RemoteTraceback(msg.traceback)
         assert isinstance(msg, Reply)
         worker.seconds += msg.seconds
-        return unpack(msg.value, consume=True)
+        return unpack(msg.value, keep_handles=True)
 
     def _root_cause(self, err: WorkerError, failed: _Worker, pending: dict, op: str) -> WorkerError:
         """A rank whose peer died fails in its collective ("connection closed by peer") at about
@@ -176,13 +175,6 @@ class WorkerGroup:
         code = worker.process.exitcode
         how = "still running" if code is None else f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
         raise WorkerError(worker.name, f"died during '{op}' ({how})")
-
-    def _sweep_requests(self) -> None:
-        """Request arrays were read by now (or never will be): drop their segments."""
-        if self.shm_dir and os.path.isdir(self.shm_dir):
-            for entry in os.scandir(self.shm_dir):
-                if entry.name.endswith(".npy"):
-                    os.unlink(entry.path)
 
     def seconds(self, name: str) -> float:
         return self.workers[name].seconds if name in self.workers else 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -62,11 +63,48 @@ class Failure:
     traceback: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SharedArray:
+    """A large array in a .npy file of the run's shared-memory folder. It reads back memory-mapped
+    (no copy until touched), so a handle can be held, compared piece by piece, or passed on to the
+    other worker without the coordinator ever loading it."""
+
     path: str
     shape: tuple
     dtype: str
+
+    def load(self) -> np.ndarray:
+        return np.load(self.path, mmap_mode="r", allow_pickle=False)
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self.load()
+        return arr if dtype is None else arr.astype(dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+class Deferred:
+    """An array made only when it is needed: pack() makes, writes and drops each in turn, so a
+    reply (or a converted state) of many large tensors never holds them all at once."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make):
+        self.make = make
+
+    def __array__(self, dtype=None, copy=None):
+        arr = np.asarray(self.make())
+        return arr if dtype is None else arr.astype(dtype)
+
+
+def nbytes(value) -> int:
+    return value.nbytes if isinstance(value, (np.ndarray, SharedArray)) else 0
 
 
 def shm_root() -> Path:
@@ -79,7 +117,10 @@ def make_shm_dir() -> Path:
 
 
 def pack(obj, shm_dir: str | Path | None):
-    """Replace large arrays in a nested dict/list/tuple by SharedArray handles."""
+    """Replace large arrays in a nested dict/list/tuple by SharedArray handles (written to
+    shm_dir); handles already in shared memory pass through as they are."""
+    if isinstance(obj, Deferred):
+        return pack(obj.make(), shm_dir)
     if isinstance(obj, np.ndarray):
         if shm_dir is None or obj.nbytes < SHM_MIN_BYTES or obj.dtype.hasobject:
             return obj
@@ -93,15 +134,38 @@ def pack(obj, shm_dir: str | Path | None):
     return obj
 
 
-def unpack(obj, *, consume: bool):
-    """Inverse of pack. consume=True removes the segment (the receiver owns it)."""
+def unpack(obj, *, keep_handles: bool):
+    """Inverse of pack. A worker reads every handle (memory-mapped); the coordinator keeps them
+    (keep_handles) and owns their files: each is removed once its last handle is gone."""
     if isinstance(obj, SharedArray):
-        arr = np.load(obj.path, allow_pickle=False)
-        if consume:
-            os.unlink(obj.path)
-        return arr
+        if keep_handles:
+            if obj not in _OWNED:  # a handle passed on is owned once
+                _OWNED.add(obj)
+                weakref.finalize(obj, _remove, obj.path)
+            return obj
+        return obj.load()
     if isinstance(obj, dict):
-        return {k: unpack(v, consume=consume) for k, v in obj.items()}
+        return {k: unpack(v, keep_handles=keep_handles) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(unpack(v, consume=consume) for v in obj)
+        return type(obj)(unpack(v, keep_handles=keep_handles) for v in obj)
     return obj
+
+
+def materialize(obj):
+    """Every handle in a reply read back (memory-mapped), for code that takes arrays apart."""
+    return unpack(obj, keep_handles=False)
+
+
+def own(obj):
+    """The coordinator's own packed requests: their files go when the request is dropped."""
+    return unpack(obj, keep_handles=True)
+
+
+_OWNED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass  # the folder was removed with the run

@@ -32,6 +32,7 @@ class RunOptions:
     layout: distributed.Layout | None = None  # None: [distributed] of the config
     dp_equivalence: bool = False
     locate: bool = False  # trace every module even when all checks pass (they always are on a failure)
+    save_tensors: bool = False  # full parameter and gradient dumps whatever their size
 
 
 def worker_threads(requested: int | None) -> int:

@@ -10,6 +10,7 @@ a Linear weight is transposed because of its module type, so a square one cannot
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.errors import UsageError
+from harness.protocol import Deferred
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class Entry:
             steps.append(f"alias of {self.alias_of}")
         return ", ".join(steps) or "copy"
 
-    def apply(self, value: np.ndarray) -> np.ndarray:
+    def apply(self, value) -> np.ndarray:
+        value = np.asarray(value)
         if self.part:
             value = np.split(value, self.part[1], axis=0)[self.part[0]]
         return np.ascontiguousarray(value.T) if self.transpose else value
@@ -52,18 +55,19 @@ class Plan:
     dropped: list  # (torch name, why)
 
     def to_paddle(self, state: dict) -> dict:
-        return {e.paddle_name: e.apply(np.asarray(state[e.torch_name])) for e in self.entries}
+        """torch state -> paddle state. Each converted tensor is made only when it is sent (a
+        tensor copied as is passes on untouched, a shared-memory handle included)."""
+        return {e.paddle_name: _lazy(e.apply, state[e.torch_name]) if e.part or e.transpose else state[e.torch_name]
+                for e in self.entries}
 
     def to_torch(self, paddle_state: dict) -> dict:
         """The reverse direction: paddle tensors re-laid-out under torch names (fused parts joined)."""
         parts: dict = defaultdict(list)
         for e in self.entries:
-            if e.alias_of or e.paddle_name not in paddle_state:
-                continue
-            value = np.asarray(paddle_state[e.paddle_name])
-            parts[e.torch_name].append((e.part[0] if e.part else 0, value.T if e.transpose else value))
-        return {name: np.concatenate([v for _, v in sorted(p, key=lambda x: x[0])], axis=0) if len(p) > 1 else p[0][1]
-                for name, p in parts.items()}
+            if not e.alias_of and e.paddle_name in paddle_state:
+                parts[e.torch_name].append(e)
+        return {name: _lazy(_joined, es, paddle_state) if len(es) > 1 or es[0].transpose
+                else paddle_state[es[0].paddle_name] for name, es in parts.items()}
 
     def paddle_to_torch_names(self, arrays: dict) -> dict:
         """Paddle-side arrays (parameters, gradients) under torch names and layouts, for diffs."""
@@ -81,6 +85,20 @@ class Plan:
         rows += [(name, "", "-", "", f"dropped: {why}") for name, why in self.dropped]
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
+
+
+def _lazy(fn, *args) -> Deferred:
+    return Deferred(functools.partial(fn, *args))
+
+
+def _joined(entries: list, paddle_state: dict) -> np.ndarray:
+    """One torch tensor from its paddle parts, each transposed back as needed."""
+    parts = []
+    for e in entries:
+        value = np.asarray(paddle_state[e.paddle_name])
+        parts.append((e.part[0] if e.part else 0, value.T if e.transpose else value))
+    parts.sort(key=lambda p: p[0])
+    return np.concatenate([v for _, v in parts], axis=0) if len(parts) > 1 else np.ascontiguousarray(parts[0][1])
 
 
 # ---------------------------------------------------------------------------- module kinds

@@ -144,14 +144,33 @@ def test_stubbed_framework_fails_loudly_when_used():
 
 @pytest.mark.parametrize("as_text", [False, True], ids=["path", "str"])
 def test_large_arrays_travel_through_shared_memory(tmp_path, as_text):
-    """Workers receive their shared-memory folder as a string: both forms must work."""
+    """Workers receive their shared-memory folder as a string: both forms must work. The
+    coordinator keeps handles (memory-mapped on use) and owns their files: each goes with its
+    last handle; a worker reads them."""
     big = np.arange(protocol.SHM_MIN_BYTES // 4 + 10, dtype=np.float32)
     small = np.arange(10, dtype=np.int64)
     packed = protocol.pack({"a": big, "b": [small]}, str(tmp_path) if as_text else tmp_path)
     assert isinstance(packed["a"], protocol.SharedArray)
     assert isinstance(packed["b"][0], np.ndarray)  # small arrays go through the pipe
     assert len(list(tmp_path.iterdir())) == 1
-    back = protocol.unpack(packed, consume=True)
-    np.testing.assert_array_equal(back["a"], big)
-    np.testing.assert_array_equal(back["b"][0], small)
-    assert list(tmp_path.iterdir()) == []  # the receiver consumed the segment
+    read = protocol.unpack(packed, keep_handles=False)  # as a worker reads a request
+    np.testing.assert_array_equal(read["a"], big)
+    kept = protocol.unpack(packed, keep_handles=True)  # as the coordinator keeps a reply
+    np.testing.assert_array_equal(np.asarray(kept["a"]), big)
+    assert protocol.pack(kept, tmp_path)["a"] is kept["a"]  # passed on without a copy
+    assert len(list(tmp_path.iterdir())) == 1
+    del packed, kept
+    assert list(tmp_path.iterdir()) == []  # gone with its last handle
+    np.testing.assert_array_equal(read["a"], big)  # a reader's map outlives the file
+
+
+def test_deferred_arrays_are_made_one_at_a_time(tmp_path):
+    made = []
+
+    def make(i):
+        made.append(i)
+        return np.full(protocol.SHM_MIN_BYTES // 4, i, np.float32)
+
+    packed = protocol.pack({f"t{i}": protocol.Deferred(lambda i=i: make(i)) for i in range(3)}, tmp_path)
+    assert made == [0, 1, 2] and all(isinstance(v, protocol.SharedArray) for v in packed.values())
+    assert float(np.asarray(packed["t2"]).max()) == 2.0

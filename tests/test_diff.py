@@ -113,3 +113,25 @@ def test_float32_rounding_floor_scales_with_the_values():
     assert not r.passed
     # float64 gets no floor: 2e-6 apart fails the 1e-6 threshold
     assert not compare_arrays("loss", np.array(2.7), np.array(2.7 + 2e-6), TOL).passed
+
+
+def test_large_arrays_are_judged_chunk_by_chunk_with_exact_positions():
+    """Statistics over several chunks (bounded memory) name the same place a whole-array pass would."""
+    from harness.diff import CHUNK
+
+    n = 2 * CHUNK + 7
+    a = np.zeros((n,), np.float32)
+    b = a.copy()
+    b[CHUNK + 3] = 1e-3
+    r = compare_arrays("k", a.reshape(1, n), b.reshape(1, n), TOL)
+    assert not r.passed and r.worst_index == [0, CHUNK + 3] and r.count == n
+    assert r.mean_abs == pytest.approx(1e-3 / n, rel=1e-6) and r.max_abs == pytest.approx(1e-3, rel=1e-6)
+    b[CHUNK + 3] = 0.0
+    b[2 * CHUNK + 1] = np.nan
+    r = compare_arrays("k", a, b, TOL)
+    assert not r.passed and r.nonfinite and "first at [" + str(2 * CHUNK + 1) + "]" in r.reason
+    ints = np.arange(n, dtype=np.int64)
+    other = ints.copy()
+    other[-1] += 1
+    r = compare_arrays("k", ints, other, TOL)
+    assert not r.passed and r.worst_index == [n - 1] and "1 of" in r.reason

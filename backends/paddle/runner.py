@@ -60,8 +60,8 @@ class Runner(base.Runner):
                           "dropout": float(getattr(layer, "p", 0.0) or 0.0) if "Dropout" in type(layer).__name__ else 0.0})
         return table
 
-    def state(self, model) -> dict:
-        return {k: np.array(v.numpy()) for k, v in model.state_dict().items()}
+    def state_tensors(self, model) -> dict:
+        return model.state_dict()
 
     def load_state(self, model, state: dict) -> None:
         # set_state_dict only warns on a mismatch; a port must fail loudly instead
@@ -121,17 +121,17 @@ class Runner(base.Runner):
         return paddle.to_tensor(np.asarray(array))
 
     def to_numpy(self, tensor) -> np.ndarray:
-        return np.array(tensor.detach().numpy())
+        return tensor.detach().numpy()  # a copy already
 
     def backward(self, loss) -> None:
         loss.backward()
 
-    def grads(self, model) -> dict:
-        return {k: np.array(p.grad.numpy()) for k, p in model.named_parameters() if p.grad is not None}
+    def grad_tensors(self, model) -> dict:
+        return {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
 
-    def params(self, model) -> dict:
+    def param_tensors(self, model) -> dict:
         # paddle keeps BatchNorm statistics as (non-trainable) parameters; torch calls them buffers
-        return {k: np.array(p.numpy()) for k, p in model.named_parameters() if not p.stop_gradient}
+        return {k: p for k, p in model.named_parameters() if not p.stop_gradient}
 
     def builtin_loss(self, kind: str, output, labels):
         if kind == "cross_entropy":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -56,8 +57,8 @@ class Runner(base.Runner):
                           "dropout": float(getattr(mod, "p", 0.0) or 0.0) if "Dropout" in type(mod).__name__ else 0.0})
         return table
 
-    def state(self, model) -> dict:
-        return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+    def state_tensors(self, model) -> dict:
+        return model.state_dict()
 
     def load_state(self, model, state: dict) -> None:
         own = model.state_dict()
@@ -68,7 +69,10 @@ class Runner(base.Runner):
         for k, v in own.items():
             if tuple(v.shape) != tuple(state[k].shape):
                 raise ValueError(f"{k}: torch shape {tuple(v.shape)} vs given {tuple(state[k].shape)}")
-        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=True)
+        with warnings.catch_warnings():
+            # arrays from shared memory are read-only maps: load_state_dict only reads them (it copies)
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=True)
 
     def data_parallel(self, model):
         import torch.distributed as dist
@@ -105,11 +109,11 @@ class Runner(base.Runner):
     def backward(self, loss) -> None:
         loss.backward()
 
-    def grads(self, model) -> dict:
-        return {k: p.grad.detach().cpu().numpy().copy() for k, p in model.named_parameters() if p.grad is not None}
+    def grad_tensors(self, model) -> dict:
+        return {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
 
-    def params(self, model) -> dict:
-        return {k: p.detach().cpu().numpy().copy() for k, p in model.named_parameters()}
+    def param_tensors(self, model) -> dict:
+        return dict(model.named_parameters())
 
     def builtin_loss(self, kind: str, output, labels):
         if kind == "cross_entropy":

@@ -6,8 +6,12 @@ from __future__ import annotations
 from harness import keys, rules
 from harness.diff import CheckResult, compare_dicts
 from harness.keys import Kind
-from harness.protocol import SIDES
+from harness.artifacts import tensor_stats
+from harness.protocol import SIDES, nbytes
 from harness.rules import Evidence
+
+# Parameters and gradients of both sides up to this size are saved whole, beyond as statistics.
+FULL_DUMP_BYTES = 64 << 20
 
 
 def judge(check: str, ref: dict, other: dict, tolerances, evidence: Evidence | None = None) -> CheckResult:
@@ -37,3 +41,21 @@ def judge_updates(session, ref: dict, other: dict, out: dict, overrides: dict | 
         result.notes.append("parameters and gradients not compared: the pair converts weights with its own "
                             "torch_to_paddle, so which paddle tensor is which torch one is unknown; losses are compared")
     return result, params, grads
+
+
+def save_tensors(session, result: CheckResult, **by_kind: dict) -> None:
+    """bp_<kind>_<side>.npy whole where they are small or --save-tensors asks, else per-tensor
+    statistics (bp_<kind>_stats_<side>.npy): a model-sized dump per side is GBs for real models."""
+    size = sum(nbytes(v) for arrays in by_kind.values() for v in arrays["torch"].values()) * 2
+    full = session.options.save_tensors or size <= FULL_DUMP_BYTES
+    for kind, arrays in by_kind.items():
+        for side in SIDES:
+            if full:
+                session.writer.arrays(f"bp_{kind}_{side}.npy", arrays[side])
+            else:
+                session.writer.arrays(f"bp_{kind}_stats_{side}.npy", tensor_stats(arrays[side]))
+    result.tensor_dumps = "full" if full else "statistics"
+    if not full:
+        result.notes.append(f"{' and '.join(by_kind)} saved as per-tensor statistics (mean, std, min, max, L2 norm) in "
+                            f"bp_*_stats_*.npy: {size / 2**20:.0f} MiB > {FULL_DUMP_BYTES >> 20} MiB; --save-tensors "
+                            "writes them whole")

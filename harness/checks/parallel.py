@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 
 from harness import distributed, keys
-from harness.checks.common import judge, judge_updates
+from harness.checks.common import judge, judge_updates, save_tensors
 from harness.diff import CheckResult, compare_arrays
 from harness.keys import Key, Kind
 from harness.protocol import SIDES, Op, Request
@@ -37,12 +37,11 @@ def backward(session, *, overrides: dict | None = None) -> CheckResult:
             result.keys.append(compare_arrays(Key(Kind.SYNC, rank=r, side=side), first, _flat(out[name]["params"]),
                                               cfg.tolerance.backward))
     _sync_notes(result)
-    w = session.writer
-    w.check(result, ref, other)
+    session.writer.check(result, ref, other)
     for side in SIDES:
         for r, losses in enumerate(per_rank[side]):
-            w.arrays(f"rank{r}/bp_align_{side}.npy", keys.losses(losses))
-        w.arrays(f"bp_params_{side}.npy", params[side])
+            session.writer.arrays(f"rank{r}/bp_align_{side}.npy", keys.losses(losses))
+    save_tensors(session, result, params=params)
     return result
 
 

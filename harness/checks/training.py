@@ -8,7 +8,7 @@ import numpy as np
 
 from harness import keys, plot
 from harness.checks import parallel
-from harness.checks.common import judge, judge_updates
+from harness.checks.common import judge, judge_updates, save_tensors
 from harness.compare import load_side
 from harness.diff import CheckResult
 from harness.errors import UsageError
@@ -28,12 +28,10 @@ def backward(session, *, overrides: dict | None = None, write: bool = True) -> C
     losses = {side: keys.losses(out[side]["loss"]) for side in SIDES}
     result, params, grads = judge_updates(session, dict(losses["torch"]), dict(losses["paddle"]), out, overrides)
     if write:
-        w = session.writer
         for side in SIDES:
-            w.arrays(f"bp_params_{side}.npy", params[side])
-            w.arrays(f"bp_grads_{side}.npy", grads[side])
-            w.arrays(f"bp_align_{side}.npy", losses[side])  # the guide's file: losses only
-        w.log("bp_align_diff.log", result, *[_all_keys(losses[s], params[s], grads[s]) for s in SIDES])
+            session.writer.arrays(f"bp_align_{side}.npy", losses[side])  # the guide's file: losses only
+        save_tensors(session, result, params=params, grads=grads)
+        session.writer.log("bp_align_diff.log", result, *[_all_keys(losses[s], params[s], grads[s]) for s in SIDES])
     return result
 
 
