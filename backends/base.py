@@ -27,6 +27,7 @@ class Runner(Primitives):
         self._parallel = None  # the DataParallel wrapper of a rank, made on first use
         self._forward_model = None  # the wrapper while a data-parallel step runs
         self._tracer = None
+        self.progress = lambda done, total: None  # the worker loop sends these to the coordinator
         self._ops = {Op.PING: self.ping, Op.SETUP: self.setup, Op.EXPORT_STATE: self.export_state,
                      Op.IMPORT_STATE: self.import_state, Op.LOAD_STATE: self.load_into_model,
                      Op.READ_CHECKPOINT: self.read_state_file, Op.WRITE_CHECKPOINT: self.write_state_file,
@@ -213,6 +214,7 @@ class Runner(Primitives):
                 grads = self.snapshot(self.grad_tensors(self.model))
             stepper.step(float(losses[-1]))
             stepper.zero_grad()
+            self.progress(i + 1, len(batches))
         result = {"loss": np.stack(losses) if losses else np.zeros(0, np.float32), "lr": np.asarray(lrs, np.float64)}
         return result, grads
 

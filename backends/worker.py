@@ -34,12 +34,26 @@ def configure_environment(options: dict) -> None:
     warnings.filterwarnings("ignore", message="No ccache found")  # paddle's import-time noise
 
 
+def _progress_sender(conn, progress_type, every_s: float = 0.2):
+    """Steps done of an op, sent at most every `every_s` (and at the last step): a live count for
+    the console and a sign of life for the coordinator's deadline, at no measurable cost."""
+    last = [0.0]
+
+    def send(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] >= every_s:
+            last[0] = now
+            conn.send(progress_type(done, total))
+
+    return send
+
+
 def main(framework: str, conn, options: dict) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     configure_environment(options)
     from harness import pairfile, stubs
-    from harness.protocol import Failure, Reply, pack, unpack
+    from harness.protocol import Failure, Progress, Reply, pack, unpack
 
     stubs.block(pairfile.blocked_roots(framework), f"{framework} worker")
     shm_dir = options.get("shm_dir")
@@ -56,6 +70,7 @@ def main(framework: str, conn, options: dict) -> None:
             if runner is None:
                 module = importlib.import_module(f"backends.{framework}.runner")
                 runner = module.Runner(options)
+                runner.progress = _progress_sender(conn, Progress)
             value = runner.handle(msg.op, unpack(msg.kwargs, keep_handles=False))
             reply = Reply(pack(value, shm_dir), time.perf_counter() - start)
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the coordinator

@@ -11,6 +11,7 @@ from typing import Callable
 
 from harness import checkpoints, locate
 from harness.checks import CHECKS
+from harness.checks.common import finish
 from harness.checks.parallel import dp_equivalence
 from harness.config import RunConfig
 from harness.errors import UsageError
@@ -30,12 +31,10 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
     located = None
     try:
         session.start()
-        for name in cfg.checks:
-            progress(f"{name} check")
-            report.checks.append(CHECKS[name](session))
+        steps = {name: CHECKS[name].steps for name in cfg.checks}
         if opts.dp_equivalence:
-            progress("dp equivalence: N ranks vs 1 rank in each framework")
-            report.checks.append(dp_equivalence(session))
+            steps["dp_equivalence"] = dp_equivalence.steps
+        report.checks += run_checks(session, steps, progress)
         if opts.locate or not all(c.passed for c in report.checks):
             progress("locating the first divergence (hooks on every module)")
             located = locate.locate(trace_context(session), report.checks, always=opts.locate)
@@ -50,6 +49,20 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
         locate.apply(located, report)
     session.writer.report(report)
     return report
+
+
+def run_checks(session: Session, steps: dict, progress: Callable[[str], None]) -> list:
+    """Every check's first requests are sent before any is judged: each worker runs through its
+    queue at its own pace while the coordinator compares the checks that are done."""
+    started = []
+    for name, make in steps.items():
+        gen = make(session)
+        started.append((name, gen, session.submit(next(gen), label=name)))
+    results = []
+    for name, gen, submission in started:
+        progress(f"{name} check")
+        results.append(finish(gen, session.call, submission.wait()))
+    return results
 
 
 def trace_context(session: Session) -> locate.Context:

@@ -1,11 +1,15 @@
-"""The two worker processes: start, call both at once, wait on sentinels, close for sure."""
+"""The worker processes: start, submit requests (workers run ahead through them), wait on pipes and
+sentinels, close for sure."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
+import queue
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -13,11 +17,12 @@ import multiprocess as mp
 from multiprocess.connection import wait
 
 from harness.errors import RemoteTraceback, WorkerError
-from harness.protocol import Failure, Reply, Request, make_shm_dir, own, pack, unpack
+from harness.protocol import Failure, Progress, Reply, Request, make_shm_dir, own, pack, unpack
 
 CLOSE_GRACE_S = 5.0
 # how long a failed rank's peers get to show that one of them died first (and caused it)
 PEER_DEATH_GRACE_S = 0.5
+_PROGRESS = object()  # what _receive returns for a progress message (not a reply)
 
 
 WORKER_ENTRY = "backends.worker"  # started by name: the coordinator never imports backends code
@@ -66,20 +71,60 @@ class _Worker:
             self.process.start()
         child.close()  # so a dead child shows as EOF on our end
         self.seconds = 0.0
+        self.inflight: collections.deque = collections.deque()  # (submission, op) in the order sent
+        self.active_since = time.monotonic()  # when its current op started, or it last showed progress
+        # A worker busy with an earlier op reads no request while its reply may fill the other
+        # direction of the pipe: sending from this thread keeps the coordinator free (no deadlock).
+        self.outbox: queue.Queue = queue.Queue()
+        self.sender = threading.Thread(target=self._send_all, name=f"send-{spec.name}", daemon=True)
+        self.sender.start()
+
+    def _send_all(self) -> None:
+        while (msg := self.outbox.get()) is not _STOP:
+            try:
+                self.conn.send(msg)
+            except (OSError, ValueError):
+                return  # the worker is gone; its sentinel tells the receiving side
+            if msg is None:  # the shutdown request
+                return
+
+
+_STOP = object()
+
+
+class Submission:
+    """Requests sent to some workers; wait() for their replies. Later submissions may be sent
+    before this one is waited for: each worker serves its requests in order, running ahead."""
+
+    def __init__(self, group: "WorkerGroup", requests: dict, packed: list):
+        self.group, self.requests, self._packed = group, requests, packed  # files live until answered
+        self.results: dict = {}
+        self.label: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return len(self.results) == len(self.requests)
+
+    def wait(self) -> dict:
+        self.group.wait_for(self)
+        self._packed = None
+        return self.results
 
 
 class WorkerGroup:
-    """start(), then any number of call({...}), then close() (always, in a finally).
+    """start(), then any number of submit({...}).wait() (or call({...})), then close() (always).
 
-    Every call waits on the pipes *and* the process sentinels with a deadline, so a worker
-    that raises, dies or hangs ends the wait; then every worker is stopped (terminate, then
-    kill) and the root cause is raised as WorkerError with the worker's traceback.
+    Every wait watches the pipes *and* the process sentinels with a deadline per worker (reset
+    whenever it starts an op or reports progress), so a worker that raises, dies or hangs ends
+    the wait; then every worker is stopped (terminate, then kill) and the root cause is raised
+    as WorkerError with the worker's traceback.
     """
 
     def __init__(self, specs: list[WorkerSpec], timeout: float):
         self.specs, self.timeout = specs, timeout
         self.workers: dict[str, _Worker] = {}
         self.shm_dir = None
+        self.on_progress = None  # (worker name, op, done, total) -> None
 
     @property
     def names(self) -> list:
@@ -95,41 +140,56 @@ class WorkerGroup:
             self.close()
             raise
 
-    def call(self, requests: dict[str, Request], timeout: float | None = None) -> dict:
+    def call(self, requests: dict[str, Request]) -> dict:
         """Send each worker its request, wait for all replies at once; returns name -> value."""
-        deadline = time.monotonic() + (timeout or self.timeout)
-        sent = []  # the packed requests: their shared-memory files live until the replies are in
+        return self.submit(requests).wait()
+
+    def submit(self, requests: dict[str, Request], label: str | None = None) -> Submission:
+        """label names the work in progress reports (a check's name) instead of the op."""
+        packed = [own(pack(req.kwargs, self.shm_dir)) for req in requests.values()]
+        submission = Submission(self, requests, packed)
+        submission.label = label
+        for (name, req), kwargs in zip(requests.items(), packed):
+            worker = self.workers[name]
+            if not worker.inflight:
+                worker.active_since = time.monotonic()
+            worker.inflight.append((submission, req.op))
+            worker.outbox.put(Request(req.op, kwargs))
+        return submission
+
+    def wait_for(self, submission: Submission) -> None:
         try:
-            for name, req in requests.items():
-                worker = self.workers[name]
-                sent.append(own(pack(req.kwargs, self.shm_dir)))
-                try:
-                    worker.conn.send(Request(req.op, sent[-1]))
-                except (BrokenPipeError, ConnectionError, OSError):
-                    self._raise_dead(worker, req.op)
-            pending = {name: self.workers[name] for name in requests}
-            results = {}
-            while pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    names = ", ".join(pending)
-                    raise WorkerError(names, f"no answer to '{requests[next(iter(pending))].op}' within "
-                                      f"{timeout or self.timeout:.0f} s (raise --timeout if the model is just slow)")
-                handles = {w.conn: w for w in pending.values()}
-                handles.update({w.process.sentinel: w for w in pending.values()})
-                for ready in wait(list(handles), timeout=left):
-                    worker = handles[ready]
-                    if worker.name not in pending:
-                        continue
-                    try:
-                        results[worker.name] = self._receive(worker, requests[worker.name].op)
-                    except WorkerError as err:
-                        raise self._root_cause(err, worker, pending, requests[worker.name].op)
-                    del pending[worker.name]
-            return results
+            while not submission.done:
+                busy = [self.workers[name] for name in submission.requests if name not in submission.results]
+                self._receive_one(busy)
         except BaseException:
             self.close(graceful=False)  # one broke: stop the rest now
             raise
+
+    def _receive_one(self, busy: list) -> None:
+        """Read the next message of any worker the submission waits on (their earlier replies
+        first), or raise for the first that died, failed or ran past its deadline."""
+        now = time.monotonic()
+        late = [w for w in busy if now - w.active_since > self.timeout]
+        if late:
+            op = late[0].inflight[0][1]
+            raise WorkerError(", ".join(w.name for w in late), f"no answer to '{op}' within {self.timeout:.0f} s "
+                              "(raise --timeout if the model is just slow)")
+        left = min(w.active_since + self.timeout for w in busy) - now
+        handles = {w.conn: w for w in busy}
+        handles.update({w.process.sentinel: w for w in busy})
+        for ready in wait(list(handles), timeout=max(left, 0.0)):
+            worker = handles[ready]
+            submission, op = worker.inflight[0]
+            try:
+                value = self._receive(worker, op)
+            except WorkerError as err:
+                raise self._root_cause(err, worker, busy, op)
+            if value is not _PROGRESS:
+                worker.inflight.popleft()
+                worker.active_since = time.monotonic()
+                submission.results[worker.name] = value
+            return
 
     def _receive(self, worker: _Worker, op: str):
         try:
@@ -138,6 +198,11 @@ class WorkerGroup:
             msg = None
         if msg is None:
             self._raise_dead(worker, op)
+        if isinstance(msg, Progress):
+            worker.active_since = time.monotonic()
+            if self.on_progress is not None:
+                self.on_progress(worker.name, worker.inflight[0][0].label or op, msg.done, msg.total)
+            return _PROGRESS
         if isinstance(msg, Failure):
             err = WorkerError(worker.name, f"'{op}' failed: {msg.exc_type}: {msg.message}", msg.traceback)
             raise err from RemoteTraceback(msg.traceback)
@@ -145,14 +210,18 @@ class WorkerGroup:
         worker.seconds += msg.seconds
         return unpack(msg.value, keep_handles=True)
 
-    def _root_cause(self, err: WorkerError, failed: _Worker, pending: dict, op: str) -> WorkerError:
+    def _root_cause(self, err: WorkerError, failed: _Worker, busy: list, op: str) -> WorkerError:
         """A rank whose peer died fails in its collective ("connection closed by peer") at about
         the moment the peer's death shows: the dead peer is the cause, whichever was seen first."""
-        others = [w for name, w in pending.items() if w is not failed]
+        others = [w for w in busy if w is not failed]
         if not others or err.remote_traceback is None:
             return err
-        wait([w.process.sentinel for w in others], timeout=PEER_DEATH_GRACE_S)
+        ended = wait([w.process.sentinel for w in others], timeout=PEER_DEATH_GRACE_S)
         for w in others:
+            if w.process.sentinel in ended:
+                # the sentinel shows as the dying child closes its files, a moment before it can
+                # be reaped: without the join it would still look alive and its peer be blamed
+                w.process.join(1.0)
             if not w.process.is_alive() and not self._has_reply(w):
                 try:
                     self._raise_dead(w, op)
@@ -183,11 +252,7 @@ class WorkerGroup:
         """Ask politely (graceful), then terminate, then kill; never leaves a child behind."""
         workers = list(self.workers.values())
         for w in workers:
-            if graceful and w.process.is_alive():
-                try:
-                    w.conn.send(None)  # shutdown
-                except (OSError, BrokenPipeError):
-                    pass
+            w.outbox.put(None if graceful and w.process.is_alive() else _STOP)  # None: the shutdown request
         deadline = time.monotonic() + (CLOSE_GRACE_S if graceful else 0.0)
         for w in workers:
             w.process.join(max(0.0, deadline - time.monotonic()))
@@ -200,6 +265,7 @@ class WorkerGroup:
                 w.process.kill()
                 w.process.join(2.0)
         for w in workers:
+            w.outbox.put(_STOP)
             w.conn.close()
         self.workers.clear()
         if self.shm_dir:

@@ -57,6 +57,14 @@ class Reply:
 
 
 @dataclass
+class Progress:
+    """Sent by a worker while an op runs: `done` of `total` steps (it also shows the worker alive)."""
+
+    done: int
+    total: int
+
+
+@dataclass
 class Failure:
     exc_type: str
     message: str

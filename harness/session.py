@@ -55,6 +55,7 @@ class Session:
         # rank 0 of each framework is named after it, so every single-process check runs there
         self.ranks = {side: [side] + [f"{side}.{r}" for r in range(1, n)] for side in SIDES}
         self.group = WorkerGroup(self._specs(), opts.timeout)
+        self.group.on_progress = getattr(progress, "steps", None)  # per-step counts, when the display shows them
 
     def _specs(self) -> list:
         opts, layout = self.options, self.layout
@@ -74,8 +75,16 @@ class Session:
         """Worker name -> Request, all at once; returns worker name -> reply."""
         return self.group.call(requests)
 
+    def submit(self, requests: dict, label: str | None = None):
+        """Sent now, answered later (Submission.wait()): the workers run ahead meanwhile."""
+        return self.group.submit(requests, label)
+
+    @staticmethod
+    def for_both(op: Op, **kwargs) -> dict:
+        return {side: Request(op, kwargs) for side in SIDES}
+
     def both(self, op: Op, **kwargs) -> dict:
-        return self.call({side: Request(op, kwargs) for side in SIDES})
+        return self.call(self.for_both(op, **kwargs))
 
     def every_rank(self, side: str, op: Op, **kwargs) -> dict:
         return self.call({name: Request(op, kwargs) for name in self.ranks[side]})

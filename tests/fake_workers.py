@@ -14,8 +14,10 @@ def main(framework, conn, options):
     if behaviour == "peer_error":  # a rank whose collective failed because its peer died
         conn.send(Failure("RuntimeError", "Connection closed by peer", "Traceback ... peer\n"))
         time.sleep(30)
-    elif behaviour == "die_soon":  # dies just after its peer's error reached the coordinator
-        time.sleep(0.1)
+    elif behaviour == "die_soon":  # dies at once; its peer's error may still be read first
+        os._exit(9)
+    elif behaviour == "die_later":  # dies just after its peer's error reached the coordinator
+        time.sleep(0.2)
         os._exit(9)
     else:
         time.sleep(30)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from harness import keys, rules
 from harness.diff import CheckResult, compare_dicts
 from harness.keys import Kind
@@ -12,6 +14,31 @@ from harness.rules import Evidence
 
 # Parameters and gradients of both sides up to this size are saved whole, beyond as statistics.
 FULL_DUMP_BYTES = 64 << 20
+
+
+def check(steps):
+    """A check written as a generator: it yields the requests it needs (worker name -> Request)
+    and is sent their replies, then returns its CheckResult. Called directly, it runs to the
+    end at once; `steps` lets the coordinator submit every check's first requests before it
+    judges any, so the workers run ahead while it compares (coordinator.run)."""
+
+    @functools.wraps(steps)
+    def run(session, **kwargs) -> CheckResult:
+        return finish(steps(session, **kwargs), session.call)
+
+    run.steps = steps
+    return run
+
+
+def finish(gen, call, replies=None) -> CheckResult:
+    """Drive a check's generator: send it replies (or start it), answer its further requests
+    with `call`, return its result."""
+    try:
+        requests = next(gen) if replies is None else gen.send(replies)
+        while True:
+            requests = gen.send(call(requests))
+    except StopIteration as stop:
+        return stop.value
 
 
 def judge(check: str, ref: dict, other: dict, tolerances, evidence: Evidence | None = None) -> CheckResult:

@@ -4,19 +4,21 @@ the learning-rate schedule (the guide's steps 1 to 3 and the scheduler part of s
 from __future__ import annotations
 
 from harness import keys
-from harness.checks.common import record
+from harness.checks.common import check, record
 from harness.diff import CheckResult
 from harness.keys import Key, Kind
 from harness.protocol import Op
 
 
+@check
 def forward(session) -> CheckResult:
-    out = session.both(Op.FORWARD, batch=session.data.batch(0))
+    out = yield session.for_both(Op.FORWARD, batch=session.data.batch(0))
     return record(session, "forward", keys.values(out["torch"]), keys.values(out["paddle"]))
 
 
+@check
 def loss(session) -> CheckResult:
-    out = session.both(Op.LOSS, batch=session.data.batch(0))
+    out = yield session.for_both(Op.LOSS, batch=session.data.batch(0))
     return record(session, "loss", keys.values(out["torch"]), keys.values(out["paddle"]))
 
 
@@ -24,14 +26,16 @@ def eval_steps(session) -> range:
     return range(session.cfg.data.eval_batches)
 
 
+@check
 def metric(session, *, overrides: dict | None = None) -> CheckResult:
-    out = session.both(Op.METRIC, batches=session.data.batches(eval_steps(session)), overrides=overrides)
+    out = yield session.for_both(Op.METRIC, batches=session.data.batches(eval_steps(session)), overrides=overrides)
     return record(session, "metric", keys.values(out["torch"]), keys.values(out["paddle"]))
 
 
+@check
 def lr(session, *, overrides: dict | None = None) -> CheckResult:
     steps = session.cfg.total_steps
-    out = session.both(Op.LR_SCHEDULE, total_steps=steps, overrides=overrides, metrics=plateau_metrics(steps))
+    out = yield session.for_both(Op.LR_SCHEDULE, total_steps=steps, overrides=overrides, metrics=plateau_metrics(steps))
     name = "pair" if session.custom_optimizer else \
         (overrides or {}).get("lr_scheduler", {}).get("name", session.cfg.lr_scheduler.name)
     per_step = {side: {Key(Kind.LR, name, step=i): v for i, v in enumerate(out[side]["lr"])} for side in out}

@@ -8,19 +8,20 @@ import dataclasses
 import numpy as np
 
 from harness import distributed, keys
-from harness.checks.common import judge, judge_updates, save_tensors
+from harness.checks.common import check, judge, judge_updates, save_tensors
 from harness.diff import CheckResult, compare_arrays
 from harness.keys import Key, Kind
 from harness.protocol import SIDES, Op, Request
 from harness.rules import Evidence
 
 
+@check
 def backward(session, *, overrides: dict | None = None) -> CheckResult:
     """Per-rank and rank-averaged losses, parameters after the last step (rank 0) and that every
     rank of a framework holds the same parameters."""
     cfg, layout = session.cfg, session.layout
     batches = session.data.batches(range(cfg.train.iters))
-    out = session.call({name: Request(Op.TRAIN, {"batches": shards(session, batches, r), "mode": cfg.train.mode,
+    out = yield ({name: Request(Op.TRAIN, {"batches": shards(session, batches, r), "mode": cfg.train.mode,
                                                   "parallel": True, "total_steps": cfg.total_steps,
                                                   "overrides": overrides})
                         for side in SIDES for r, name in enumerate(session.ranks[side])})
@@ -45,6 +46,7 @@ def backward(session, *, overrides: dict | None = None) -> CheckResult:
     return result
 
 
+@check
 def dp_equivalence(session) -> CheckResult:
     """Each framework's N-rank run against its own 1-rank run on the same global batches: wrong
     loss scaling, unsynchronized BatchNorm or non-averaged gradients show here. Judged like the
@@ -52,8 +54,8 @@ def dp_equivalence(session) -> CheckResult:
     cfg = session.cfg
     kwargs = {"batches": session.data.batches(range(cfg.train.iters)), "mode": cfg.train.mode,
               "total_steps": cfg.total_steps}
-    single = session.both(Op.TRAIN, **kwargs)
-    multi = session.call({name: Request(Op.TRAIN, {**kwargs, "batches": shards(session, kwargs["batches"], r),
+    single = yield session.for_both(Op.TRAIN, **kwargs)
+    multi = yield ({name: Request(Op.TRAIN, {**kwargs, "batches": shards(session, kwargs["batches"], r),
                                                     "parallel": True})
                           for side in SIDES for r, name in enumerate(session.ranks[side])})
     result, one, many = CheckResult("dp_equivalence"), {}, {}

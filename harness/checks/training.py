@@ -8,7 +8,7 @@ import numpy as np
 
 from harness import keys, plot
 from harness.checks import parallel
-from harness.checks.common import judge, judge_updates, save_tensors
+from harness.checks.common import check, judge, judge_updates, save_tensors
 from harness.compare import load_side
 from harness.diff import CheckResult
 from harness.errors import UsageError
@@ -19,11 +19,12 @@ from harness.protocol import SIDES, Op
 HELDOUT_STEP = 1_000_000
 
 
+@check
 def backward(session, *, overrides: dict | None = None, write: bool = True) -> CheckResult:
     if session.layout.world > 1:
-        return parallel.backward(session, overrides=overrides)
+        return (yield from parallel.backward.steps(session, overrides=overrides))
     cfg = session.cfg
-    out = session.both(Op.TRAIN, batches=session.data.batches(range(cfg.train.iters)), mode=cfg.train.mode,
+    out = yield session.for_both(Op.TRAIN, batches=session.data.batches(range(cfg.train.iters)), mode=cfg.train.mode,
                        total_steps=cfg.total_steps, overrides=overrides)
     losses = {side: keys.losses(out[side]["loss"]) for side in SIDES}
     result, params, grads = judge_updates(session, dict(losses["torch"]), dict(losses["paddle"]), out, overrides)
@@ -44,12 +45,13 @@ def heldout_steps(session) -> range:
     return range(HELDOUT_STEP, HELDOUT_STEP + session.cfg.data.eval_batches)
 
 
+@check
 def train(session) -> CheckResult:
     """train_iters steps in train mode: loss curves and final metric within the relative train
     tolerance (0.15 %), BatchNorm running means, optionally the paddle metric against --benchmark."""
     cfg = session.cfg
     iters = cfg.train.train_iters
-    out = session.both(Op.TRAIN, batches=session.data.batches(range(iters)), mode="train",
+    out = yield session.for_both(Op.TRAIN, batches=session.data.batches(range(iters)), mode="train",
                        total_steps=cfg.lr_scheduler.total_steps or iters,
                        eval_batches=session.data.batches(heldout_steps(session)))
     sides = {side: {**keys.losses(out[side]["loss"]), **keys.named(Kind.METRIC, out[side]["metric"])} for side in SIDES}

@@ -1,0 +1,204 @@
+"""Real sizes, from one run: wall time and peak RSS of every process of the harness on a
+BERT-base-sized pair against the plain single-framework scripts doing the same steps; the
+worker-to-worker transport of a model-sized state dict; and the encoder benchmark against the
+two plain scripts at once and the guide's manual workflow.
+
+Usage: python benchmarks/bench_scale.py [--pair TOML] [--skip-encoder] [--skip-transport]
+
+The pair defaults to benchmarks/pairs/bert_base/nodrop.toml (HF vs PaddleNLP BERT-base, dropout
+0) when transformers and paddlenlp are installed, else benchmarks/pairs/encoder_base (a torch /
+paddle TransformerEncoder of the same size). Every process gets one thread, as each worker does
+on a 2-core machine. Ratios printed last are the targets of the scale work:
+coordinator peak <= 1 GB; each worker <= 1.3 x its plain script; wall <= 1.15 x the slower plain
+script; transport >= 2 GB/s; encoder wall <= 1.0 x both plain scripts at once and <= 0.30 x manual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "CPU_NUM": "1"}
+
+
+class TreeSampler(threading.Thread):
+    """Peak RSS (VmHWM) of a process and all its descendants, by role (coordinator, torch, paddle)."""
+
+    def __init__(self, root: int):
+        super().__init__(daemon=True)
+        self.root, self.peaks, self.roles, self.done = root, {}, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            for pid in self._tree():
+                hwm = _status_kb(pid, "VmHWM")
+                if hwm:
+                    self.peaks[pid] = max(self.peaks.get(pid, 0), hwm)
+                    self.roles[pid] = self.roles.get(pid) or _role(pid, pid == self.root)
+            time.sleep(0.05)
+
+    def _tree(self) -> list:
+        parents = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        tree, frontier = [self.root], [self.root]
+        while frontier:
+            frontier = [p for p, pp in parents.items() if pp in frontier]
+            tree += frontier
+        return tree
+
+    def by_role(self) -> dict:
+        out = {}
+        for pid, kb in self.peaks.items():
+            role = self.roles.get(pid) or "other"
+            out[role] = max(out.get(role, 0), kb)
+        return {role: round(kb / 1024) for role, kb in out.items()}
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _role(pid: int, root: bool) -> str | None:
+    if root:
+        return "coordinator"
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return None
+    if "libtorch_cpu" in maps or "libtorch_cuda" in maps:
+        return "torch"
+    if "libpaddle" in maps or "libphi" in maps:
+        return "paddle"
+    return None  # not yet known: a worker imports its framework on its first request
+
+
+def harness(toml: Path, checks: str | None = None) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "harness", "run", str(toml), "--out", out, "--json"]
+        if checks:
+            cmd += ["--checks", checks]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sampler = TreeSampler(proc.pid)
+        sampler.start()
+        stdout, stderr = proc.communicate()
+        wall = time.perf_counter() - start
+        sampler.done.set()
+        sampler.join()
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"harness exited {proc.returncode}: {stderr[-2000:]}")
+    report = json.loads(stdout)
+    return {"wall_s": round(wall, 1), "aligned": report["aligned"], "peak_mb": sampler.by_role(),
+            "failing": [c["name"] for c in report["checks"] if not c["passed"]]}
+
+
+def plain(toml: Path, framework: str) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(HERE / "plain.py"), str(toml), framework], capture_output=True,
+                          text=True, env=dict(os.environ, **ONE_THREAD))
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"plain {framework} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"wall_s": round(wall, 1), "peak_mb": result["peak_rss_mb"]}
+
+
+def transport(toml: Path) -> dict:
+    """torch's whole state dict to the coordinator and on to the paddle worker, as the harness
+    moves weights: written once to shared memory, passed on as handles, read by the receiver."""
+    from harness import config
+    from harness.protocol import Op, nbytes
+    from harness.session import RunOptions, Session
+
+    with tempfile.TemporaryDirectory() as out:
+        session = Session(config.load(toml), RunOptions(out_dir=Path(out)))
+        try:
+            session.start()
+            best = None
+            for _ in range(3):
+                start = time.perf_counter()
+                state = session.one("torch", Op.EXPORT_STATE)
+                arrived = session.one("paddle", Op.PING, payload=state)
+                seconds = time.perf_counter() - start
+                best = seconds if best is None else min(best, seconds)
+            size = sum(nbytes(v) for v in state.values())
+            assert arrived is not None
+        finally:
+            session.close()
+    return {"mb": round(size / 1e6), "seconds": round(best, 3), "gb_per_s": round(size / best / 1e9, 2)}
+
+
+def encoder(pair_dir: Path) -> dict:
+    """The encoder benchmark: forward, loss and 10 AdamW steps, three ways."""
+    timings = {"harness": harness(pair_dir / "bench.toml", "forward,loss,backward")["wall_s"]}
+    env = dict(os.environ, **ONE_THREAD)
+    start = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, str(HERE / "manual" / "solo.py"), str(pair_dir / "pair.py"), fw],
+                              cwd=HERE / "manual", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for fw in ("torch", "paddle")]
+    if any(p.wait() for p in procs):
+        raise SystemExit("a plain encoder script failed")
+    timings["solo2"] = round(time.perf_counter() - start, 1)
+    with tempfile.TemporaryDirectory() as work:
+        start = time.perf_counter()
+        subprocess.run(["bash", str(HERE / "manual" / "manual.sh"), str(pair_dir / "pair.py"), work], check=True,
+                       env=dict(env, PY=sys.executable), capture_output=True)
+        timings["manual"] = round(time.perf_counter() - start, 1)
+    return timings
+
+
+def default_pair() -> Path:
+    have = all(importlib.util.find_spec(m) for m in ("transformers", "paddlenlp"))
+    return HERE / "pairs" / ("bert_base/nodrop.toml" if have else "encoder_base/pair.toml")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pair", type=Path, default=None)
+    ap.add_argument("--skip-encoder", action="store_true")
+    ap.add_argument("--skip-transport", action="store_true")
+    args = ap.parse_args()
+    toml = args.pair or default_pair()
+    print(f"pair: {toml}  (machine: {os.cpu_count()} cores)")
+    run = harness(toml)
+    print(f"harness: {json.dumps(run)}")
+    plains = {fw: plain(toml, fw) for fw in ("torch", "paddle")}
+    print(f"plain:   {json.dumps(plains)}")
+    ratios = {"coordinator_peak_gb (<= 1)": round(run["peak_mb"].get("coordinator", 0) / 1024, 2)}
+    for fw in ("torch", "paddle"):
+        ratios[f"{fw}_worker_vs_plain (<= 1.3)"] = round(run["peak_mb"].get(fw, 0) / plains[fw]["peak_mb"], 2)
+    ratios["wall_vs_slower_plain (<= 1.15)"] = round(run["wall_s"] / max(p["wall_s"] for p in plains.values()), 2)
+    if not args.skip_transport:
+        moved = transport(toml)
+        print(f"transport: {json.dumps(moved)}")
+        ratios["transport_gb_per_s (>= 2)"] = moved["gb_per_s"]
+    if not args.skip_encoder:
+        enc = encoder(HERE / "pairs" / "encoder4")
+        print(f"encoder4: {json.dumps(enc)}")
+        ratios["encoder_vs_solo2 (<= 1.0)"] = round(enc["harness"] / enc["solo2"], 2)
+        ratios["encoder_vs_manual (<= 0.30)"] = round(enc["harness"] / enc["manual"], 2)
+    print("ratios: " + json.dumps(ratios))
+
+
+if __name__ == "__main__":
+    main()
