@@ -4,6 +4,8 @@ imports a framework."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -107,9 +109,10 @@ class Runner(Primitives):
             own = self.state_tensors(self.model)
             state.update({k: self.to_numpy(own[k]) for k in keep_own if k in own and k not in state})
         self.load_state(self.model, state)
-        self._initial = self.state(self.model)
+        del state  # the arrays given (memory-mapped) are let go before the copy below is made
+        self._keep_initial()
         self._dirty = False
-        return {"loaded": len(state)}
+        return {"loaded": len(self._initial)}
 
     def write_state_file(self, state: dict, path: str, keep_own: tuple = ()) -> dict:
         self.load_into_model(state, keep_own)  # strict: a converted file that does not fit the model is never written
@@ -117,8 +120,16 @@ class Runner(Primitives):
         return {"path": path}
 
     def export_state(self) -> dict:
-        self._initial = self.state(self.model)
-        return self._initial
+        """The initial state, as handles on this worker's own copy: nothing is written twice."""
+        self._keep_initial()
+        return dict(self._initial)
+
+    def _keep_initial(self) -> None:
+        """The weights every check starts from, kept in shared memory (not in this process)."""
+        old, self._initial = self._initial, self.stash(self.state_tensors(self.model), worker_owned=True)
+        for handle in (old or {}).values():
+            with contextlib.suppress(OSError):
+                os.unlink(handle.path)
 
     def import_state(self, state: dict, raw: bool = False) -> dict:
         if raw:  # the pair converts torch's state itself
@@ -127,7 +138,7 @@ class Runner(Primitives):
 
     def _restore(self) -> None:
         if self._dirty and self._initial is not None:
-            self.load_state(self.model, self._initial)
+            self.load_state(self.model, {k: handle.load() for k, handle in self._initial.items()})
         self._dirty = False
 
     def _config(self, overrides: dict | None) -> dict:
@@ -211,7 +222,7 @@ class Runner(Primitives):
             lrs.append(stepper.lr())
             self.backward(loss)
             if i == len(batches) - 1:  # before clipping and the update change them in place
-                grads = self.snapshot(self.grad_tensors(self.model))
+                grads = self.stash(self.grad_tensors(self.model), worker_owned=False)
             stepper.step(float(losses[-1]))
             stepper.zero_grad()
             self.progress(i + 1, len(batches))

@@ -9,7 +9,7 @@ import functools
 
 import numpy as np
 
-from harness.protocol import Deferred
+from harness.protocol import Deferred, write_shared
 
 
 class Stepper(abc.ABC):
@@ -103,6 +103,14 @@ class Primitives(abc.ABC):
         """For a reply: each tensor becomes numpy only when it is sent, and is written straight
         from the tensor's memory where the framework allows, so no second copy of a model is made."""
         return {k: Deferred(functools.partial(self.to_numpy, t)) for k, t in tensors.items()}
+
+    def stash(self, tensors: dict, *, worker_owned: bool) -> dict:
+        """Copies in the run's shared memory, written straight from each tensor and read back
+        memory-mapped: a model-sized copy that costs the process no resident memory while kept
+        (the initial weights), or that the coordinator reads without this worker holding it."""
+        shm_dir = self.options["shm_dir"]
+        return {k: write_shared(self.to_numpy(t), shm_dir, worker_owned=worker_owned)
+                for k, t in tensors.items()}
 
     def state(self, model) -> dict:
         return self.snapshot(self.state_tensors(model))

@@ -80,6 +80,7 @@ class SharedArray:
     path: str
     shape: tuple
     dtype: str
+    worker_owned: bool = False  # a worker's own file (its initial state): the coordinator never removes it
 
     def load(self) -> np.ndarray:
         return np.load(self.path, mmap_mode="r", allow_pickle=False)
@@ -124,6 +125,12 @@ def make_shm_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="reprod-harness-", dir=shm_root()))
 
 
+def write_shared(arr: np.ndarray, shm_dir: str | Path, *, worker_owned: bool = False) -> SharedArray:
+    path = Path(shm_dir) / f"{uuid.uuid4().hex}.npy"
+    np.save(path, arr, allow_pickle=False)
+    return SharedArray(str(path), arr.shape, arr.dtype.str, worker_owned)
+
+
 def pack(obj, shm_dir: str | Path | None):
     """Replace large arrays in a nested dict/list/tuple by SharedArray handles (written to
     shm_dir); handles already in shared memory pass through as they are."""
@@ -132,9 +139,7 @@ def pack(obj, shm_dir: str | Path | None):
     if isinstance(obj, np.ndarray):
         if shm_dir is None or obj.nbytes < SHM_MIN_BYTES or obj.dtype.hasobject:
             return obj
-        path = Path(shm_dir) / f"{uuid.uuid4().hex}.npy"
-        np.save(path, obj, allow_pickle=False)
-        return SharedArray(str(path), obj.shape, obj.dtype.str)
+        return write_shared(obj, shm_dir)
     if isinstance(obj, dict):
         return {k: pack(v, shm_dir) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -147,7 +152,7 @@ def unpack(obj, *, keep_handles: bool):
     (keep_handles) and owns their files: each is removed once its last handle is gone."""
     if isinstance(obj, SharedArray):
         if keep_handles:
-            if obj not in _OWNED:  # a handle passed on is owned once
+            if obj not in _OWNED and not obj.worker_owned:  # a handle passed on is owned once
                 _OWNED.add(obj)
                 weakref.finalize(obj, _remove, obj.path)
             return obj
