@@ -72,11 +72,16 @@ class Runner(Primitives):
 
     # ---------------------------------------------------------------- set-up and state
     def ping(self, payload=None):
-        """Transport check: describes what arrived."""
-        return None if payload is None else {"shape": list(np.shape(payload)), "sum": float(np.sum(payload))}
+        """Transport check: describes what arrived (an array, or a dict of them), every byte read."""
+        if payload is None:
+            return None
+        arrays = list(payload.values()) if isinstance(payload, dict) else [payload]
+        return {"shape": list(np.shape(arrays[0])) if len(arrays) == 1 else [len(arrays)],
+                "sum": float(sum(np.sum(a, dtype=np.float64) for a in arrays))}
 
-    def setup(self, cfg: dict) -> dict:
+    def setup(self, cfg: dict, precision: str = "float32") -> dict:
         self.cfg = cfg
+        self.use_precision(precision)
         path = Path(cfg["pair"])
         self.pair = pairfile.load(path, keep=self.framework, where=f"{self.framework} worker")
         build = self.pair_fn("build")

@@ -44,7 +44,9 @@ class Primitives(abc.ABC):
     @abc.abstractmethod
     def model_type(self) -> type: ...
     @abc.abstractmethod
-    def to_device(self, model): """The model on this worker's device."""
+    def use_precision(self, precision: str) -> None: """Before a model is built: float32 or float64 from now on."""
+    @abc.abstractmethod
+    def to_device(self, model): """The model on this worker's device, in this worker's precision."""
     @abc.abstractmethod
     def module_table(self, model) -> list: """[{name, type, params, buffers, ids, dropout}] in definition order."""
 
@@ -118,8 +120,13 @@ class Primitives(abc.ABC):
     def params(self, model) -> dict:
         return self.snapshot(self.param_tensors(model))
 
+    precision = "float32"
+
     def tensors(self, batch: dict) -> dict:
-        return {k: self.to_tensor(v) for k, v in batch.items()}
+        """Batch arrays as tensors; floating inputs in the worker's precision (the coordinator
+        makes float32 data, float64 arbitration computes on the same values upcast)."""
+        wide = self.precision == "float64"
+        return {k: self.to_tensor(v.astype(np.float64) if wide and v.dtype.kind == "f" else v) for k, v in batch.items()}
 
     def flatten(self, value, prefix: str = "out") -> dict:
         """Outputs of any nesting -> {"out": ..} / {"out.0": ..} / {"out.logits": ..}."""

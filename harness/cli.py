@@ -88,7 +88,7 @@ def _root(
 def _execute(cfg, *, out_dir: Optional[Path], timeout: float, device: str = "auto", as_json: bool = False,
              quiet: bool = False, verbose: bool = False, benchmark: Optional[Path] = None,
              weights: Optional[Path] = None, locate: bool = False, layout=None, dp_equivalence: bool = False,
-             save_tensors: bool = False):
+             save_tensors: bool = False, arbitrate: bool = True):
     from harness import checkpoints, coordinator
     from harness.session import RunOptions
 
@@ -105,7 +105,8 @@ def _execute(cfg, *, out_dir: Optional[Path], timeout: float, device: str = "aut
     if dp_equivalence and (layout is None or layout.nprocs < 2 or layout.nnodes > 1):
         raise UsageError("--dp-equivalence compares N ranks with 1 on one machine: give --nprocs 2 or more, no --nnodes")
     opts = RunOptions(out_dir=out_dir, timeout=timeout, device=device, benchmark=benchmark, weights=weights,
-                      locate=locate, layout=layout, dp_equivalence=dp_equivalence, save_tensors=save_tensors)
+                      locate=locate, layout=layout, dp_equivalence=dp_equivalence, save_tensors=save_tensors,
+                      arbitrate=arbitrate)
     with Progress(err, quiet or as_json) as progress:
         report = coordinator.run(cfg, opts, progress)
     data = report.to_json()
@@ -151,6 +152,7 @@ def run(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Start both models from this checkpoint (.pt/.pth torch, .pdparams paddle)."),
     benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="reprod_log .npy with the metric the paddle train run must reach (e.g. a paper's), judged with the train tolerance."),
     locate: bool = typer.Option(False, "--locate", help="Trace every module (outputs, gradients, updates, BatchNorm statistics) even when the checks pass; on a failure this always happens."),
+    float32_only: bool = typer.Option(False, "--float32-only", help="Never re-run a failed check in float64 to tell round-off from a real difference; float32's own rules decide (labelled fallback in report.json)."),
     save_tensors: bool = typer.Option(False, "--save-tensors", help="Save parameters and gradients whole (bp_params_*.npy, bp_grads_*.npy) whatever their size; by default beyond 64 MiB only per-tensor statistics are saved."),
 ):
     """Run the checks of a pair and write the artifacts. Exit 0 aligned, 1 misaligned, 2 usage, 3 worker failure.
@@ -175,7 +177,7 @@ def run(
                     ips=tuple(a.strip() for a in ips.split(",")) if ips else ())
     _execute(cfg, out_dir=out_dir, timeout=timeout, device=device, as_json=as_json, quiet=quiet, verbose=verbose,
              benchmark=benchmark, weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence,
-             save_tensors=save_tensors)
+             save_tensors=save_tensors, arbitrate=not float32_only)
 
 
 @app.command()

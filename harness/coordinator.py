@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from harness import checkpoints, locate
+from harness import checkpoints, locate, rules
 from harness.checks import CHECKS
 from harness.checks.common import finish
 from harness.checks.parallel import dp_equivalence
 from harness.config import RunConfig
-from harness.errors import UsageError
+from harness.errors import UsageError, WorkerError
 from harness.keys import Kind
 from harness.protocol import SIDES
 from harness.report import Divergence, RunReport
@@ -35,6 +35,9 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
         if opts.dp_equivalence:
             steps["dp_equivalence"] = dp_equivalence.steps
         report.checks += run_checks(session, steps, progress)
+        failed = [c for c in report.checks if not c.passed]
+        if failed:
+            arbitrate(session, failed, steps, progress)
         if opts.locate or not all(c.passed for c in report.checks):
             progress("locating the first divergence (hooks on every module)")
             located = locate.locate(trace_context(session), report.checks, always=opts.locate)
@@ -47,7 +50,7 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
     report.first_divergence = first_divergence(report.checks)
     if located is not None:
         locate.apply(located, report)
-    session.writer.report(report)
+    session.root_writer.report(report)
     return report
 
 
@@ -63,6 +66,27 @@ def run_checks(session: Session, steps: dict, progress: Callable[[str], None]) -
         progress(f"{name} check")
         results.append(finish(gen, session.call, submission.wait()))
     return results
+
+
+def arbitrate(session: Session, failed: list, steps: dict, progress: Callable[[str], None]) -> None:
+    """float64 arbitration (harness/rules.py): the failed checks again, both models in float64
+    from the same weights and batches; their keys are then decided there. Where float64 cannot
+    run, float32's own rules stand, and the report says so."""
+    if not session.options.arbitrate:
+        for check in failed:
+            check.arbitration = "fallback: float64 arbitration is off (--float32-only)"
+        return
+    progress(f"float64 arbitration of {', '.join(c.name for c in failed)}")
+    try:
+        session.use_precision("float64")
+        wide = run_checks(session, {c.name: steps[c.name] for c in failed}, progress)
+    except WorkerError as exc:
+        for check in failed:
+            check.arbitration = f"fallback: float64 could not run ({exc})"
+        session.restart()
+        return
+    for narrow, recomputed in zip(failed, wide):
+        rules.arbitrate(narrow, recomputed)
 
 
 def trace_context(session: Session) -> locate.Context:

@@ -70,6 +70,7 @@ class CheckResult:
     reason: str = ""
     notes: list = field(default_factory=list)
     tensor_dumps: str = ""  # "full" | "statistics": how parameters and gradients were saved
+    arbitration: str = ""  # "float64", or why float32's own rules decided ("fallback: ...")
 
     @property
     def compared(self) -> int:
@@ -100,6 +101,8 @@ class CheckResult:
             d["notes"] = list(self.notes)
         if self.tensor_dumps:
             d["tensor_dumps"] = self.tensor_dumps
+        if self.arbitration:
+            d["arbitration"] = self.arbitration
         return d
 
 

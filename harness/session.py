@@ -33,6 +33,7 @@ class RunOptions:
     dp_equivalence: bool = False
     locate: bool = False  # trace every module even when all checks pass (they always are on a failure)
     save_tensors: bool = False  # full parameter and gradient dumps whatever their size
+    arbitrate: bool = True  # re-run a failed check in float64 to tell round-off from a difference
 
 
 def worker_threads(requested: int | None) -> int:
@@ -45,9 +46,10 @@ class Session:
     def __init__(self, cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lambda msg: None):
         self.cfg, self.options, self.progress = cfg, opts, progress
         self.data = BatchSource(cfg)
-        self.writer = ArtifactWriter(opts.out_dir)
+        self.root_writer = self.writer = ArtifactWriter(opts.out_dir)  # writer: the current precision's
         self.plan: weights.Plan | None = None
         self.initial_torch: dict = {}
+        self.precision = "float32"
         self.infos: dict = {}
         self.layout = opts.layout or distributed.Layout(nprocs=cfg.distributed.nprocs, backend=cfg.distributed.backend)
         distributed.validate(self.layout)
@@ -107,12 +109,28 @@ class Session:
         self.cfg, self.data = cfg, BatchSource(cfg)
         self._setup()
 
-    def _setup(self) -> None:
+    def use_precision(self, precision: str) -> None:
+        """The same workers rebuild both models in `precision` (float64 arbitration) and start
+        them from the run's torch initial weights, upcast, exactly as the first build did; their
+        artifacts go to a subfolder named after the precision."""
+        self.precision = precision
+        self.writer = ArtifactWriter(self.options.out_dir / precision)
+        self._setup(initial=self.initial_torch)
+
+    def restart(self) -> None:
+        """Fresh float32 workers (after a failure in another precision stopped them)."""
+        self.group.close()
+        self.precision, self.writer = "float32", self.root_writer
+        self.group.start()
+        self._setup()
+
+    def _setup(self, initial: dict | None = None) -> None:
         self.plan = None
         batch = self.data.batch(0)
         if self.layout.world > 1:
             distributed.validate(self.layout, next(iter(batch.values())).shape[0])
-        infos = self.call({name: Request(Op.SETUP, {"cfg": self.cfg.to_wire()}) for name in self.group.names})
+        setup = {"cfg": self.cfg.to_wire(), "precision": self.precision}
+        infos = self.call({name: Request(Op.SETUP, setup) for name in self.group.names})
         self.infos = {side: infos[side] for side in SIDES}
         self.progress("sharing the torch initial weights with paddle")
         if not self.infos["paddle"]["custom_mapping"]:
@@ -120,16 +138,23 @@ class Session:
             self.writer.text("weight_map.txt", self.plan.table())
         else:
             self.writer.text("weight_map.txt", "converted by the pair's torch_to_paddle(state)\n")
-        if self.options.weights is not None:
-            checkpoints.load_into(self, self.options.weights)
-        self._share_weights()
+        if initial is None:
+            if self.options.weights is not None:
+                checkpoints.load_into(self, self.options.weights)
+            self._share_weights(self.one("torch", Op.EXPORT_STATE), torch_has_it=True)
+        else:
+            self._share_weights(initial, torch_has_it=False)
 
-    def _share_weights(self) -> None:
-        state = self.one("torch", Op.EXPORT_STATE)
-        self.initial_torch = state
-        if self.layout.world > 1:  # every rank starts from rank 0's weights, as DDP would broadcast them
-            self.call({name: Request(Op.LOAD_STATE, {"state": state}) for name in self.ranks["torch"][1:]})
+    def _share_weights(self, state: dict, *, torch_has_it: bool) -> None:
+        """Every worker starts from `state` (torch's). Readers first: torch rank 0 holds the
+        files and replaces them when it loads."""
         self.every_rank("paddle", Op.IMPORT_STATE, **self.to_paddle(state))
+        # every rank starts from rank 0's weights, as DDP would broadcast them
+        self.call({name: Request(Op.LOAD_STATE, {"state": state}) for name in self.ranks["torch"][1:]})
+        if not torch_has_it:
+            self.one("torch", Op.LOAD_STATE, state=state)
+            state = self.one("torch", Op.EXPORT_STATE)  # in this precision
+        self.initial_torch = state
 
     def to_paddle(self, torch_state: dict) -> dict:
         """The arguments that load a torch state into paddle: through the plan, or the pair's own

@@ -41,8 +41,12 @@ class Runner(base.Runner):
     def model_type(self):
         return paddle.nn.Layer
 
+    def use_precision(self, precision: str) -> None:
+        self.precision = precision
+        paddle.set_default_dtype(precision)  # paddle builds parameters in the default dtype
+
     def to_device(self, model):
-        return model  # paddle builds on the device set at start-up
+        return model  # paddle builds on the device set at start-up, in the default dtype
 
     def module_table(self, model) -> list:
         table = []

@@ -43,8 +43,11 @@ class Runner(base.Runner):
     def model_type(self):
         return torch.nn.Module
 
+    def use_precision(self, precision: str) -> None:
+        self.precision = precision
+
     def to_device(self, model):
-        return model.to(self.dev)
+        return model.to(self.dev, dtype=torch.float64) if self.precision == "float64" else model.to(self.dev)
 
     def module_table(self, model) -> list:
         table = []

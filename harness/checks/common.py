@@ -62,7 +62,8 @@ def judge_updates(session, ref: dict, other: dict, out: dict, overrides: dict | 
     grads = dict(zip(SIDES, session.by_torch_name(out["torch"]["grads"], out["paddle"]["grads"])))
     for side, target in (("torch", ref), ("paddle", other)):
         target.update({**keys.named(Kind.PARAM, params[side]), **keys.named(Kind.GRAD, grads[side])})
-    evidence = Evidence(session.initial_torch, grads["torch"], grads["paddle"], session.adaptive(overrides))
+    evidence = Evidence(session.initial_torch, grads["torch"], grads["paddle"], session.adaptive(overrides),
+                        fallback=session.precision == "float32")
     result = judge("backward", ref, other, session.cfg.tolerance, evidence)
     if session.plan is None:
         result.notes.append("parameters and gradients not compared: the pair converts weights with its own "

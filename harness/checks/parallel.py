@@ -88,7 +88,8 @@ def _one_vs_many(session, side: str, single: dict, multi: dict, iters: int) -> t
     grads_a, grads_b = named(single["grads"]), named(multi[side]["grads"])
     a.update({**keys.named(Kind.PARAM, named(single["params"])), **keys.named(Kind.GRAD, grads_a)})
     b.update({**keys.named(Kind.PARAM, named(multi[side]["params"])), **keys.named(Kind.GRAD, grads_b)})
-    evidence = Evidence(initial=initial, grads_ref=grads_a, grads_other=grads_b, adaptive=session.adaptive())
+    evidence = Evidence(initial=initial, grads_ref=grads_a, grads_other=grads_b, adaptive=session.adaptive(),
+                        fallback=session.precision == "float32")
     return judge("backward", a, b, session.cfg.tolerance, evidence), a, b
 
 
