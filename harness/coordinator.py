@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
-from harness import checkpoints, locate
+from harness import checkpoints, htmlreport, locate
+from harness.artifacts import json_default
 from harness.checks import CHECKS
 from harness.checks.parallel import dp_equivalence
 from harness.config import RunConfig
@@ -48,8 +50,18 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
     report.first_divergence = first_divergence(report.checks)
     if located is not None:
         locate.apply(located, report)
-    session.writer.report(report)
+    _write_html(session.writer, report)
+    session.writer.report(report)  # last: report.json exists only for a finished run
     return report
+
+
+def _write_html(writer, report: RunReport) -> None:
+    """report.html from the same JSON that report.json holds (so `report DIR --html` rewrites it
+    identically). A failure to draw it must not cost the run its report.json: it becomes a note."""
+    try:
+        htmlreport.write_html(writer.out_dir, json.loads(json.dumps(report.to_json(), default=json_default)))
+    except Exception as exc:  # noqa: BLE001 - any bug in drawing; the verdict stands without it
+        report.notes.append(f"report.html not written: {type(exc).__name__}: {exc}")
 
 
 def trace_context(session: Session) -> locate.Context:
