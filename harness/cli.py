@@ -22,7 +22,8 @@ from harness.progress import Progress
 app = typer.Typer(
     name="reprod-harness",
     help="Prove a PaddlePaddle port of a PyTorch model behaves the same, and say where it does not.\n\n"
-    "Examples:\n\n  reprod-harness demo\n\n  reprod-harness run pair.toml\n\n  reprod-harness run --zoo cnn --out /tmp/cnn",
+    "\b\nExamples:\n  reprod-harness demo\n  reprod-harness init my_port && reprod-harness run my_port/pair.toml\n"
+    "  reprod-harness run --zoo cnn --out /tmp/cnn\n  reprod-harness report /tmp/cnn --html",
     no_args_is_help=True,
     add_completion=True,
     rich_markup_mode=None,
@@ -88,23 +89,12 @@ def _root(
 def _execute(cfg, *, out_dir: Optional[Path], timeout: float, device: str = "auto", as_json: bool = False,
              quiet: bool = False, verbose: bool = False, benchmark: Optional[Path] = None,
              weights: Optional[Path] = None, locate: bool = False, layout=None, dp_equivalence: bool = False):
-    from harness import checkpoints, coordinator
-    from harness.session import RunOptions
+    from harness import api, coordinator
 
-    out_dir = (out_dir or Path("artifacts") / cfg.name).resolve()
-    if benchmark is not None:
-        if not benchmark.is_file():
-            raise UsageError(f"--benchmark: {benchmark}: file not found")
-        if "train" not in cfg.checks:
-            raise UsageError("--benchmark compares the train check's final metric: add train to --checks")
+    opts = api.options(cfg, out=out_dir, timeout=timeout, device=device, benchmark=benchmark, weights=weights,
+                       locate=locate, layout=layout, dp_equivalence=dp_equivalence)
     # SIGTERM unwinds like Ctrl-C, so the workers are stopped and the shared-memory folder removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if weights is not None:
-        checkpoints.checkpoint_side(weights)  # a missing or unknown file is a usage error, before any worker starts
-    if dp_equivalence and (layout is None or layout.nprocs < 2 or layout.nnodes > 1):
-        raise UsageError("--dp-equivalence compares N ranks with 1 on one machine: give --nprocs 2 or more, no --nnodes")
-    opts = RunOptions(out_dir=out_dir, timeout=timeout, device=device, benchmark=benchmark, weights=weights,
-                      locate=locate, layout=layout, dp_equivalence=dp_equivalence)
     with Progress(err, quiet or as_json) as progress:
         report = coordinator.run(cfg, opts, progress)
     data = report.to_json()
@@ -113,7 +103,7 @@ def _execute(cfg, *, out_dir: Optional[Path], timeout: float, device: str = "aut
     else:
         from harness.render import print_report
 
-        print_report(out, data, str(out_dir), verbose=verbose, quiet=quiet)
+        print_report(out, data, str(opts.out_dir), verbose=verbose, quiet=quiet)
     raise typer.Exit(EXIT_ALIGNED if report.aligned else EXIT_MISALIGNED)
 
 

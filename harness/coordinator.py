@@ -28,7 +28,7 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
         raise UsageError(f"{cfg.source}: checks {unsupported} are not available in this version")
     started = time.perf_counter()
     session = Session(cfg, opts, progress)
-    report = RunReport(cfg.name)
+    report = RunReport(cfg.name, out_dir=opts.out_dir)
     located = None
     try:
         session.start()

@@ -5,6 +5,8 @@ nothing (harness/summary.py ranks the keys)."""
 
 from __future__ import annotations
 
+import io
+
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -182,3 +184,11 @@ def _footer(console: Console, report: dict, out_dir: str | None) -> None:
                       f"paddle {timing.get('paddle_s', 0):.1f} s of compute, run side by side)")
     verdict = "[bold green]ALIGNED[/]" if report["aligned"] else "[bold red]MISALIGNED[/]"
     console.print(verdict + (f"  artifacts: {escape(out_dir)}" if out_dir else ""), highlight=False, soft_wrap=True)
+
+
+def as_text(report: dict, out_dir: str | None = None, *, width: int = 100, verbose: bool = False) -> str:
+    """The console report rendered to plain text at a fixed width, without colour codes."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False, highlight=False)
+    print_report(console, report, out_dir, verbose=verbose)
+    return buffer.getvalue()
