@@ -191,4 +191,4 @@ def as_text(report: dict, out_dir: str | None = None, *, width: int = 100, verbo
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False, highlight=False)
     print_report(console, report, out_dir, verbose=verbose)
-    return buffer.getvalue()
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"  # tables pad with blanks
