@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from conftest import PAIRS, ROOT
-from harness import UsageError, WorkerError, check, config
+from harness import UsageError, WorkerError, check
 from harness.report import RunReport
 
 BROKEN_PADDLE = """
@@ -66,12 +66,7 @@ def test_check_returns_the_report_and_raises_worker_errors(tmp_path, make_pair):
     assert info.value.worker == "paddle" and "boom in build_paddle" in info.value.remote_traceback
 
 
-USER_TESTS = """
-def test_aligned_port(reprod):
-    report = reprod.assert_aligned({mlp!r}, checks=["forward"])
-    assert report.aligned
-
-
+FAILING_TEST = """
 def test_port_with_a_missing_transpose(reprod):
     reprod.assert_aligned({transposed!r}, checks=["forward", "loss"])
 """
@@ -86,15 +81,20 @@ def _plugin_args() -> list:
 
 @pytest.mark.e2e
 def test_a_users_suite_asserts_alignment_with_the_plugin(tmp_path):
+    """The README's example suite, as printed, beside the README's pair; plus a failing port."""
+    from test_readme import _block
+
     suite = tmp_path / "user_suite"
     suite.mkdir()
-    (suite / "test_port.py").write_text(textwrap.dedent(USER_TESTS.format(
-        mlp=str(config.zoo_dir() / "mlp" / "pair.toml"), transposed=str(PAIRS / "transposed" / "pair.toml"))))
+    (suite / "pair.py").write_text(_block("python", "# pair.py"))
+    (suite / "pair.toml").write_text(_block("toml", "# pair.toml"))
+    (suite / "test_port.py").write_text(_block("python", "# test_port.py"))
+    (suite / "test_failing.py").write_text(FAILING_TEST.format(transposed=str(PAIRS / "transposed" / "pair.toml")))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *_plugin_args(), str(suite)],
                           cwd=suite, capture_output=True, text=True, timeout=300, env=env)
     out = proc.stdout
-    assert proc.returncode == 1 and "1 failed, 1 passed" in out, out + proc.stderr
+    assert proc.returncode == 1 and "1 failed, 2 passed" in out, out + proc.stderr
     failure = out[out.index("test_port_with_a_missing_transpose"):]
     assert "AssertionError: the port is not aligned:" in failure
     assert "MISALIGNED  transposed: 2 of 2 checks fail, first forward" in failure  # the summary

@@ -4,6 +4,7 @@ first divergence as a path tree with the modules around it, the curves with thei
 keys that a filter hides and shows. A screenshot is kept beside the test's files."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -76,8 +77,21 @@ def test_the_run_writes_it_and_the_console_leads_with_the_verdict(failing_run):
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
+def test_train_curve_png_has_a_panel_per_failing_key(failing_run):
+    """metric_accuracy and two running means fail: two of them get a row below the loss and its
+    |d|, each 2.2 inches: 8 x (3 + 3 x 2.2) inches at 100 dpi."""
+    from PIL import Image
+
+    _, out = failing_run
+    assert Image.open(out / "train_curve.png").size == (800, 960)
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("REPROD_REQUIRE_BROWSER"),
+                    reason="chromium is not installed (apt-get install chromium; .ci/run does, and sets "
+                           "REPROD_REQUIRE_BROWSER=1, which turns this skip into a failure)")
 def test_it_renders_in_headless_chromium(failing_run, tmp_path):
+    assert CHROMIUM, "REPROD_REQUIRE_BROWSER is set but no chromium is on PATH"
     _, out = failing_run
     url = (out / "report.html").as_uri()
     dom = _chromium(tmp_path, url, "--dump-dom").stdout

@@ -9,7 +9,8 @@ from harness.checks.common import judge
 from harness.keys import Key, Kind
 from harness.tolerance import ToleranceConfig
 
-pytest.importorskip("matplotlib")
+# What is drawn is decided here, without matplotlib; the drawing itself is checked on a real run's
+# train_curve.png in tests/test_html_report.py (e2e), which keeps this file fast.
 
 
 def _train_result(buffer_gap: float, loss_gap: float = 0.0):
@@ -25,7 +26,7 @@ def _train_result(buffer_gap: float, loss_gap: float = 0.0):
     return result, {**t, **bt}, {**p, **bp}
 
 
-def test_a_failing_buffer_is_plotted_where_the_failure_is(tmp_path):
+def test_a_failing_buffer_is_plotted_where_the_failure_is():
     result, t, p = _train_result(buffer_gap=0.01)
     s = plot.spec(result, t, p)
     assert not s["failing_steps"] and s["verdict"] == \
@@ -38,11 +39,6 @@ def test_a_failing_buffer_is_plotted_where_the_failure_is(tmp_path):
     aligned, t2, p2 = _train_result(buffer_gap=0.0)
     assert plot.spec(aligned, t2, p2)["verdict"].startswith("ALIGNED: 12 losses within the band")
     assert not plot.spec(aligned, t2, p2)["panels"]
-    assert plot.train_curve(tmp_path / "fail.png", result, t, p, "cnn") is None
-    from PIL import Image
-
-    # drawn with the buffer's panel as a third row: 8 x (3 + 2 x 2.2) inches at 100 dpi
-    assert Image.open(tmp_path / "fail.png").size == (800, 740)
 
 
 def test_losses_outside_the_band_are_counted_in_the_verdict():
