@@ -113,6 +113,18 @@ def _resolve(pair_toml: Optional[Path], zoo: Optional[str]):
     return config.load_zoo(zoo) if zoo else config.load(pair_toml)
 
 
+def _layout(cfg, *, nprocs, devices, placement, nnodes, node_rank, master, ips):
+    from harness.distributed import Layout
+
+    try:
+        device_ids = tuple(int(d) for d in devices.split(",")) if devices else ()
+    except ValueError:
+        raise UsageError(f"--devices: expected comma-separated GPU ids like 0,1, got '{devices}'") from None
+    return Layout(nprocs=nprocs or cfg.distributed.nprocs, devices=device_ids, placement=placement,
+                  backend=cfg.distributed.backend, nnodes=nnodes, node_rank=node_rank, master=master,
+                  ips=tuple(a.strip() for a in ips.split(",")) if ips else ())
+
+
 TIMEOUT_HELP = "Seconds any single step may take before the workers are stopped (exit 3)."
 
 
@@ -160,15 +172,8 @@ def run(
         cfg = cfg.replace(checks=config.parse_checks(checks, lambda m: UsageError(f"--checks: {m}")))
     if iters:
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, iters=iters))
-    from harness.distributed import Layout
-
-    try:
-        device_ids = tuple(int(d) for d in devices.split(",")) if devices else ()
-    except ValueError:
-        raise UsageError(f"--devices: expected comma-separated GPU ids like 0,1, got '{devices}'") from None
-    layout = Layout(nprocs=nprocs or cfg.distributed.nprocs, devices=device_ids, placement=placement,
-                    backend=cfg.distributed.backend, nnodes=nnodes, node_rank=node_rank, master=master,
-                    ips=tuple(a.strip() for a in ips.split(",")) if ips else ())
+    layout = _layout(cfg, nprocs=nprocs, devices=devices, placement=placement, nnodes=nnodes, node_rank=node_rank,
+                     master=master, ips=ips)
     _execute(cfg, out_dir=out_dir, timeout=timeout, device=device, as_json=as_json, quiet=quiet, verbose=verbose,
              benchmark=benchmark, weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence)
 

@@ -10,7 +10,9 @@ import io
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from harness import summary
@@ -32,48 +34,65 @@ def _shape(shape) -> str:
     return "x".join(map(str, shape)) if shape else "scalar" if shape == [] else "-"
 
 
+KEY_CELL = 28  # a worst-key cell: longer names keep their (most specific) end; the keys list shows them whole
+
+
+def _short(key: str, width: int = KEY_CELL) -> str:
+    return key if len(key) <= width else "…" + key[-(width - 1):]
+
+
 def summary_table(report: dict) -> Table:
     """A row per check: keys compared, the worst key's measure against its named limit, verdict."""
     table = _table()
-    table.add_column("check", no_wrap=True)
-    table.add_column("keys", justify="right", no_wrap=True)
+    table.add_column("check", no_wrap=True, min_width=max(len(c["name"]) for c in report["checks"]) if report["checks"] else 5)
+    table.add_column("keys", justify="right", no_wrap=True, min_width=5)
     table.add_column("worst key", no_wrap=True, overflow="ellipsis")  # a key name is never broken
-    table.add_column("worst |d| vs limit", ratio=1)
-    table.add_column("verdict", no_wrap=True)
+    table.add_column("worst |d| vs limit", ratio=1, min_width=18)
+    table.add_column("verdict", no_wrap=True, min_width=4)
     for check in report["checks"]:
         w = summary.worst(check)
         against = "-" if w is None else f"{w['measured']} {'>' if w['ratio'] > 1 else '<='} {w['limit']}"
         n = summary.released(check)
         table.add_row(check["name"], f"{summary.compared(check)}/{len(check['keys'])}",
-                      escape(w["key"] if w else "-"), escape(against),
+                      escape(_short(w["key"]) if w else "-"), escape(against),
                       _verdict(check["passed"]) + (f" [dim]{n} by rule[/]" if n else ""))
     return table
 
 
-def key_table(check: dict, *, every: bool = True, limit: int | None = None) -> Table:
-    """Per-key detail. every: all keys with their statistics (failing first); else the failing keys
-    only, as key, shape and reason, the reason wrapping (never the key)."""
-    keys = sorted(check["keys"], key=lambda k: k["passed"]) if every else [k for k in check["keys"] if not k["passed"]]
+def key_table(check: dict, *, limit: int | None = None) -> Table:
+    """Every key with its statistics, failing first (-v, `compare`): a wide view."""
+    keys = sorted(check["keys"], key=lambda k: k["passed"])
     shown = keys if limit is None else keys[:limit]
     table = _table(f"{escape(check['name'])}: {escape(check.get('reason', 'aligned'))}")
     table.add_column("key", no_wrap=True, overflow="ellipsis")
     table.add_column("shape", no_wrap=True)
-    if every:
-        for col in ("mean |d|", "max |d|", "max rel"):
-            table.add_column(col, justify="right", no_wrap=True)
-        table.add_column("limit")
-    table.add_column("verdict / reason" if every else "reason", ratio=1)
+    for col in ("mean |d|", "max |d|", "max rel"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("limit")
+    table.add_column("verdict / reason", ratio=1)
     for k in shown:
-        stats = [fmt(k.get("mean_abs")), fmt(k.get("max_abs")), fmt(k.get("max_rel")),
-                 escape(summary.limit_text(k))] if every else []
         why = ("PASS" + (f" ({k['rule']})" if k.get("rule") else "")) if k["passed"] else k.get("reason", "")
-        table.add_row(escape(k["key"]), _shape(k.get("shape")), *stats, escape(why),
+        table.add_row(escape(k["key"]), _shape(k.get("shape")), fmt(k.get("mean_abs")), fmt(k.get("max_abs")),
+                      fmt(k.get("max_rel")), escape(summary.limit_text(k)), escape(why),
                       style=None if k["passed"] else "red")
-    if len(keys) > len(shown):
+    if len(keys) > len(shown):  # a caption, not a row: it wraps, and never widens the key column
         rest = keys[len(shown):]
-        table.add_row(f"... {len(rest)} more ({sum(not k['passed'] for k in rest)} failing): -v or report.html", "",
-                      *([""] * 4 if every else []), "")
+        table.caption = f"... {len(rest)} more ({sum(not k['passed'] for k in rest)} failing)"
+        table.caption_justify = "left"
     return table
+
+
+def print_failing_keys(console: Console, check: dict, limit: int = FAILING_KEYS_SHOWN) -> None:
+    """The first failing check's failing keys as a list: the key and its shape on one line, the
+    reason below it, indented and wrapped. A key name is never broken, however long, and the
+    reason keeps the width at 80 columns (a table squeezes one or the other)."""
+    bad = [k for k in check["keys"] if not k["passed"]]
+    console.print(f"[bold]{escape(check['name'])}[/]: {escape(check.get('reason', 'failed'))}", highlight=False)
+    for k in bad[:limit]:
+        console.print(Text.assemble((k["key"], "bold red"), "  ", _shape(k.get("shape"))), soft_wrap=True)
+        console.print(Padding(Text(k.get("reason", ""), style="red"), (0, 0, 0, 6)))
+    if len(bad) > limit:
+        console.print(f"  ... {len(bad) - limit} more failing keys: -v or report.html", highlight=False)
 
 
 def divergence_tree(path: list) -> Tree:
@@ -168,9 +187,9 @@ def print_report(console: Console, report: dict, out_dir: str | None = None, ver
         print_divergence(console, report["first_divergence"])
     if verbose:
         for check in report["checks"]:
-            console.print(key_table(check, every=True))
+            console.print(key_table(check))
     elif bad:
-        console.print(key_table(bad[0], every=False, limit=FAILING_KEYS_SHOWN))
+        print_failing_keys(console, bad[0])
         _folded(console, bad[0], bad[1:])
     for note in _notes(report, report["checks"] if verbose or not bad else bad[:1]):
         console.print(f"[yellow]note[/]: {escape(note)}", highlight=False)

@@ -66,11 +66,17 @@ def _long_keys_report(n: int) -> dict:
 
 
 def test_key_names_never_break_mid_word():
+    """62-character keys at 80 columns: each failing key whole on its line, its reason below it in
+    one line (not squeezed into a column), and the summary keeps every column readable."""
     report = _long_keys_report(6)
-    text = "\n".join(_render(report))
+    lines = _render(report)
     for k in report["checks"][0]["keys"]:
         if not k["passed"]:
-            assert k["key"] in text, text  # whole, on one line: the reason wraps instead
+            at = _index(lines, k["key"])
+            assert lines[at + 1].strip() == k["reason"], lines
+    row = next(line for line in lines if line.startswith("backward "))
+    assert row.split()[:4] == ["backward", "6/6", "…on.output_projection.weight", "max"] and row.rstrip().endswith("FAIL")
+    assert len(lines) <= 20 and max(len(line) for line in lines) <= 80
 
 
 def test_verbose_shows_every_key_without_a_cut_off():
@@ -79,7 +85,7 @@ def test_verbose_shows_every_key_without_a_cut_off():
     assert all(k["key"] in wide for k in report["checks"][0]["keys"])
     default = "\n".join(_render(report, width=200))
     shown = [k["key"] for k in report["checks"][0]["keys"] if k["key"] in default]
-    assert len(shown) == 10 and "... 10 more (10 failing): -v or report.html" in default
+    assert len(shown) == 10 and "... 10 more failing keys: -v or report.html" in default
 
 
 def test_quiet_is_the_verdict_line_and_the_artifacts_path():
