@@ -68,11 +68,10 @@ def _checks(report: dict) -> str:
     rows = []
     for check in report["checks"]:
         w = summary.worst(check)
-        against = "-" if w is None else f"{w['measured']} {'>' if w['ratio'] > 1 else '<='} {w['limit']}"
         n = summary.released(check)
         rows.append(f'<tr class="checkrow" data-check="{_e(check["name"])}"><td>{_e(check["name"])}</td>'
                     f'<td class="num">{summary.compared(check)}/{len(check["keys"])}</td>'
-                    f'<td class="key">{_e(w["key"] if w else "-")}</td><td>{_e(against)}</td>'
+                    f'<td class="key">{_e(w["key"] if w else "-")}</td><td>{_e(summary.against(w))}</td>'
                     f'<td>{_verdict(check["passed"])}{f" ({n} by rule)" if n else ""}</td>'
                     f'<td>{_e(check.get("reason", ""))}</td></tr>')
     return "<h2>Checks</h2>" + _table(["check", "keys", "worst key", "worst |d| vs limit", "verdict", "why"], rows)

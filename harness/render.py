@@ -51,10 +51,9 @@ def summary_table(report: dict) -> Table:
     table.add_column("verdict", no_wrap=True, min_width=4)
     for check in report["checks"]:
         w = summary.worst(check)
-        against = "-" if w is None else f"{w['measured']} {'>' if w['ratio'] > 1 else '<='} {w['limit']}"
         n = summary.released(check)
         table.add_row(check["name"], f"{summary.compared(check)}/{len(check['keys'])}",
-                      escape(_short(w["key"]) if w else "-"), escape(against),
+                      escape(_short(w["key"]) if w else "-"), escape(summary.against(w)),
                       _verdict(check["passed"]) + (f" [dim]{n} by rule[/]" if n else ""))
     return table
 

@@ -24,10 +24,10 @@ def criterion(key: dict) -> tuple:
     `mean 0.163` against `1e-06`, `rel 0.07` against `rtol 0.0015`; a ratio above 1 fails. Keys
     that never got statistics (shape mismatch, NaN, one side only) rank first, their reason as
     the measured text."""
-    if key.get("mean_abs") is None:
+    if key.get("mean_abs") is None:  # no statistics: the reason (or note) is the whole story
         if key.get("passed"):
-            return 0.0, key.get("note", "-"), "-"
-        return INF, key.get("reason", "not compared"), limit_text(key)
+            return 0.0, key.get("note", "-"), None
+        return INF, key.get("reason", "not compared"), None
     if key.get("rtol") is not None:
         return _ratio(key.get("max_rel"), key["rtol"]), f"rel {fmt(key.get('max_rel'))}", f"rtol {fmt(key['rtol'])}"
     if key.get("threshold") == 0 and key.get("max_threshold") == 0:
@@ -66,6 +66,15 @@ def worst(check: dict) -> dict | None:
         return None
     (ratio, measured, limit), key = max(ranked, key=lambda item: item[0][0])
     return {"key": key["key"], "ratio": ratio, "measured": measured, "limit": limit}
+
+
+def against(w: dict | None) -> str:
+    """`mean 0.163 > 1e-06`: the worst key's measure against its limit, or its reason alone."""
+    if w is None:
+        return "-"
+    if w["limit"] is None:
+        return w["measured"]
+    return f"{w['measured']} {'>' if w['ratio'] > 1 else '<='} {w['limit']}"
 
 
 def released(check: dict) -> int:

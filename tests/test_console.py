@@ -98,3 +98,14 @@ def test_markup_in_names_is_printed_literally():
     report = _long_keys_report(2)
     report["checks"][0]["keys"][0]["key"] = "out.[bold]x[/]"
     assert "out.[bold]x[/]" in as_text(report, width=120)
+
+
+def test_a_key_without_statistics_shows_its_reason_as_the_worst():
+    report = copy.deepcopy(REPORT)
+    report["checks"] = [{"name": "forward", "passed": False, "reason": "1 of 2 keys differ", "keys": [
+        {"key": "out.0", "passed": True, "shape": [2], "count": 2, "mean_abs": 0.0, "max_abs": 0.0,
+         "threshold": 1e-6, "max_threshold": 1e-4},
+        {"key": "out.1", "passed": False, "shape": [2, 3], "shape_other": [3, 2], "count": 0,
+         "threshold": 1e-6, "max_threshold": 1e-4, "reason": "shape (2, 3) (torch) vs (3, 2) (paddle)"}]}]
+    row = next(line for line in _render(report, width=120) if line.startswith("forward "))
+    assert row.split()[:3] == ["forward", "1/2", "out.1"] and "shape (2, 3) (torch) vs (3, 2) (paddle)   FAIL" in row

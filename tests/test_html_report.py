@@ -122,3 +122,10 @@ def _assert_banner_is_red(png: Path) -> None:
     assert image.size == (1100, 1400)
     band = [image.getpixel((x, y)) for x in range(40, 1000, 40) for y in range(40, 110, 5)]
     assert sum(1 for r, g, b in band if r > 150 and g < 70 and b < 60) > len(band) // 4, "no red verdict banner"
+
+
+def test_without_the_npy_files_it_is_written_without_curves(tmp_path):
+    shutil.copy(DATA / "report.json", tmp_path / "report.json")
+    path = write_html(tmp_path, REPORT)
+    html = path.read_text()
+    assert "<svg" not in html and "first divergence" in html.lower() and 'class="keyrow"' in html
