@@ -89,11 +89,6 @@ def failing_checks(report: dict) -> list:
     return [c for c in report["checks"] if not c["passed"]]
 
 
-def failing_keys(check: dict) -> list:
-    """Failing keys, furthest past their limit first (keys with no statistics lead)."""
-    return sorted((k for k in check["keys"] if not k["passed"]), key=lambda k: -criterion(k)[0])
-
-
 def headline(report: dict) -> str:
     """The verdict in one plain line: what a reader, a CI log and an assertion message lead with."""
     checks = report["checks"]

@@ -6,7 +6,6 @@ import importlib.metadata
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
