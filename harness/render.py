@@ -18,7 +18,7 @@ from rich.tree import Tree
 from harness import summary
 from harness.diff import fmt
 
-FAILING_KEYS_SHOWN = 10  # of the first failing check, without -v; -v and report.html show all
+FAILING_KEYS_SHOWN = 6  # of the first failing check, without -v; -v and report.html show all
 NOTES_SHOWN = 5  # per check
 
 
@@ -88,8 +88,12 @@ def print_failing_keys(console: Console, check: dict, limit: int = FAILING_KEYS_
     bad = [k for k in check["keys"] if not k["passed"]]
     console.print(f"[bold]{escape(check['name'])}[/]: {escape(check.get('reason', 'failed'))}", highlight=False)
     for k in bad[:limit]:
-        console.print(Text.assemble((k["key"], "bold red"), "  ", _shape(k.get("shape"))), soft_wrap=True)
-        console.print(Padding(Text(k.get("reason", ""), style="red"), (0, 0, 0, 6)))
+        head, reason = Text.assemble((k["key"], "bold red"), "  ", _shape(k.get("shape"))), k.get("reason", "")
+        if head.cell_len + 2 + len(reason) <= console.width:  # one line when it fits
+            console.print(Text.assemble(head, "  ", (reason, "red")), soft_wrap=True)
+            continue
+        console.print(head, soft_wrap=True)
+        console.print(Padding(Text(reason, style="red"), (0, 0, 0, 6)))
     if len(bad) > limit:
         console.print(f"  ... {len(bad) - limit} more failing keys: -v or report.html", highlight=False)
 
