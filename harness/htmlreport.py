@@ -80,11 +80,12 @@ def _checks(report: dict) -> str:
 def _tree(path: list) -> str:
     """The call path as nested <details>, open down to the diverging module."""
     html = ""
-    for level in reversed(path):
+    for depth, level in enumerate(reversed(path)):
         diff = f' <span class="{"differs" if level.get("differs") else "muted"}">out mean |d| {fmt(level.get("diff"))}</span>' \
             if level.get("diff") is not None else ""
+        here = ' <span class="here">&larr; the first divergence</span>' if depth == 0 else ""
         html = (f'<details open class="level"><summary><code>{_e(level["module"])}</code> '
-                f'<span class="muted">({_e(level.get("type"))})</span>{diff}</summary>{html}</details>')
+                f'<span class="muted">({_e(level.get("type"))})</span>{diff}{here}</summary>{html}</details>')
     return html
 
 

@@ -97,6 +97,7 @@ def test_it_renders_in_headless_chromium(failing_run, tmp_path):
     dom = _chromium(tmp_path, url, "--dump-dom").stdout
     assert re.search(r'<div id="verdict" class="verdict bad">MISALIGNED  transposed', dom), dom[:2000]
     assert "first divergence" in dom.lower() and '<details open="" class="level"><summary><code>(model)</code>' in dom
+    assert '<span class="here">← the first divergence</span>' in dom
     assert dom.count('class="checkrow"') == 6 and "HERE" in dom
     assert len(re.findall(r'<svg class="chart" data-check="(lr|backward|train)"', dom)) == 3
     assert re.search(r'<span id="shown" class="muted">\d+ keys shown</span>', dom)  # the script ran
