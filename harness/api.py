@@ -64,6 +64,7 @@ def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, devic
 def check(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks: Iterable[str] | str | None = None,
           out: str | Path | None = None, iters: int | None = None, nprocs: int | None = None,
           timeout: float = 900.0, device: str = "auto", weights: str | Path | None = None, locate: bool = False,
+          benchmark: str | Path | None = None, dp_equivalence: bool = False,
           progress: Callable[[str], None] | None = None):
     """Run the checks of a pair (a TOML path, or zoo=NAME) and write the artifacts to `out`
     (default artifacts/<name>); returns the RunReport, aligned or not."""
@@ -74,5 +75,6 @@ def check(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks
     if nprocs is not None and nprocs < 1:
         raise UsageError(f"nprocs: must be >= 1, got {nprocs}")
     layout = Layout(nprocs=nprocs or cfg.distributed.nprocs, backend=cfg.distributed.backend)
-    opts = options(cfg, out=out, timeout=timeout, device=device, weights=weights, locate=locate, layout=layout)
+    opts = options(cfg, out=out, timeout=timeout, device=device, weights=weights, locate=locate, layout=layout,
+                   benchmark=benchmark, dp_equivalence=dp_equivalence)
     return coordinator.run(cfg, opts, progress or (lambda message: None))

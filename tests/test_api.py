@@ -35,6 +35,8 @@ def make_batch(rng, step):
     ({"zoo": "mlp", "device": "tpu"}, "device: expected auto, cpu or gpu"),
     ({"zoo": "mlp", "iters": 0}, "iters: must be >= 1"),
     ({"zoo": "mlp", "weights": "w.ckpt"}, "unknown checkpoint type"),
+    ({"zoo": "mlp", "dp_equivalence": True}, "give --nprocs 2 or more"),
+    ({"zoo": "mlp", "checks": ["forward"], "benchmark": __file__}, "add train to the checks"),
 ])
 def test_usage_errors_raise_before_any_worker_starts(tmp_path, kwargs, needle):
     with pytest.raises(UsageError, match=needle.replace("(", r"\(")):
