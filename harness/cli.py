@@ -297,7 +297,7 @@ def report_cmd(
     \b
     Examples:
       reprod-harness report artifacts/my-model
-      reprod-harness report artifacts/my-model --html   # writes artifacts/my-model/report.html
+      reprod-harness report artifacts/my-model --html   # writes its report.html
     """
     from harness.render import print_report
     from harness.report import read_report
