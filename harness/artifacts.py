@@ -103,9 +103,10 @@ class ArtifactWriter:
     def __init__(self, out_dir: Path):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        stale = self.out_dir / "report.json"
-        if stale.exists():  # a report must never describe an older run than the files beside it
-            stale.unlink()
+        for name in ("report.json", "report.html"):  # a report must never describe an older run than the files beside it
+            stale = self.out_dir / name
+            if stale.exists():
+                stale.unlink()
 
     def check(self, result: CheckResult, ref: dict, other: dict) -> None:
         """The check's two reprod_log files (keyed by Key) and its diff log."""

@@ -22,10 +22,11 @@ from harness.progress import Progress
 app = typer.Typer(
     name="reprod-harness",
     help="Prove a PaddlePaddle port of a PyTorch model behaves the same, and say where it does not.\n\n"
-    "Examples:\n\n  reprod-harness demo\n\n  reprod-harness run pair.toml\n\n  reprod-harness run --zoo cnn --out /tmp/cnn",
+    "\b\nExamples:\n  reprod-harness demo\n  reprod-harness init my_port && reprod-harness run my_port/pair.toml\n"
+    "  reprod-harness run --zoo cnn --out /tmp/cnn\n  reprod-harness report /tmp/cnn --html",
     no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode="rich",
+    add_completion=True,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 out = Console()
@@ -89,24 +90,13 @@ def _execute(cfg, *, out_dir: Optional[Path], timeout: float, device: str = "aut
              quiet: bool = False, verbose: bool = False, benchmark: Optional[Path] = None,
              weights: Optional[Path] = None, locate: bool = False, layout=None, dp_equivalence: bool = False,
              save_tensors: bool = False, arbitrate: bool = True):
-    from harness import checkpoints, coordinator
-    from harness.session import RunOptions
+    from harness import api, coordinator
 
-    out_dir = (out_dir or Path("artifacts") / cfg.name).resolve()
-    if benchmark is not None:
-        if not benchmark.is_file():
-            raise UsageError(f"--benchmark: {benchmark}: file not found")
-        if "train" not in cfg.checks:
-            raise UsageError("--benchmark compares the train check's final metric: add train to --checks")
+    opts = api.options(cfg, out=out_dir, timeout=timeout, device=device, benchmark=benchmark, weights=weights,
+                       locate=locate, layout=layout, dp_equivalence=dp_equivalence, save_tensors=save_tensors,
+                       arbitrate=arbitrate)
     # SIGTERM unwinds like Ctrl-C, so the workers are stopped and the shared-memory folder removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if weights is not None:
-        checkpoints.checkpoint_side(weights)  # a missing or unknown file is a usage error, before any worker starts
-    if dp_equivalence and (layout is None or layout.nprocs < 2 or layout.nnodes > 1):
-        raise UsageError("--dp-equivalence compares N ranks with 1 on one machine: give --nprocs 2 or more, no --nnodes")
-    opts = RunOptions(out_dir=out_dir, timeout=timeout, device=device, benchmark=benchmark, weights=weights,
-                      locate=locate, layout=layout, dp_equivalence=dp_equivalence, save_tensors=save_tensors,
-                      arbitrate=arbitrate)
     with Progress(err, quiet or as_json) as progress:
         report = coordinator.run(cfg, opts, progress)
     data = report.to_json()
@@ -115,7 +105,7 @@ def _execute(cfg, *, out_dir: Optional[Path], timeout: float, device: str = "aut
     else:
         from harness.render import print_report
 
-        print_report(out, data, str(out_dir), verbose)
+        print_report(out, data, str(opts.out_dir), verbose=verbose, quiet=quiet)
     raise typer.Exit(EXIT_ALIGNED if report.aligned else EXIT_MISALIGNED)
 
 
@@ -125,39 +115,59 @@ def _resolve(pair_toml: Optional[Path], zoo: Optional[str]):
     return config.load_zoo(zoo) if zoo else config.load(pair_toml)
 
 
+def _layout(cfg, *, nprocs, devices, placement, nnodes, node_rank, master, ips):
+    from harness.distributed import Layout
+
+    try:
+        device_ids = tuple(int(d) for d in devices.split(",")) if devices else ()
+    except ValueError:
+        raise UsageError(f"--devices: expected comma-separated GPU ids like 0,1, got '{devices}'") from None
+    return Layout(nprocs=nprocs or cfg.distributed.nprocs, devices=device_ids, placement=placement,
+                  backend=cfg.distributed.backend, nnodes=nnodes, node_rank=node_rank, master=master,
+                  ips=tuple(a.strip() for a in ips.split(",")) if ips else ())
+
+
 TIMEOUT_HELP = "Seconds any single step may take before the workers are stopped (exit 3)."
 
 
 @app.command()
 @guarded
 def run(
-    pair_toml: Optional[Path] = typer.Argument(None, help="The run's TOML file (see `reprod-harness init` and docs/design.md)."),
-    zoo: Optional[str] = typer.Option(None, "--zoo", help="Run a built-in pair instead (see `reprod-harness zoo`)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Artifacts folder [default: artifacts/<name>]."),
-    checks: Optional[str] = typer.Option(None, "--checks", help="Comma-separated subset, e.g. forward,loss."),
-    iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Override [train] iters."),
+    pair_toml: Optional[Path] = typer.Argument(None, help="The run's TOML file (reprod-harness init writes one; docs/design.md section 2 lists every key).", show_default="none: give --zoo"),
+    zoo: Optional[str] = typer.Option(None, "--zoo", help="Run a built-in pair instead (see reprod-harness zoo).", show_default="none"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Artifacts folder.", show_default="artifacts/<name>"),
+    checks: Optional[str] = typer.Option(None, "--checks", help="Comma-separated subset, e.g. forward,loss.", show_default="the TOML's checks, else all six"),
+    iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Override [train] iters (steps of the backward check).", show_default="[train] iters"),
     timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
     device: str = typer.Option("auto", "--device", help="auto (GPU when the framework sees one) | cpu | gpu."),
-    as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the table."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every key of every check."),
-    nprocs: Optional[int] = typer.Option(None, "--nprocs", min=1, help="Ranks per framework: paddle.DataParallel vs torch DDP [default: [distributed] nprocs]."),
-    dp_equivalence: bool = typer.Option(False, "--dp-equivalence", help="Also compare each framework's N-rank run with its 1-rank run."),
-    devices: Optional[str] = typer.Option(None, "--devices", help="GPU ids for the ranks, e.g. 0,1,2,3 (nccl); none: CPU (gloo)."),
+    as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the console report.", show_default="off"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress; print only the verdict line and the artifacts path.", show_default="off"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every key of every check.", show_default="off"),
+    nprocs: Optional[int] = typer.Option(None, "--nprocs", min=1, help="Ranks per framework: paddle.DataParallel vs torch DDP.", show_default="[distributed] nprocs"),
+    dp_equivalence: bool = typer.Option(False, "--dp-equivalence", help="Also compare each framework's N-rank run with its 1-rank run.", show_default="off"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="GPU ids for the ranks, e.g. 0,1,2,3 (nccl).", show_default="none: CPU (gloo)"),
     placement: str = typer.Option("shared", "--placement", help="shared: both frameworks on the same cards; split: each on its half."),
     nnodes: int = typer.Option(1, "--nnodes", min=1, help="Machines in the run (each runs this command)."),
     node_rank: int = typer.Option(0, "--node-rank", min=0, help="This machine's index among --nnodes."),
-    master: Optional[str] = typer.Option(None, "--master", help="ADDR:PORT of the rendezvous when --nnodes > 1."),
-    ips: Optional[str] = typer.Option(None, "--ips", help="Every node's address, in node-rank order, when --nnodes > 1 (as paddle.distributed.launch --ips)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Start both models from this checkpoint (.pt/.pth torch, .pdparams paddle)."),
-    benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="reprod_log .npy with the metric the paddle train run must reach (e.g. a paper's), judged with the train tolerance."),
-    locate: bool = typer.Option(False, "--locate", help="Trace every module (outputs, gradients, updates, BatchNorm statistics) even when the checks pass; on a failure this always happens."),
-    float32_only: bool = typer.Option(False, "--float32-only", help="Never re-run a failed check in float64 to tell round-off from a real difference; float32's own rules decide (labelled fallback in report.json)."),
-    save_tensors: bool = typer.Option(False, "--save-tensors", help="Save parameters and gradients whole (bp_params_*.npy, bp_grads_*.npy) whatever their size; by default beyond 64 MiB only per-tensor statistics are saved."),
+    master: Optional[str] = typer.Option(None, "--master", help="ADDR:PORT of the rendezvous when --nnodes > 1.", show_default="none"),
+    ips: Optional[str] = typer.Option(None, "--ips", help="Every node's address, in node-rank order, when --nnodes > 1 (as paddle.distributed.launch --ips).", show_default="none"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Start both models from this checkpoint (.pt/.pth torch, .pdparams paddle).", show_default="none: torch's initial weights"),
+    benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="reprod_log .npy with the metric the paddle train run must reach (e.g. a paper's), judged with the train tolerance.", show_default="none"),
+    locate: bool = typer.Option(False, "--locate", help="Trace every module (outputs, gradients, updates, BatchNorm statistics) even when the checks pass; on a failure this always happens.", show_default="off"),
+    float32_only: bool = typer.Option(False, "--float32-only", help="Never re-run a failed check in float64 to tell round-off from a real difference; float32's own rules decide (labelled fallback in report.json).", show_default="off: a failed check is arbitrated in float64"),
+    save_tensors: bool = typer.Option(False, "--save-tensors", help="Save parameters and gradients whole (bp_params_*.npy, bp_grads_*.npy) whatever their size; beyond 64 MiB only per-tensor statistics are saved otherwise.", show_default="off"),
 ):
-    """Run the checks of a pair and write the artifacts. Exit 0 aligned, 1 misaligned, 2 usage, 3 worker failure.
+    """Run the checks of a pair and write the artifacts (report.html among them).
 
-    Examples: reprod-harness run pair.toml ; reprod-harness run --zoo mlp --checks forward,loss
+    Exit 0 aligned, 1 misaligned, 2 usage or config error, 3 worker failure.
+
+    \b
+    Examples:
+      reprod-harness run pair.toml
+      reprod-harness run --zoo mlp --checks forward,loss --out /tmp/mlp
+      reprod-harness run pair.toml -q            # the verdict line and the artifacts path
+      reprod-harness run pair.toml --json > report.json
+      reprod-harness run pair.toml --nprocs 2 --dp-equivalence
     """
     cfg = _resolve(pair_toml, zoo)
     if device not in ("auto", "cpu", "gpu"):
@@ -166,15 +176,8 @@ def run(
         cfg = cfg.replace(checks=config.parse_checks(checks, lambda m: UsageError(f"--checks: {m}")))
     if iters:
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, iters=iters))
-    from harness.distributed import Layout
-
-    try:
-        device_ids = tuple(int(d) for d in devices.split(",")) if devices else ()
-    except ValueError:
-        raise UsageError(f"--devices: expected comma-separated GPU ids like 0,1, got '{devices}'") from None
-    layout = Layout(nprocs=nprocs or cfg.distributed.nprocs, devices=device_ids, placement=placement,
-                    backend=cfg.distributed.backend, nnodes=nnodes, node_rank=node_rank, master=master,
-                    ips=tuple(a.strip() for a in ips.split(",")) if ips else ())
+    layout = _layout(cfg, nprocs=nprocs, devices=devices, placement=placement, nnodes=nnodes, node_rank=node_rank,
+                     master=master, ips=ips)
     _execute(cfg, out_dir=out_dir, timeout=timeout, device=device, as_json=as_json, quiet=quiet, verbose=verbose,
              benchmark=benchmark, weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence,
              save_tensors=save_tensors, arbitrate=not float32_only)
@@ -183,7 +186,7 @@ def run(
 @app.command()
 @guarded
 def demo(
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Artifacts folder [default: artifacts/tiny_transformer]."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Artifacts folder.", show_default="artifacts/tiny_transformer"),
     timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
 ):
     """Run the built-in tiny_transformer pair through every check (about 30 s on a 2-core CPU)."""
@@ -194,15 +197,17 @@ def demo(
 @guarded
 def convert(
     pair_toml: Path = typer.Option(..., "--pair", help="The pair whose models define the mapping."),
-    torch_weights: Optional[Path] = typer.Option(None, "--torch-weights", help="A torch state dict (.pt/.pth), loaded with weights_only=True."),
-    paddle_weights: Optional[Path] = typer.Option(None, "--paddle-weights", help="A paddle state dict (.pdparams)."),
+    torch_weights: Optional[Path] = typer.Option(None, "--torch-weights", help="A torch state dict (.pt/.pth), loaded with weights_only=True; this or --paddle-weights.", show_default="none"),
+    paddle_weights: Optional[Path] = typer.Option(None, "--paddle-weights", help="A paddle state dict (.pdparams); this or --torch-weights.", show_default="none"),
     out_path: Path = typer.Option(..., "--out", help="Where to write the other framework's checkpoint."),
     timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
 ):
-    """Convert a checkpoint between the frameworks with the same mapping `run` uses.
+    """Convert a checkpoint between the frameworks with the same mapping run uses.
 
-    Examples: reprod-harness convert --pair pair.toml --torch-weights model.pt --out model.pdparams ;
-    reprod-harness convert --pair pair.toml --paddle-weights model.pdparams --out model.pt
+    \b
+    Examples:
+      reprod-harness convert --pair pair.toml --torch-weights model.pt --out model.pdparams
+      reprod-harness convert --pair pair.toml --paddle-weights model.pdparams --out model.pt
     """
     from harness import checkpoints, coordinator
 
@@ -218,11 +223,15 @@ def convert(
 @guarded
 def init(
     directory: Path = typer.Argument(Path("."), help="Folder for pair.toml and pair.py (created if missing)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files.", show_default="off"),
 ):
     """Write a commented starter pair.toml + pair.py that runs as is.
 
-    Example: reprod-harness init my_port && reprod-harness run my_port/pair.toml
+    pair.toml lists every section and option with its default.
+
+    \b
+    Example:
+      reprod-harness init my_port && reprod-harness run my_port/pair.toml
     """
     templates = config.templates_dir()  # the starter pair imports torch and paddle, so it lives in backends/
     targets = [directory / name for name in ("pair.toml", "pair.py")]
@@ -253,14 +262,16 @@ def compare(
     reference: Path = typer.Argument(..., help="Reference side (torch), e.g. forward_torch.npy."),
     port: Path = typer.Argument(..., help="Port side (paddle), e.g. forward_paddle.npy."),
     threshold: float = typer.Option(1e-6, "--threshold", min=0.0, help="Mean |diff| allowed per key (reprod_log's criterion)."),
-    max_threshold: Optional[float] = typer.Option(None, "--max-threshold", min=0.0, help="Max |diff| allowed per key [default: 100 x threshold]."),
-    allow_nan: bool = typer.Option(False, "--allow-nan", help="Pass NaN/Inf found at exactly the same places on both sides."),
-    log: Optional[Path] = typer.Option(None, "--log", help="Write a reprod_log-format diff log here."),
-    as_json: bool = typer.Option(False, "--json", help="Print the per-key results as JSON."),
+    max_threshold: Optional[float] = typer.Option(None, "--max-threshold", min=0.0, help="Max |diff| allowed per key.", show_default="100 x threshold"),
+    allow_nan: bool = typer.Option(False, "--allow-nan", help="Pass NaN/Inf found at exactly the same places on both sides.", show_default="off"),
+    log: Optional[Path] = typer.Option(None, "--log", help="Write a reprod_log-format diff log here.", show_default="none"),
+    as_json: bool = typer.Option(False, "--json", help="Print the per-key results as JSON.", show_default="off"),
 ):
     """Compare two reprod_log .npy files (np.save of a dict of arrays) strictly; exit 0 aligned, 1 not.
 
-    Example: reprod-harness compare forward_torch.npy forward_paddle.npy --log forward_diff.log
+    \b
+    Example:
+      reprod-harness compare forward_torch.npy forward_paddle.npy --log forward_diff.log
     """
     from harness.compare import compare_files
     from harness.render import key_table
@@ -281,11 +292,18 @@ def compare(
 @app.command("report")
 @guarded
 def report_cmd(
-    run_dir: Path = typer.Argument(..., help="A finished run's artifacts folder (holds report.json)."),
-    as_json: bool = typer.Option(False, "--json", help="Print report.json instead of the table."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every key of every check."),
+    run_dir: Path = typer.Argument(..., help="A finished run's artifacts folder (holds report.json), or the report.json."),
+    as_json: bool = typer.Option(False, "--json", help="Print report.json instead of the console report.", show_default="off"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every key of every check.", show_default="off"),
+    html: bool = typer.Option(False, "--html", help="(Re)write report.html beside report.json, from it and the run's .npy files.", show_default="off"),
 ):
-    """Re-render a finished run's tables from its report.json; exit 0 if it was aligned, else 1."""
+    """Re-render a finished run from its report.json; exit 0 if it was aligned, else 1.
+
+    \b
+    Examples:
+      reprod-harness report artifacts/my-model
+      reprod-harness report artifacts/my-model --html   # writes its report.html
+    """
     from harness.render import print_report
     from harness.report import read_report
 
@@ -296,7 +314,11 @@ def report_cmd(
         data = read_report(path)
     except (ValueError, OSError) as exc:
         raise UsageError(f"{path}: cannot read the report: {exc}") from None
-    if as_json:
+    if html:
+        from harness.htmlreport import write_html
+
+        out.print(f"wrote {escape(str(write_html(path.parent, data)))}", highlight=False, soft_wrap=True)
+    elif as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         print_report(out, data, str(path.parent), verbose)
@@ -330,7 +352,9 @@ def doctor():
 
 
 def main() -> None:
-    app()
+    # one program name however it was started (python -m harness, the script), so usage lines and
+    # shell completion (_REPROD_HARNESS_COMPLETE) read the same
+    app(prog_name="reprod-harness")
 
 
 if __name__ == "__main__":

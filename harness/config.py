@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.util
 import re
 import sys
@@ -16,6 +15,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from harness.configsource import Source, suggest
 from harness.errors import ConfigError
 from harness.optim_table import OPTIMIZERS, SCHEDULERS, decay_mode
 from harness.tolerance import Tolerance, ToleranceConfig
@@ -145,33 +145,11 @@ CHOICES = {
 }
 
 
-def _suggest(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-class _Source:
-    """The TOML text, kept to point errors at a line."""
-
-    def __init__(self, path: Path, text: str):
-        self.path, self.text = path, text
-
-    def error(self, key: str, message: str) -> ConfigError:
-        leaf = key.rsplit(".", 1)[-1].strip('"')
-        line = None
-        for i, raw in enumerate(self.text.splitlines(), 1):
-            if re.match(rf'\s*"?{re.escape(leaf)}"?\s*=', raw) or raw.strip() == f"[{key}]":
-                line = i
-                break
-        where = f"{self.path}:{line}" if line else str(self.path)
-        return ConfigError(where, key, message)
-
-
 def _type_name(tp) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}.get(tp, str(tp))
 
 
-def _coerce(src: _Source, key: str, value: Any, annotation: str):
+def _coerce(src: Source, key: str, value: Any, annotation: str):
     """Check one value against the type its dataclass field declares."""
     ann = annotation.replace(" ", "")
     optional = "None" in ann
@@ -190,26 +168,26 @@ def _coerce(src: _Source, key: str, value: Any, annotation: str):
     return value
 
 
-def _section(src: _Source, name: str, cls, table: Any):
+def _section(src: Source, name: str, cls, table: Any):
     if not isinstance(table, dict):
         raise src.error(name, f"expected a table [{name}], got {type(table).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in table.items():
         if key not in fields:
-            raise src.error(f"{name}.{key}", f"unknown key '{key}' in [{name}]{_suggest(key, fields)}")
+            raise src.error(f"{name}.{key}", f"unknown key '{key}' in [{name}]{suggest(key, fields)}")
         f = fields[key]
         values[key] = _coerce(src, f"{name}.{key}", value, str(f.type))
         choices = CHOICES.get((name, key))
         if choices and values[key] not in choices:
             raise src.error(
                 f"{name}.{key}",
-                f"'{values[key]}' is not one of {', '.join(choices)}{_suggest(str(values[key]), choices)}",
+                f"'{values[key]}' is not one of {', '.join(choices)}{suggest(str(values[key]), choices)}",
             )
     return cls(**values)
 
 
-def _tolerance(src: _Source, key: str, value: Any, default: Tolerance) -> Tolerance:
+def _tolerance(src: Source, key: str, value: Any, default: Tolerance) -> Tolerance:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value < 0:
             raise src.error(key, f"tolerance must be >= 0, got {value}")
@@ -220,7 +198,7 @@ def _tolerance(src: _Source, key: str, value: Any, default: Tolerance) -> Tolera
         allowed = {"mean", "max", "rtol", "allow_nan"}
         for k in value:
             if k not in allowed:
-                raise src.error(f"{key}.{k}", f"unknown key '{k}' (expected one of {', '.join(sorted(allowed))}){_suggest(k, allowed)}")
+                raise src.error(f"{key}.{k}", f"unknown key '{k}' (expected one of {', '.join(sorted(allowed))}){suggest(k, allowed)}")
         out = {}
         for k in ("mean", "max", "rtol"):
             if k in value:
@@ -237,7 +215,7 @@ def _tolerance(src: _Source, key: str, value: Any, default: Tolerance) -> Tolera
     raise src.error(key, f"expected a number or a table {{mean, max, rtol, allow_nan}}, got {value!r}")
 
 
-def _tolerances(src: _Source, table: Any) -> ToleranceConfig:
+def _tolerances(src: Source, table: Any) -> ToleranceConfig:
     if not isinstance(table, dict):
         raise src.error("tolerance", "expected a table [tolerance]")
     base = ToleranceConfig()
@@ -252,20 +230,20 @@ def _tolerances(src: _Source, table: Any) -> ToleranceConfig:
             raise src.error(
                 f"tolerance.{key}",
                 f"unknown key '{key}' in [tolerance]: expected a check name ({', '.join(CHECKS)}) "
-                f"or a quoted key glob like \"out.*\"{_suggest(key, CHECKS)}",
+                f"or a quoted key glob like \"out.*\"{suggest(key, CHECKS)}",
             )
     return ToleranceConfig(**values, keys=keys)
 
 
 def parse(text: str, path: Path, *, pair_base: Path | None = None) -> RunConfig:
-    src = _Source(path, text)
+    src = Source(path, text)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not valid TOML: {exc}") from None
     for key in doc:
         if key not in TOP_LEVEL:
-            raise src.error(key, f"unknown key '{key}'{_suggest(key, TOP_LEVEL)}")
+            raise src.error(key, f"unknown key '{key}'{suggest(key, TOP_LEVEL)}")
     if "pair" not in doc:
         raise ConfigError(path, "pair", "missing required key 'pair' (path of the pair module, relative to this file)")
     if not isinstance(doc["pair"], str):
@@ -289,7 +267,7 @@ def parse(text: str, path: Path, *, pair_base: Path | None = None) -> RunConfig:
     return cfg
 
 
-def _cross_checks(src: _Source, cfg: RunConfig) -> None:
+def _cross_checks(src: Source, cfg: RunConfig) -> None:
     for sec, key, value, low in (
         ("data", "batch_size", cfg.data.batch_size, 1),
         ("data", "eval_batches", cfg.data.eval_batches, 1),
@@ -308,9 +286,9 @@ def _cross_checks(src: _Source, cfg: RunConfig) -> None:
     if cfg.optimizer.grad_clip and cfg.optimizer.clip_value:
         raise src.error("optimizer.clip_value", "grad_clip and clip_value together: choose one (paddle takes one grad_clip)")
     if cfg.lr_scheduler.name not in SCHEDULERS:
-        raise src.error("lr_scheduler.name", f"unknown scheduler '{cfg.lr_scheduler.name}' (expected {', '.join(SCHEDULERS)}){_suggest(cfg.lr_scheduler.name, SCHEDULERS)}")
+        raise src.error("lr_scheduler.name", f"unknown scheduler '{cfg.lr_scheduler.name}' (expected {', '.join(SCHEDULERS)}){suggest(cfg.lr_scheduler.name, SCHEDULERS)}")
     if cfg.optimizer.name not in OPTIMIZERS:
-        raise src.error("optimizer.name", f"unknown optimizer '{cfg.optimizer.name}' (expected {', '.join(OPTIMIZERS)}){_suggest(cfg.optimizer.name, OPTIMIZERS)}")
+        raise src.error("optimizer.name", f"unknown optimizer '{cfg.optimizer.name}' (expected {', '.join(OPTIMIZERS)}){suggest(cfg.optimizer.name, OPTIMIZERS)}")
     if not cfg.data.labels and (cfg.loss.kind != "pair" or cfg.metric.kind != "pair"):
         raise src.error("data.labels", "built-in loss and metric need at least one label key")
 
@@ -322,7 +300,7 @@ def parse_checks(value, fail) -> tuple:
         raise fail(f"expected a non-empty list of checks from {', '.join(CHECKS)}")
     for v in value:
         if v not in CHECKS:
-            raise fail(f"unknown check '{v}' (expected {', '.join(CHECKS)}){_suggest(str(v), CHECKS)}")
+            raise fail(f"unknown check '{v}' (expected {', '.join(CHECKS)}){suggest(str(v), CHECKS)}")
     return tuple(c for c in CHECKS if c in value)  # always run in the guide's order
 
 
@@ -361,5 +339,5 @@ def zoo_names() -> list[str]:
 def load_zoo(name: str) -> RunConfig:
     names = zoo_names()
     if name not in names:
-        raise ConfigError("--zoo", None, f"no zoo pair '{name}' (available: {', '.join(names)}){_suggest(name, names)}")
+        raise ConfigError("--zoo", None, f"no zoo pair '{name}' (available: {', '.join(names)}){suggest(name, names)}")
     return load(zoo_dir() / name / "pair.toml")

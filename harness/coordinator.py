@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
-from harness import checkpoints, locate, rules
+from harness import checkpoints, htmlreport, locate, rules
+from harness.artifacts import json_default
 from harness.checks import CHECKS
 from harness.checks.common import finish
 from harness.checks.parallel import dp_equivalence
@@ -27,7 +29,7 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
         raise UsageError(f"{cfg.source}: checks {unsupported} are not available in this version")
     started = time.perf_counter()
     session = Session(cfg, opts, progress)
-    report = RunReport(cfg.name)
+    report = RunReport(cfg.name, out_dir=opts.out_dir)
     located = None
     try:
         session.start()
@@ -50,7 +52,8 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
     report.first_divergence = first_divergence(report.checks)
     if located is not None:
         locate.apply(located, report)
-    session.root_writer.report(report)
+    _write_html(session.root_writer, report)
+    session.root_writer.report(report)  # last: report.json exists only for a finished run
     return report
 
 
@@ -87,6 +90,15 @@ def arbitrate(session: Session, failed: list, steps: dict, progress: Callable[[s
         return
     for narrow, recomputed in zip(failed, wide):
         rules.arbitrate(narrow, recomputed)
+
+
+def _write_html(writer, report: RunReport) -> None:
+    """report.html from the same JSON that report.json holds (so `report DIR --html` rewrites it
+    identically). A failure to draw it must not cost the run its report.json: it becomes a note."""
+    try:
+        htmlreport.write_html(writer.out_dir, json.loads(json.dumps(report.to_json(), default=json_default)))
+    except Exception as exc:  # noqa: BLE001 - any bug in drawing; the verdict stands without it
+        report.notes.append(f"report.html not written: {type(exc).__name__}: {exc}")
 
 
 def trace_context(session: Session) -> locate.Context:

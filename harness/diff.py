@@ -49,6 +49,7 @@ class KeyResult:
     note: str = ""
     rule: str = ""  # the named verdict rule (harness/rules.py) that changed this key's verdict
     precision: str = ""  # the dtype the values were compared in
+    floored: list | None = None  # which limits ("mean", "max") the float32 floor raised above the config
 
     @property
     def key(self) -> str:
@@ -256,8 +257,9 @@ def _verdict(res: KeyResult, tol: Tolerance, ulp: float, sums: _Sums) -> KeyResu
     reasons = []
     mean_limit = max(tol.mean, ulp * sums.sum_abs_a / sums.count)
     max_limit = max(tol.max_abs, ulp * sums.max_abs_a)
-    if mean_limit > tol.mean or max_limit > tol.max_abs:
-        res.threshold, res.max_threshold = mean_limit, max_limit
+    floored = [name for name, raised in (("mean", mean_limit > tol.mean), ("max", max_limit > tol.max_abs)) if raised]
+    if floored:  # named on the key, so a reader never mistakes the floor for the configured value
+        res.threshold, res.max_threshold, res.floored = mean_limit, max_limit, floored
         res.note = f"threshold raised to {ULPS} float32 ulps of the values"
     if not res.mean_abs <= mean_limit:
         reasons.append(f"mean |d| {fmt(res.mean_abs)} > {fmt(mean_limit)}")

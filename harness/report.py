@@ -37,10 +37,17 @@ class RunReport:
     timing: dict = field(default_factory=dict)
     first_divergence: Divergence | None = None
     notes: list = field(default_factory=list)
+    out_dir: Path | None = None  # where the artifacts (report.json, report.html) are; not part of the JSON
 
     @property
     def aligned(self) -> bool:
         return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def text(self, width: int = 100) -> str:
+        """The console report as plain text (no colour): an assertion message, a log entry."""
+        from harness.render import as_text
+
+        return as_text(self.to_json(), str(self.out_dir) if self.out_dir else None, width=width)
 
     def to_json(self) -> dict:
         return {

@@ -38,6 +38,97 @@ def test_config_errors_name_file_key_and_line(tmp_path, body, needle):
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("body,needle", [
+    # a key's line is found within its own table, never a same-named key elsewhere
+    ("name = 'x'\n[optimizer]\nname = 'adamW'\n", "pair.toml:4: optimizer.name: unknown optimizer 'adamW'"),
+    ("[loss]\nkind = 'mse'\n[metric]\nkind = 'acurracy'\n", "pair.toml:5: metric.kind:"),
+    ("[tolerance]\nloss = 1e-6\nforward = {mean = 1e-6, maxx = 1}\n", "pair.toml:4: tolerance.forward.maxx"),
+    ("[train]\niters = 2\n[data]\niters = 3\n", "pair.toml:5: data.iters: unknown key"),
+    ("optimizer.lr = -1\n", "pair.toml:2: optimizer.lr: must be > 0"),
+])
+def test_config_errors_point_at_the_keys_own_line(tmp_path, body, needle):
+    with pytest.raises(ConfigError) as info:
+        config.load(_toml(tmp_path, body))
+    assert needle in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("body,hint", [
+    ("[optimizer]\nname = 'adamW'\n", "did you mean 'adamw'"),  # case-insensitive, not 'adam'
+    ("[optimizer]\nname = 'SGD'\n", "did you mean 'sgd'"),
+    ("[optimizer]\nlearning_rate = 0.1\n", "did you mean 'lr'"),
+    ("[optimizer]\nepsilon = 1e-8\n", "did you mean 'eps'"),
+    ("[optimizer]\nbetas = [0.9, 0.99]\n", "did you mean 'beta1' and 'beta2'"),
+    ("[optimizer]\nbeta_1 = 0.9\n", "did you mean 'beta1'"),
+    ("[optimizer]\nuse_nesterov = true\n", "did you mean 'nesterov'"),
+    ("[lr_scheduler]\nboundaries = [2, 4]\n", "did you mean 'milestones'"),
+    ("[lr_scheduler]\nT_max = 10\n", "did you mean 'total_steps'"),
+    ("[lr_scheduler]\nname = 'StepLR'\n", "did you mean 'step'"),
+    ("[lr_scheduler]\nname = 'CosineAnnealingDecay'\n", "did you mean 'cosine'"),
+    ("[loss]\nkind = 'CrossEntropyLoss'\n", "did you mean 'cross_entropy'"),
+    ("[scheduler]\nname = 'step'\n", "did you mean 'lr_scheduler'"),
+])
+def test_did_you_mean_ignores_case_and_knows_other_spellings(tmp_path, body, hint):
+    with pytest.raises(ConfigError) as info:
+        config.load(_toml(tmp_path, body))
+    assert hint in str(info.value), str(info.value)
+
+
+def _template_lines():
+    """(section, key, value text, comment, commented) for every assignment in init's pair.toml."""
+    import re
+
+    section, rows = "", []
+    for raw in (config.templates_dir() / "pair.toml").read_text().splitlines():
+        header = re.match(r"^\[(\w+)\]", raw)
+        if header:
+            section = header.group(1)
+            continue
+        m = re.match(r'^(#\s*)?("[^"]+"|\w+)\s*=\s*(.*?)\s*(?:#\s*(.*))?$', raw)
+        if m and not (m.group(1) and not re.match(r"^#\s*[\w\"]+\s*=", raw)):
+            rows.append((section, m.group(2).strip('"'), m.group(3), m.group(4) or "", bool(m.group(1))))
+    return rows
+
+
+def test_init_writes_every_section_and_option_with_its_default():
+    import dataclasses
+    import tomllib
+
+    from harness.tolerance import ToleranceConfig
+
+    rows = _template_lines()
+    written = {(sec, key) for sec, key, *_ in rows}
+    for sec, cls in config.SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert (sec, f.name) in written, f"init's pair.toml lacks [{sec}] {f.name}"
+    for check in config.CHECKS:
+        assert ("tolerance", check) in written
+    assert {("", "name"), ("", "pair"), ("", "checks")} <= written
+    for sec, key, value, comment, commented in rows:
+        cls = config.SECTIONS.get(sec)
+        field = next((f for f in dataclasses.fields(cls) if f.name == key), None) if cls else None
+        if field is None:
+            continue
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        parsed = tomllib.loads(f"v = {value}")["v"]
+        if default is None or parsed != default:  # a value that is not the default says what the default is
+            assert "default:" in comment, (sec, key, value, comment)
+        else:
+            assert commented or "default" not in comment, (sec, key)
+    tol = ToleranceConfig()
+    for sec, key, value, _, _ in rows:
+        if sec == "tolerance" and key in config.CHECKS:
+            expected = getattr(tol, key)
+            assert tomllib.loads(f"v = {value}")["v"] == (expected.rtol if expected.rtol else expected.mean), key
+
+
+def test_init_template_is_a_valid_config(tmp_path):
+    from typer.testing import CliRunner as Runner
+
+    assert Runner().invoke(app, ["init", str(tmp_path / "p")]).exit_code == 0
+    cfg = config.load(tmp_path / "p" / "pair.toml")
+    assert cfg.optimizer.name == "adamw" and cfg.distributed.nprocs == 1 and cfg.tolerance.train.rtol == 0.0015
+
+
 def test_defaults_follow_design(tmp_path):
     cfg = config.load(_toml(tmp_path, ""))
     assert cfg.name == tmp_path.name and cfg.checks == config.CHECKS

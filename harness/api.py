@@ -1,0 +1,81 @@
+"""The Python API: what `reprod-harness run` does, callable from a user's own code and tests.
+
+    from harness import check
+    report = check("pair.toml", checks=["forward", "loss"], out="artifacts/my-model")
+    assert report.aligned, report.text()
+
+It returns the RunReport (harness/report.py: `aligned`, `checks`, `first_divergence`, `to_json()`,
+`text()`) and raises UsageError for a bad config, pair or argument (the CLI's exit 2) and
+WorkerError when a worker raises, dies or times out (exit 3). Nothing is printed unless a
+`progress` callable is given. The pytest plugin (harness/pytest_plugin.py) is built on it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Iterable
+
+from harness.errors import UsageError
+
+
+def load(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks: Iterable[str] | str | None = None,
+         iters: int | None = None):
+    """The run's config: a TOML file or a zoo pair, with the checks and backward steps chosen."""
+    from harness import config
+
+    if (pair_toml is None) == (zoo is None):
+        raise UsageError("give exactly one of a pair TOML or zoo=NAME (see `reprod-harness zoo`)")
+    cfg = config.load_zoo(zoo) if zoo else config.load(pair_toml)
+    if checks:
+        listed = checks if isinstance(checks, str) else list(checks)
+        cfg = cfg.replace(checks=config.parse_checks(listed, lambda m: UsageError(f"checks: {m}")))
+    if iters is not None:
+        if iters < 1:
+            raise UsageError(f"iters: must be >= 1, got {iters}")
+        cfg = cfg.replace(train=dataclasses.replace(cfg.train, iters=iters))
+    return cfg
+
+
+def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, device: str = "auto",
+            benchmark: Path | None = None, weights: Path | None = None, locate: bool = False, layout=None,
+            dp_equivalence: bool = False, save_tensors: bool = False, arbitrate: bool = True):
+    """RunOptions, every argument checked before any worker starts (a usage error costs nothing)."""
+    from harness import checkpoints
+    from harness.session import RunOptions
+
+    if device not in ("auto", "cpu", "gpu"):
+        raise UsageError(f"device: expected auto, cpu or gpu, got '{device}'")
+    if benchmark is not None:
+        benchmark = Path(benchmark)
+        if not benchmark.is_file():
+            raise UsageError(f"--benchmark: {benchmark}: file not found")
+        if "train" not in cfg.checks:
+            raise UsageError("--benchmark compares the train check's final metric: add train to the checks")
+    if weights is not None:
+        weights = Path(weights)
+        checkpoints.checkpoint_side(weights)  # a missing or unknown file is a usage error
+    if dp_equivalence and (layout is None or layout.nprocs < 2 or layout.nnodes > 1):
+        raise UsageError("--dp-equivalence compares N ranks with 1 on one machine: give --nprocs 2 or more, no --nnodes")
+    out_dir = Path(out) if out is not None else Path("artifacts") / cfg.name
+    return RunOptions(out_dir=out_dir.resolve(), timeout=timeout, device=device, benchmark=benchmark,
+                      weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence,
+                      save_tensors=save_tensors, arbitrate=arbitrate)
+
+
+def check(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks: Iterable[str] | str | None = None,
+          out: str | Path | None = None, iters: int | None = None, nprocs: int | None = None,
+          timeout: float = 900.0, device: str = "auto", weights: str | Path | None = None, locate: bool = False,
+          benchmark: str | Path | None = None, dp_equivalence: bool = False, save_tensors: bool = False,
+          arbitrate: bool = True, progress: Callable[[str], None] | None = None):
+    """Run the checks of a pair (a TOML path, or zoo=NAME) and write the artifacts to `out`
+    (default artifacts/<name>); returns the RunReport, aligned or not."""
+    from harness import coordinator
+    from harness.distributed import Layout
+
+    cfg = load(pair_toml, zoo=zoo, checks=checks, iters=iters)
+    if nprocs is not None and nprocs < 1:
+        raise UsageError(f"nprocs: must be >= 1, got {nprocs}")
+    layout = Layout(nprocs=nprocs or cfg.distributed.nprocs, backend=cfg.distributed.backend)
+    opts = options(cfg, out=out, timeout=timeout, device=device, weights=weights, locate=locate, layout=layout,
+                   benchmark=benchmark, dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=arbitrate)
+    return coordinator.run(cfg, opts, progress or (lambda message: None))
