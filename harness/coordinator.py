@@ -43,6 +43,8 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
         timing = {side: round(session.seconds(side), 3) for side in SIDES}
         session.close()
     report.environment = session.environment()
+    report.weight_map = weight_map(session)
+    report.notes += session.plan.notes if session.plan else []
     report.timing = {"wall_s": round(time.perf_counter() - started, 3),
                      "torch_s": timing["torch"], "paddle_s": timing["paddle"]}
     report.first_divergence = first_divergence(report.checks)
@@ -50,6 +52,15 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
         locate.apply(located, report)
     session.writer.report(report)
     return report
+
+
+def weight_map(session: Session) -> dict | None:
+    """report.json's account of the weight pairing; None when set-up never got that far."""
+    if session.plan is not None:
+        return session.plan.to_json()
+    if session.infos.get("paddle", {}).get("custom_mapping"):
+        return {"custom": "torch_to_paddle", "pairs": []}
+    return None
 
 
 def trace_context(session: Session) -> locate.Context:

@@ -37,6 +37,7 @@ class RunReport:
     timing: dict = field(default_factory=dict)
     first_divergence: Divergence | None = None
     notes: list = field(default_factory=list)
+    weight_map: dict | None = None  # how each weight pair was decided (harness/weights.py Plan.to_json)
 
     @property
     def aligned(self) -> bool:
@@ -52,6 +53,7 @@ class RunReport:
             "environment": self.environment,
             "timing": self.timing,
             "notes": self.notes,
+            "weight_map": self.weight_map,
         }
 
 
