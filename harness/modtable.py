@@ -96,6 +96,6 @@ def difference(torch_sig: tuple, paddle_sig: tuple) -> str:
     t, p = dict(torch_sig), dict(paddle_sig)
     parts = [f"torch has {k} {list(t[k])} that paddle lacks" for k in t if k not in p]
     parts += [f"paddle has {k} {list(p[k])} that torch lacks" for k in p if k not in t]
-    parts += [f"{k} is {list(t[k])} from torch (in paddle's layout) but {list(p[k])} in paddle"
+    parts += [f"{k} is {list(t[k])} from torch{' (in paddle layout)' if len(t[k]) > 1 else ''} but {list(p[k])} in paddle"
               for k in t if k in p and t[k] != p[k]]
     return "; ".join(parts) or "same tensors"
