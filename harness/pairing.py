@@ -64,9 +64,9 @@ class Trace:
 class RenameError(UsageError):
     """A [mapping] entry that names no module: the session points at its TOML line."""
 
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
+    def __init__(self, key: str, reason: str):
+        super().__init__(f'weight mapping: [mapping] "{key}": {reason}')
+        self.key, self.reason = key, reason
 
 
 def remedy(torch_name: str = "", paddle_name: str = "") -> str:
@@ -113,10 +113,9 @@ class Pairer:
     def _check_renames(self) -> None:
         for key, value in self.renames.items():
             if key not in self.all_names["torch"]:
-                raise RenameError(key, f"[mapping] \"{key}\": the torch model has no module '{key}'"
-                                       f"{suggest(key, self.all_names['torch'])}")
+                raise RenameError(key, f"the torch model has no module '{key}'{suggest(key, self.all_names['torch'])}")
             if value not in self.all_names["paddle"]:
-                raise RenameError(key, f"[mapping] \"{key}\" = \"{value}\": the paddle model has no module '{value}'"
+                raise RenameError(key, f"the paddle model has no module '{value}'"
                                        f"{suggest(value, self.all_names['paddle'])}")
 
     def _rename_key(self, name: str) -> str | None:
@@ -163,11 +162,12 @@ class Pairer:
             self._ambiguous(tu, pu, "neither forward calls them, so there is no call order to go by")
 
     def _calls_note(self, tm: dict, pm: dict) -> str:
+        note = "the only one of its type and shapes"
         tt, tp = self.traces.get("torch"), self.traces.get("paddle")
         if tt is None or tp is None:
-            return "the only one of its type and shapes"
+            return note
         a, b = tt.calls(tm["name"]), tp.calls(pm["name"])
-        return "the only one of its type and shapes" + ("" if a == b else f"; called {a}x by torch, {b}x by paddle")
+        return note + ("; never called" if a == b == 0 else "" if a == b else f"; called {a}x by torch, {b}x by paddle")
 
     # ------------------------------------------------------------------ bookkeeping
     def _fits(self, tm: dict, pm: dict) -> bool:

@@ -126,7 +126,7 @@ class Session:
             self.plan = weights.plan(self.infos["torch"]["modules"], self.infos["paddle"]["modules"],
                                      traces=traces, renames=self.cfg.mapping)
         except weights.RenameError as exc:
-            raise mapping_error(self.cfg, exc.key, str(exc)) from None
+            raise mapping_error(self.cfg, exc.key, exc.reason) from None
         self.writer.text("weight_map.txt", self.plan.table())
 
     def _share_weights(self) -> None:

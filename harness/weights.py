@@ -93,7 +93,7 @@ class Plan:
         rows += [(name, "", "-", "", f"dropped: {why}", "") for name, why in self.dropped]
         text = _columns(rows)
         counts = Counter(e.decided_by for e in self.entries if not e.alias_of)
-        text += "\ndecided by: " + ", ".join(f"{k} {n}" for k, n in counts.most_common()) + "\n"
+        text += "\ndecided by, per tensor: " + ", ".join(f"{k} {n}" for k, n in counts.most_common()) + "\n"
         if self.dropouts or self.unpaired_dropouts:
             text += "\ndropout sites (torch -> paddle: probability, mode; paired by the weight pair called before them)\n"
             drows = [(d.torch, _site(d.torch_site), d.paddle, _site(d.paddle_site), f"after '{d.after}'" if d.after else "first")
