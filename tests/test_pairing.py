@@ -227,3 +227,12 @@ def test_dropouts_with_a_different_count_after_one_weight_are_not_guessed():
     pl = plan(t, p, traces=traced(["", "fc", "d1"], ["", "fc", "d1", "d2"]))
     assert pl.dropouts == []
     assert {u["name"] for u in pl.unpaired_dropouts} == {"d1", "d2"}
+
+
+def test_init_template_documents_the_mapping_table():
+    template = (config.templates_dir() / "pair.toml").read_text()
+    assert "# [mapping]" in template
+    uncommented = "\n".join(line[2:] if line.startswith('# [mapping]') or line.startswith('# "') else line
+                            for line in template.splitlines())
+    cfg = config.parse(uncommented, config.templates_dir() / "pair.toml")
+    assert cfg.mapping == {"conv1": "block_a", "encoder.layer": "enc.layers"}
