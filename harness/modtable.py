@@ -51,13 +51,14 @@ def tensors(module: dict) -> dict:
     return {**module["params"], **module["buffers"]}
 
 
-def torch_signature(module: dict, tied: dict) -> tuple:
-    """The (paddle local name, shape) pairs a torch module's own tensors become: transposed,
-    renamed and split by its kind, tied and torch-only tensors left out."""
+def torch_signature(module: dict) -> tuple:
+    """The (paddle local name, shape) pairs a torch module's tensors become: transposed, renamed
+    and split by its kind, torch-only tensors left out. Tied tensors count: which of two tied
+    modules holds the tensor first is a matter of definition order, not of what they compute."""
     k = kind(module["type"])
     out = []
     for local, shape in tensors(module).items():
-        if full_name(module["name"], local) in tied or local in DROPPED.get(k, {}):
+        if local in DROPPED.get(k, {}):
             continue
         shape = tuple(shape)
         if k == "mha" and local in FUSED_QKV:
@@ -72,11 +73,10 @@ def torch_signature(module: dict, tied: dict) -> tuple:
     return tuple(sorted(out))
 
 
-def paddle_signature(module: dict, by_name: dict, aliases: dict) -> tuple:
-    """A paddle module's (local name, shape) pairs, aliases left out; an attention module counts
-    its q/k/v projections as its own, since torch fuses them into one tensor."""
-    out = [(local, tuple(s)) for local, s in tensors(module).items()
-           if full_name(module["name"], local) not in aliases]
+def paddle_signature(module: dict, by_name: dict) -> tuple:
+    """A paddle module's (local name, shape) pairs, aliases included (as for torch's tied ones);
+    an attention module counts its q/k/v projections as its own, since torch fuses them."""
+    out = [(local, tuple(s)) for local, s in tensors(module).items()]
     if kind(module["type"]) == "mha":
         for child in MHA_CHILDREN:
             row = by_name.get(full_name(module["name"], child))

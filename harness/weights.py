@@ -12,6 +12,7 @@ because of its module type, so a square one cannot slip through.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -135,9 +136,8 @@ class _Planner:
         self.torch_modules = [m for m in torch_modules if self._owns_tensors(m, torch=True)]
         self.paddle_modules = [m for m in paddle_modules if kind(m["type"]) == "mha" or self._owns_tensors(m, torch=False)]
         by_name = {m["name"]: m for m in paddle_modules}
-        self.signatures = {**{("torch", m["name"]): torch_signature(m, self.torch_tied) for m in self.torch_modules},
-                           **{("paddle", m["name"]): paddle_signature(m, by_name, self.paddle_alias)
-                              for m in self.paddle_modules}}
+        self.signatures = {**{("torch", m["name"]): torch_signature(m) for m in self.torch_modules},
+                           **{("paddle", m["name"]): paddle_signature(m, by_name) for m in self.paddle_modules}}
 
     def _owns_tensors(self, m: dict, torch: bool) -> bool:
         names = [full_name(m["name"], k) for k in tensors(m)]
@@ -179,21 +179,22 @@ class _Planner:
             layout = f" ({list(expect)} in paddle's layout)" if expect != shape else ""
             raise UsageError(f"weight mapping: torch '{tname}' {list(shape)}{layout} does not fit paddle '{pname}' "
                              f"{list(got) if got else '(absent)'}; " + pairing.remedy())
-        if pname in self.filled:
-            raise UsageError(f"weight mapping: paddle '{pname}' would be filled twice (from {self.filled[pname]} and {tname}); "
-                             + pairing.remedy())
-        self.filled[pname] = tname
-        self.entries.append(Entry(tname, shape, pname, got, transpose, part, **how))
+        root = self.paddle_alias.get(pname, pname)  # one paddle tensor under several names is filled once
+        if root in self.filled:
+            raise UsageError(f"weight mapping: paddle '{pname}' would be filled twice (from "
+                             f"{self.filled[root].torch_name} and {tname}); " + pairing.remedy())
+        self.filled[root] = Entry(tname, shape, pname, got, transpose, part, **how)
+        self.entries.append(self.filled[root])
 
     def finish(self) -> Plan:
-        for alias, original in self.paddle_alias.items():
-            source = next((e for e in self.entries if e.paddle_name == original), None)
-            if source is not None:
-                self.filled[alias] = source.torch_name
-                self.entries.append(Entry(source.torch_name, source.torch_shape, alias, self.paddle_shapes[alias],
-                                          source.transpose, source.part, alias_of=original,
-                                          decided_by=source.decided_by, detail=source.detail))
-        unfilled = [n for n in self.paddle_shapes if n not in self.filled]
+        unfilled = []
+        for name, shape in self.paddle_shapes.items():
+            source = self.filled.get(self.paddle_alias.get(name, name))
+            if source is None:
+                unfilled.append(name)
+            elif source.paddle_name != name:  # another name of the tensor that was filled
+                self.entries.append(dataclasses.replace(source, paddle_name=name, paddle_shape=shape,
+                                                        alias_of=source.paddle_name))
         if unfilled:
             raise UsageError(
                 f"weight mapping: paddle tensors left unfilled: {', '.join(unfilled[:8])}"

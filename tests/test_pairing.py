@@ -236,3 +236,18 @@ def test_init_template_documents_the_mapping_table():
                             for line in template.splitlines())
     cfg = config.parse(uncommented, config.templates_dir() / "pair.toml")
     assert cfg.mapping == {"conv1": "block_a", "encoder.layer": "enc.layers"}
+
+
+def test_tied_weights_pair_by_call_order_and_are_filled_once():
+    t = [mod("", "Net"), mod("enc", "Linear", {"weight": [8, 8], "bias": [8]}),
+         mod("dec", "Linear", {"weight": [8, 8], "bias": [8]})]
+    t[2]["ids"]["weight"] = t[1]["ids"]["weight"]  # dec.weight is enc.weight
+    p = [mod("", "Port"), mod("out", "Linear", {"weight": [8, 8], "bias": [8]}),
+         mod("inp", "Linear", {"weight": [8, 8], "bias": [8]})]
+    p[1]["ids"]["weight"] = p[2]["ids"]["weight"] = "shared"  # out.weight is inp.weight
+    # torch's first-defined module holds the tensor, paddle's second-defined one: the call order decides
+    pl = plan(t, p, traces=traced(["", "enc", "dec"], ["", "inp", "out"]))
+    assert {(e.torch_name, e.paddle_name, e.alias_of) for e in pl.entries} == {
+        ("enc.weight", "inp.weight", None), ("enc.bias", "inp.bias", None), ("dec.bias", "out.bias", None),
+        ("enc.weight", "out.weight", "inp.weight")}
+    assert pl.dropped == [("dec.weight", "tied to enc.weight")]
