@@ -251,3 +251,12 @@ def test_tied_weights_pair_by_call_order_and_are_filled_once():
         ("enc.weight", "inp.weight", None), ("enc.bias", "inp.bias", None), ("dec.bias", "out.bias", None),
         ("enc.weight", "out.weight", "inp.weight")}
     assert pl.dropped == [("dec.weight", "tied to enc.weight")]
+
+
+def test_same_names_called_in_another_order_pair_by_name_with_a_note():
+    t = [mod("", "Net"), conv("a"), conv("b")]
+    p = [mod("", "Port"), conv("a"), conv("b")]
+    pl = plan(t, p, traces=traced(["", "a", "b"], ["", "b", "a"]))
+    assert pairs(pl)["a.weight"] == "a.weight"
+    assert any("torch calls a, b, paddle calls their counterparts b, a" in n for n in pl.notes)
+    assert not plan(t, p, traces=traced(["", "a", "b"], ["", "a", "b"])).notes
