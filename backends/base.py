@@ -83,6 +83,7 @@ class Runner(Primitives):
         self.seed_all(cfg["data"]["seed"])
         model = build()
         self._parallel = None  # a wrapper of the previous model would train that one
+        self._initial, self._dirty = None, False  # the previous model's state must never be restored into this one
         expected = self.model_type()
         if not isinstance(model, expected):
             raise TypeError(f"build_{self.framework}() returned {type(model).__module__}.{type(model).__name__}, "
