@@ -145,7 +145,7 @@ class Pairer:
 
     def _by_rename(self, tm: dict) -> None:
         key = self._rename_key(tm["name"])
-        if key is None:
+        if key is None or tm["name"] not in self.left_t:  # or taken along with its attention
             return
         self.renamed.add(tm["name"])
         target = self.renames[key] + tm["name"][len(key):]

@@ -260,3 +260,15 @@ def test_same_names_called_in_another_order_pair_by_name_with_a_note():
     assert pairs(pl)["a.weight"] == "a.weight"
     assert any("torch calls a, b, paddle calls their counterparts b, a" in n for n in pl.notes)
     assert not plan(t, p, traces=traced(["", "a", "b"], ["", "a", "b"])).notes
+
+
+def test_mapping_of_a_fused_attention_takes_its_out_proj_along():
+    t = [mod("", "Net"), mod("attn", "MultiheadAttention", {"in_proj_weight": [12, 4], "in_proj_bias": [12]}),
+         mod("attn.out_proj", "NonDynamicallyQuantizableLinear", {"weight": [4, 4], "bias": [4]})]
+    p = [mod("", "Port"), mod("cross", "MultiHeadAttention")] + [
+        mod(f"cross.{c}", "Linear", {"weight": [4, 4], "bias": [4]}) for c in ("q_proj", "k_proj", "v_proj", "out_proj")]
+    # torch computes out_proj functionally: only the attention itself is called
+    pl = plan(t, p, traces=traced(["", "attn"], ["", "cross", "cross.q_proj", "cross.k_proj", "cross.v_proj",
+                                                 "cross.out_proj"]), renames={"attn": "cross"})
+    assert pairs(pl)["attn.out_proj.weight"] == "cross.out_proj.weight"
+    assert decided(pl)["attn.out_proj.bias"] == "user" and decided(pl)["attn.in_proj_weight"] == "user"
