@@ -8,7 +8,6 @@ import abc
 
 import numpy as np
 
-
 # attributes that hold the probability an attention module passes to a functional dropout:
 # torch's MultiheadAttention and paddle's MultiHeadAttention `dropout`, HF's sdpa `dropout_prob`
 FUNCTIONAL_DROPOUT = ("dropout", "dropout_p", "dropout_prob", "attention_dropout", "attn_dropout")

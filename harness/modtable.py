@@ -33,7 +33,7 @@ def kind(module_type: str) -> str:
     m = re.fullmatch(r"conv(\d)dtranspose", t)
     if m:
         return f"convtranspose{m.group(1)}d"
-    if t.startswith("batchnorm") or t.startswith("instancenorm"):
+    if t.startswith(("batchnorm", "instancenorm")):
         return re.sub(r"\d.*$", "", t)
     return t
 

@@ -20,8 +20,20 @@ import numpy as np
 
 from harness import dropouts, pairing
 from harness.errors import UsageError
-from harness.modtable import (DROPPED, FUSED_QKV, MHA_CHILDREN, RENAMES, SEPARATE_QKV, TRANSPOSED, full_name, kind,
-                              module_of, paddle_signature, tensors, torch_signature)
+from harness.modtable import (
+    DROPPED,
+    FUSED_QKV,
+    MHA_CHILDREN,
+    RENAMES,
+    SEPARATE_QKV,
+    TRANSPOSED,
+    full_name,
+    kind,
+    module_of,
+    paddle_signature,
+    tensors,
+    torch_signature,
+)
 from harness.pairing import RenameError
 
 __all__ = ["Entry", "Plan", "RenameError", "full_name", "kind", "module_of", "plan"]

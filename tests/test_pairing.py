@@ -232,7 +232,7 @@ def test_dropouts_with_a_different_count_after_one_weight_are_not_guessed():
 def test_init_template_documents_the_mapping_table():
     template = (config.templates_dir() / "pair.toml").read_text()
     assert "# [mapping]" in template
-    uncommented = "\n".join(line[2:] if line.startswith('# [mapping]') or line.startswith('# "') else line
+    uncommented = "\n".join(line[2:] if line.startswith(('# [mapping]', '# "')) else line
                             for line in template.splitlines())
     cfg = config.parse(uncommented, config.templates_dir() / "pair.toml")
     assert cfg.mapping == {"conv1": "block_a", "encoder.layer": "enc.layers"}
