@@ -30,7 +30,8 @@ class Runner(Primitives):
         self._forward_model = None  # the wrapper while a data-parallel step runs
         self._tracer = None
         self.progress = lambda done, total: None  # the worker loop sends these to the coordinator
-        self._ops = {Op.PING: self.ping, Op.SETUP: self.setup, Op.EXPORT_STATE: self.export_state,
+        self._ops = {Op.PING: self.ping, Op.SETUP: self.setup, Op.CALL_ORDER: self.call_order,
+                     Op.EXPORT_STATE: self.export_state,
                      Op.IMPORT_STATE: self.import_state, Op.LOAD_STATE: self.load_into_model,
                      Op.READ_CHECKPOINT: self.read_state_file, Op.WRITE_CHECKPOINT: self.write_state_file,
                      Op.FORWARD: self.forward, Op.LOSS: self.loss, Op.METRIC: self.metric,
@@ -90,6 +91,7 @@ class Runner(Primitives):
         self.seed_all(cfg["data"]["seed"])
         model = build()
         self._parallel = None  # a wrapper of the previous model would train that one
+        self._initial, self._dirty = None, False  # the previous model's state must never be restored into this one
         expected = self.model_type()
         if not isinstance(model, expected):
             raise TypeError(f"build_{self.framework}() returned {type(model).__module__}.{type(model).__name__}, "
@@ -99,6 +101,23 @@ class Runner(Primitives):
                 "modules": self.module_table(self.model),
                 "custom_mapping": callable(getattr(self.pair, "torch_to_paddle", None)),
                 "custom_optimizer": self.pair_fn("optimizer") is not None}
+
+    def call_order(self, batch: dict) -> dict:
+        """The modules one eval-mode forward of `batch` calls, in call order: what pairs a port's
+        modules with the reference's (harness/pairing.py). Grad stays enabled because under
+        no_grad torch's TransformerEncoderLayer takes a fused path that calls none of its
+        submodules. A forward that raises gives no order (the mapping says so) rather than
+        failing here: the forward check reports that error where it belongs."""
+        from backends.trace import entered_modules
+
+        self._restore()
+        self.set_train(self.model, False)
+        with self.preserved_rng():
+            try:
+                names = entered_modules(self, self.model, lambda: self.run_forward(self.tensors(batch)))
+            except Exception as exc:  # noqa: BLE001 - reported, and the forward check raises it again
+                return {"calls": None, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        return {"calls": names, "error": None}
 
     def read_state_file(self, path: str) -> dict:
         state = self.read_checkpoint(path)

@@ -10,6 +10,22 @@ import functools
 import numpy as np
 
 from harness.protocol import Deferred, write_shared
+# attributes that hold the probability an attention module passes to a functional dropout:
+# torch's MultiheadAttention and paddle's MultiHeadAttention `dropout`, HF's sdpa `dropout_prob`
+FUNCTIONAL_DROPOUT = ("dropout", "dropout_p", "dropout_prob", "attention_dropout", "attn_dropout")
+
+
+def dropout_site(module) -> dict | None:
+    """Where a module drops out, for pairing the dropouts of the two sides (harness/dropouts.py):
+    a Dropout module's p and mode, or the float probability of a functional dropout it calls."""
+    if "Dropout" in type(module).__name__:
+        return {"p": float(getattr(module, "p", 0.0) or 0.0), "functional": False,
+                "mode": str(getattr(module, "mode", "upscale_in_train"))}  # torch's is always upscale_in_train
+    for attr in FUNCTIONAL_DROPOUT:
+        value = getattr(module, attr, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return {"p": float(value), "functional": True, "mode": "upscale_in_train", "attribute": attr}
+    return None
 
 
 class Stepper(abc.ABC):
@@ -95,6 +111,8 @@ class Primitives(abc.ABC):
     def hook_forward(self, module, pre, post) -> list: """pre(args, kwargs), post(output); returns removers."""
     @abc.abstractmethod
     def hook_grad(self, tensor, fn) -> None: """fn(grad) once the gradient w.r.t. tensor is known."""
+    @abc.abstractmethod
+    def preserved_rng(self): """Context: the random generators' state restored on exit (a set-up forward draws nothing)."""
 
     # ---------------------------------------------------------------- written once over the primitives
     def snapshot(self, tensors: dict) -> dict:

@@ -11,6 +11,23 @@ from __future__ import annotations
 import contextlib
 
 
+def entered_modules(runner, model, run) -> list:
+    """The structured name of every module call in entry order (parents before the children
+    they call; a shared module repeats per call), while run() computes one forward. Names
+    only: this runs at set-up for the weight mapping (harness/pairing.py), so nothing is copied."""
+    names: list = []
+    removers: list = []
+    for name, module in runner.named_modules(model):
+        removers += runner.hook_forward(module, lambda args, kwargs, name=name: names.append(name) and None,
+                                        lambda output: None)
+    try:
+        run()
+    finally:
+        for remove in removers:
+            remove()
+    return names
+
+
 class Recorder:
     """Hooks on every module of a model; calls are keyed '<structured name>#<call index>'."""
 

@@ -109,6 +109,7 @@ class RunConfig:
     tolerance: ToleranceConfig = ToleranceConfig()
     distributed: DistributedConfig = DistributedConfig()
     checks: tuple = CHECKS
+    mapping: dict = field(default_factory=dict)  # [mapping]: torch module prefix -> paddle module prefix
 
     @property
     def total_steps(self) -> int:
@@ -133,7 +134,8 @@ SECTIONS = {
     "train": TrainConfig,
     "distributed": DistributedConfig,
 }
-TOP_LEVEL = ("name", "pair", "checks", "tolerance", *SECTIONS)
+TOP_LEVEL = ("name", "pair", "checks", "tolerance", "mapping", *SECTIONS)
+MODULE_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 LOSS_KINDS = ("cross_entropy", "mse", "pair")
 METRIC_KINDS = ("accuracy", "topk", "f1", "mse", "pair")
 CHOICES = {
@@ -260,11 +262,51 @@ def parse(text: str, path: Path, *, pair_base: Path | None = None) -> RunConfig:
             kwargs[sec] = _section(src, sec, cls, doc[sec])
     if "tolerance" in doc:
         kwargs["tolerance"] = _tolerances(src, doc["tolerance"])
+    if "mapping" in doc:
+        kwargs["mapping"] = _mapping(src, doc["mapping"])
     if "checks" in doc:
         kwargs["checks"] = parse_checks(doc["checks"], lambda m: src.error("checks", m))
     cfg = RunConfig(name=name, pair=pair, source=path, **kwargs)
     _cross_checks(src, cfg)
     return cfg
+
+
+def _flatten(table: dict, prefix: str = "") -> dict:
+    """TOML reads an unquoted dotted key (encoder.layer = ...) as nested tables: back to the dotted prefix."""
+    out: dict = {}
+    for key, value in table.items():
+        full = f"{prefix}.{key}" if prefix else key
+        out.update(_flatten(value, full) if isinstance(value, dict) else {full: value})
+    return out
+
+
+def _mapping(src: Source, table: Any) -> dict:
+    """[mapping]: module-prefix renames torch -> paddle, applied before the automatic pairing.
+    Whether each prefix names a module is known only once the models are built (mapping_error)."""
+    if not isinstance(table, dict):
+        raise src.error("mapping", 'expected a table [mapping] of "torch prefix" = "paddle prefix"')
+    flat = _flatten(table)
+    targets: dict = {}
+    for key, value in flat.items():
+        where = f'mapping."{key}"'
+        if not isinstance(value, str):
+            raise src.error(where, f"expected a paddle module prefix (a string), got {value!r}")
+        for side, path in (("torch", key), ("paddle", value)):
+            if not MODULE_PATH.fullmatch(path):
+                raise src.error(where, f"'{path}' is not a {side} module path (names joined by dots, like \"encoder.layer\")")
+        if value in targets:
+            raise src.error(where, f"'{targets[value]}' and '{key}' both map to paddle '{value}': each paddle prefix once")
+        targets[value] = key
+    return flat
+
+
+def mapping_error(cfg: RunConfig, key: str, message: str) -> ConfigError:
+    """An error about one [mapping] entry, found once the models are built, at its TOML line."""
+    try:
+        text = Path(cfg.source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    return Source(cfg.source, text).error(f'mapping."{key}"', message)
 
 
 def _cross_checks(src: Source, cfg: RunConfig) -> None:

@@ -94,6 +94,9 @@ class Source:
         """The key's line; for a key inside an inline table (`forward = {maxx = 1}`) or one
         that was never written (a default), its closest written parent's."""
         parts = key_parts(key)
+        unquoted = tuple(piece for part in parts for piece in part.split("."))  # encoder.layer = ... in [mapping]
+        if unquoted in self.lines:
+            return self.lines[unquoted]
         while parts:
             if parts in self.lines:
                 return self.lines[parts]

@@ -47,6 +47,8 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
         timing = {side: round(session.seconds(side), 3) for side in SIDES}
         session.close()
     report.environment = session.environment()
+    report.weight_map = weight_map(session)
+    report.notes += session.plan.notes if session.plan else []
     report.timing = {"wall_s": round(time.perf_counter() - started, 3),
                      "torch_s": timing["torch"], "paddle_s": timing["paddle"]}
     report.first_divergence = first_divergence(report.checks)
@@ -99,6 +101,13 @@ def _write_html(writer, report: RunReport) -> None:
         htmlreport.write_html(writer.out_dir, json.loads(json.dumps(report.to_json(), default=json_default)))
     except Exception as exc:  # noqa: BLE001 - any bug in drawing; the verdict stands without it
         report.notes.append(f"report.html not written: {type(exc).__name__}: {exc}")
+def weight_map(session: Session) -> dict | None:
+    """report.json's account of the weight pairing; None when set-up never got that far."""
+    if session.plan is not None:
+        return session.plan.to_json()
+    if session.infos.get("paddle", {}).get("custom_mapping"):
+        return {"custom": "torch_to_paddle", "pairs": []}
+    return None
 
 
 def trace_context(session: Session) -> locate.Context:

@@ -27,6 +27,7 @@ class Op(str, Enum):
 
     PING = "ping"
     SETUP = "setup"
+    CALL_ORDER = "call_order"
     EXPORT_STATE = "export_state"
     IMPORT_STATE = "import_state"
     LOAD_STATE = "load_state"

@@ -38,6 +38,7 @@ class RunReport:
     first_divergence: Divergence | None = None
     notes: list = field(default_factory=list)
     out_dir: Path | None = None  # where the artifacts (report.json, report.html) are; not part of the JSON
+    weight_map: dict | None = None  # how each weight pair was decided (harness/weights.py Plan.to_json)
 
     @property
     def aligned(self) -> bool:
@@ -59,6 +60,7 @@ class RunReport:
             "environment": self.environment,
             "timing": self.timing,
             "notes": self.notes,
+            "weight_map": self.weight_map,
         }
 
 

@@ -13,8 +13,9 @@ import numpy as np
 
 from harness import checkpoints, distributed, weights
 from harness.artifacts import ArtifactWriter
-from harness.config import RunConfig
+from harness.config import RunConfig, mapping_error
 from harness.data import BatchSource
+from harness.errors import UsageError
 from harness.process import WorkerGroup, WorkerSpec
 from harness.protocol import SIDES, Op, Request
 
@@ -132,18 +133,32 @@ class Session:
         setup = {"cfg": self.cfg.to_wire(), "precision": self.precision}
         infos = self.call({name: Request(Op.SETUP, setup) for name in self.group.names})
         self.infos = {side: infos[side] for side in SIDES}
+        self.progress("tracing one forward on each side to pair the modules")
+        traces = self.call({side: Request(Op.CALL_ORDER, {"batch": batch}) for side in SIDES})
+        for side in SIDES:  # localization's matching reads the same order (harness/locate/matching.py)
+            self.infos[side]["calls"] = traces[side]["calls"]
         self.progress("sharing the torch initial weights with paddle")
-        if not self.infos["paddle"]["custom_mapping"]:
-            self.plan = weights.plan(self.infos["torch"]["modules"], self.infos["paddle"]["modules"])
-            self.writer.text("weight_map.txt", self.plan.table())
-        else:
-            self.writer.text("weight_map.txt", "converted by the pair's torch_to_paddle(state)\n")
+        self._plan(traces)
         if initial is None:
             if self.options.weights is not None:
                 checkpoints.load_into(self, self.options.weights)
             self._share_weights(self.one("torch", Op.EXPORT_STATE), torch_has_it=True)
         else:
             self._share_weights(initial, torch_has_it=False)
+
+    def _plan(self, traces: dict) -> None:
+        if self.infos["paddle"]["custom_mapping"]:
+            if self.cfg.mapping:
+                raise UsageError(f"{self.cfg.source}: [mapping] and the pair's torch_to_paddle(state) both say how "
+                                 "the weights convert: keep one (torch_to_paddle then does all of it)")
+            self.writer.text("weight_map.txt", "converted by the pair's torch_to_paddle(state)\n")
+            return
+        try:
+            self.plan = weights.plan(self.infos["torch"]["modules"], self.infos["paddle"]["modules"],
+                                     traces=traces, renames=self.cfg.mapping)
+        except weights.RenameError as exc:
+            raise mapping_error(self.cfg, exc.key, exc.reason) from None
+        self.writer.text("weight_map.txt", self.plan.table())
 
     def _share_weights(self, state: dict, *, torch_has_it: bool) -> None:
         """Every worker starts from `state` (torch's). Readers first: torch rank 0 holds the

@@ -1,24 +1,44 @@
 """torch -> paddle weight mapping, framework-free, driven by the module tables both workers report.
 
-Each worker reports its modules in definition order as {name, type, params, buffers, ids}. The
-plan pairs torch modules with paddle modules (same structured name first, then module *type*
-and order, with every shape verified), decides per tensor how it converts (copy, transpose,
-rename, split of a fused projection) by module type, and requires every paddle tensor to be
-filled exactly once. Ambiguity or a leftover is an error that names the modules, never a guess;
-a Linear weight is transposed because of its module type, so a square one cannot slip through.
+Each worker reports its modules in definition order as {name, type, params, buffers, ids, ...}
+and the order one eval-mode forward of batch 0 calls them in. harness/pairing.py pairs torch
+modules with paddle modules (a [mapping] rename, same structured name, call order, the only
+candidate of its type and shapes; definition order only without a traced forward), only ever
+two of the same kind and converted shapes. Here each pair's tensors are converted by module
+type (copy, transpose, rename, split of a fused projection), every paddle tensor must be filled
+exactly once, and the plan records how each pair was decided. A Linear weight is transposed
+because of its module type, so a square one cannot slip through.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import re
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from harness import dropouts, pairing
 from harness.errors import UsageError
+from harness.modtable import (
+    DROPPED,
+    FUSED_QKV,
+    MHA_CHILDREN,
+    RENAMES,
+    SEPARATE_QKV,
+    TRANSPOSED,
+    full_name,
+    kind,
+    module_of,
+    paddle_signature,
+    tensors,
+    torch_signature,
+)
+from harness.pairing import RenameError
 from harness.protocol import Deferred
+
+__all__ = ["Entry", "Plan", "RenameError", "full_name", "kind", "module_of", "plan"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +50,8 @@ class Entry:
     transpose: bool = False
     part: tuple | None = None  # (index, count): a slice along axis 0 of a fused tensor
     alias_of: str | None = None  # paddle tensor that is the same object as another one
+    decided_by: str = ""  # the pairing rule of its module (harness/pairing.py), for the reader to check
+    detail: str = ""
 
     @property
     def transform(self) -> str:
@@ -53,6 +75,9 @@ class Entry:
 class Plan:
     entries: list
     dropped: list  # (torch name, why)
+    dropouts: list = field(default_factory=list)  # dropouts.DropoutPair
+    unpaired_dropouts: list = field(default_factory=list)  # {side, name, p, why}
+    notes: list = field(default_factory=list)
 
     def to_paddle(self, state: dict) -> dict:
         """torch state -> paddle state. Each converted tensor is made only when it is sent (a
@@ -79,12 +104,34 @@ class Plan:
         return all(e.paddle_name in arrays for e in self.entries if e.torch_name == torch_name and not e.alias_of)
 
     def table(self) -> str:
-        rows = [("torch name", "torch shape", "paddle name", "paddle shape", "transform")]
-        rows += [(e.torch_name, str(list(e.torch_shape)), e.paddle_name, str(list(e.paddle_shape)), e.transform)
-                 for e in self.entries]
-        rows += [(name, "", "-", "", f"dropped: {why}") for name, why in self.dropped]
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
+        rows = [("torch name", "torch shape", "paddle name", "paddle shape", "transform", "decided by")]
+        rows += [(e.torch_name, str(list(e.torch_shape)), e.paddle_name, str(list(e.paddle_shape)), e.transform,
+                  e.decided_by + (f" ({e.detail})" if e.detail else "")) for e in self.entries]
+        rows += [(name, "", "-", "", f"dropped: {why}", "") for name, why in self.dropped]
+        text = _columns(rows)
+        counts = Counter(e.decided_by for e in self.entries if not e.alias_of)
+        text += "\ndecided by, per tensor: " + ", ".join(f"{k} {n}" for k, n in counts.most_common()) + "\n"
+        if self.dropouts or self.unpaired_dropouts:
+            text += "\ndropout sites (torch -> paddle: probability, mode; paired by the weight pair called before them)\n"
+            drows = [(d.torch, _site(d.torch_site), d.paddle, _site(d.paddle_site), f"after '{d.after}'" if d.after else "first")
+                     for d in self.dropouts]
+            drows += [(u["name"] if u["side"] == "torch" else "-", "", u["name"] if u["side"] == "paddle" else "-", "",
+                       f"unpaired: {u['why']}") for u in self.unpaired_dropouts]
+            text += _columns(drows)
+        return text + "".join(f"\nnote: {n}" for n in self.notes) + ("\n" if self.notes else "")
+
+    def to_json(self) -> dict:
+        """report.json's weight_map: every tensor pair and how it was decided, and the dropout sites."""
+        return {"pairs": [{"torch": e.torch_name, "paddle": e.paddle_name, "transform": e.transform,
+                           "decided_by": e.decided_by, "detail": e.detail} for e in self.entries],
+                "dropped": [{"torch": name, "why": why} for name, why in self.dropped],
+                "dropout": [d.to_json() for d in self.dropouts], "dropout_unpaired": self.unpaired_dropouts,
+                "notes": self.notes}
+
+
+def _columns(rows: list) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
 
 
 def _lazy(fn, *args) -> Deferred:
@@ -101,48 +148,8 @@ def _joined(entries: list, paddle_state: dict) -> np.ndarray:
     return np.concatenate([v for _, v in parts], axis=0) if len(parts) > 1 else np.ascontiguousarray(parts[0][1])
 
 
-# ---------------------------------------------------------------------------- module kinds
-_KIND_ALIASES = {
-    "nondynamicallyquantizablelinear": "linear",
-    "syncbatchnorm": "batchnorm",
-    "simplernn": "rnn",
-    "multiheadattention": "mha",
-}
-
-
-def kind(module_type: str) -> str:
-    """torch and paddle class names to one vocabulary: Conv2d/Conv2D -> conv2d, BatchNorm2D -> batchnorm,
-    ConvTranspose2d/Conv2DTranspose -> convtranspose2d."""
-    t = module_type.lower()
-    if t in _KIND_ALIASES:
-        return _KIND_ALIASES[t]
-    m = re.fullmatch(r"conv(\d)dtranspose", t)
-    if m:
-        return f"convtranspose{m.group(1)}d"
-    if t.startswith("batchnorm") or t.startswith("instancenorm"):
-        return re.sub(r"\d.*$", "", t)
-    return t
-
-
-RENAMES = {"batchnorm": {"running_mean": "_mean", "running_var": "_variance"}, "prelu": {"weight": "_weight"}}
-DROPPED = {"batchnorm": {"num_batches_tracked": "no paddle counterpart"}}
-TRANSPOSED = {"linear": {"weight"}}
-FUSED_QKV = {"in_proj_weight": "weight", "in_proj_bias": "bias"}
-SEPARATE_QKV = {"q_proj_weight": "q_proj.weight", "k_proj_weight": "k_proj.weight", "v_proj_weight": "v_proj.weight"}
-MHA_CHILDREN = ("q_proj", "k_proj", "v_proj")
-
-
-def full_name(module: str, local: str) -> str:
-    """A tensor's structured name from its module's and its own."""
-    return f"{module}.{local}" if module else local
-
-
-def module_of(tensor_name: str) -> str:
-    return tensor_name.rsplit(".", 1)[0] if "." in tensor_name else ""
-
-
-def _tensors(module: dict) -> dict:
-    return {**module["params"], **module["buffers"]}
+def _site(site: dict) -> str:
+    return f"p={site['p']:g} {site['mode']}" + (" (functional)" if site["functional"] else "")
 
 
 class _Planner:
@@ -151,83 +158,27 @@ class _Planner:
         self.dropped: list = []
         self.filled: dict = {}
         self.paddle_shapes: dict = {}
-        self.paddle_alias: dict = {}  # alias full name -> first full name of the same tensor
-        first_by_id: dict = {}
+        self.paddle_alias = _aliases(paddle_modules)  # alias full name -> first full name of the same tensor
+        self.torch_tied = _aliases(torch_modules)
         for m in paddle_modules:
-            for local, shape in _tensors(m).items():
-                full = full_name(m["name"], local)
-                self.paddle_shapes[full] = tuple(shape)
-                ident = m.get("ids", {}).get(local)
-                if ident is not None and ident in first_by_id:
-                    self.paddle_alias[full] = first_by_id[ident]
-                elif ident is not None:
-                    first_by_id[ident] = full
-        self.torch_tied: dict = {}
-        seen: dict = {}
-        for m in torch_modules:
-            for local in _tensors(m):
-                ident = m.get("ids", {}).get(local)
-                if ident is not None and ident in seen:
-                    self.torch_tied[full_name(m["name"], local)] = seen[ident]
-                elif ident is not None:
-                    seen[ident] = full_name(m["name"], local)
+            for local, shape in tensors(m).items():
+                self.paddle_shapes[full_name(m["name"], local)] = tuple(shape)
         self.torch_modules = [m for m in torch_modules if self._owns_tensors(m, torch=True)]
         self.paddle_modules = [m for m in paddle_modules if kind(m["type"]) == "mha" or self._owns_tensors(m, torch=False)]
+        by_name = {m["name"]: m for m in paddle_modules}
+        self.signatures = {**{("torch", m["name"]): torch_signature(m) for m in self.torch_modules},
+                           **{("paddle", m["name"]): paddle_signature(m, by_name) for m in self.paddle_modules}}
 
     def _owns_tensors(self, m: dict, torch: bool) -> bool:
-        names = [full_name(m["name"], k) for k in _tensors(m)]
+        names = [full_name(m["name"], k) for k in tensors(m)]
         aliases = self.torch_tied if torch else self.paddle_alias
         return any(n not in aliases for n in names)
 
-    # ------------------------------------------------------------------ matching
-    def match(self) -> list:
-        pairs = []
-        by_name = {m["name"]: m for m in self.paddle_modules}
-        used_paddle: set = set()
-        rest_torch = []
-        for tm in self.torch_modules:
-            pm = by_name.get(tm["name"])
-            if pm is not None and kind(pm["type"]) == kind(tm["type"]) and pm["name"] not in used_paddle:
-                pairs.append((tm, pm))
-                used_paddle.add(pm["name"])
-                used_paddle.update(self._consumed_children(tm, pm))
-            else:
-                rest_torch.append(tm)
-        rest_paddle = [m for m in self.paddle_modules if m["name"] not in used_paddle]
-        groups_t, groups_p = defaultdict(list), defaultdict(list)
-        for m in rest_torch:
-            groups_t[kind(m["type"])].append(m)
-        for m in rest_paddle:
-            groups_p[kind(m["type"])].append(m)
-        # MHA first: it consumes paddle's q/k/v Linear children before Linears are paired by order
-        for k in sorted(set(groups_t) | set(groups_p), key=lambda k: k != "mha"):
-            ts = groups_t.get(k, [])
-            ps = [m for m in groups_p.get(k, []) if m["name"] not in used_paddle]
-            if k == "mha" and not ts:
-                continue  # paddle attention without a torch counterpart: its q/k/v Linears pair on their own
-            if len(ts) != len(ps):
-                raise UsageError(
-                    f"weight mapping: {len(ts)} torch {k} module(s) without a same-named paddle module "
-                    f"({_names(ts)}) but {len(ps)} such paddle module(s) ({_names(ps)}); give the pair a "
-                    "torch_to_paddle(state) function or align the attribute names"
-                )
-            for tm, pm in zip(ts, ps):
-                pairs.append((tm, pm))
-                used_paddle.add(pm["name"])
-                used_paddle.update(self._consumed_children(tm, pm))
-                for g in groups_p.values():  # children consumed by an MHA leave the Linear pool
-                    g[:] = [m for m in g if m["name"] not in used_paddle]
-        return pairs
-
-    @staticmethod
-    def _consumed_children(tm: dict, pm: dict) -> set:
-        return {full_name(pm["name"], c) for c in MHA_CHILDREN} if kind(tm["type"]) == "mha" else set()
-
     # ------------------------------------------------------------------ tensors
-    def convert(self, tm: dict, pm: dict) -> None:
+    def convert(self, tm: dict, pm: dict, pair: pairing.Pair) -> None:
         k = kind(tm["type"])
-        ptensors = {full_name(pm["name"], loc): tuple(s) for loc, s in _tensors(pm).items()}
-        for local, shape in _tensors(tm).items():
+        how = {"decided_by": pair.decided_by, "detail": pair.detail}
+        for local, shape in tensors(tm).items():
             tname = full_name(tm["name"], local)
             if tname in self.torch_tied:
                 self.dropped.append((tname, f"tied to {self.torch_tied[tname]}"))
@@ -239,62 +190,91 @@ class _Planner:
             if k == "mha" and local in FUSED_QKV:
                 for i, child in enumerate(MHA_CHILDREN):
                     self._add(tname, shape, full_name(pm["name"], f"{child}.{FUSED_QKV[local]}"),
-                              transpose=len(shape) == 2, part=(i, 3))
-                continue
-            if k == "mha" and local in SEPARATE_QKV:
-                self._add(tname, shape, full_name(pm["name"], SEPARATE_QKV[local]), transpose=True)
-                continue
-            pname = full_name(pm["name"], RENAMES.get(k, {}).get(local, local))
-            if pname not in ptensors:
-                raise UsageError(
-                    f"weight mapping: torch '{tname}' has no counterpart in paddle module '{pm['name']}' "
-                    f"({pm['type']}: {', '.join(sorted(_tensors(pm))) or 'no tensors'})"
-                )
-            self._add(tname, shape, pname, transpose=local in TRANSPOSED.get(k, set()) and len(shape) == 2)
+                              transpose=len(shape) == 2, part=(i, 3), how=how)
+            elif k == "mha" and local in SEPARATE_QKV:
+                self._add(tname, shape, full_name(pm["name"], SEPARATE_QKV[local]), transpose=True, how=how)
+            else:
+                self._add(tname, shape, full_name(pm["name"], RENAMES.get(k, {}).get(local, local)),
+                          transpose=local in TRANSPOSED.get(k, set()) and len(shape) == 2, how=how)
 
-    def _add(self, tname: str, shape: tuple, pname: str, transpose: bool = False, part: tuple | None = None) -> None:
-        if pname not in self.paddle_shapes:
-            raise UsageError(f"weight mapping: torch '{tname}' maps to paddle '{pname}', which the paddle model lacks")
+    def _add(self, tname: str, shape: tuple, pname: str, *, transpose: bool = False, part: tuple | None = None,
+             how: dict) -> None:
+        """One tensor of a pair whose signatures agree (harness/pairing.py): these checks only
+        guard the conversion rules against drifting from modtable's signatures."""
         expect = (shape[0] // part[1], *shape[1:]) if part else shape
-        if part and shape[0] % part[1]:
-            raise UsageError(f"weight mapping: torch '{tname}' {list(shape)} does not split into {part[1]} parts")
         if transpose:
             expect = tuple(reversed(expect))
-        got = self.paddle_shapes[pname]
+        got = self.paddle_shapes.get(pname)
         if got != expect:
-            what = "transposed " if transpose else ""
-            raise UsageError(
-                f"weight mapping: torch '{tname}' {list(shape)} ({what}{'split ' if part else ''}expected "
-                f"{list(expect)}) does not fit paddle '{pname}' {list(got)}"
-            )
-        if pname in self.filled:
-            raise UsageError(f"weight mapping: paddle '{pname}' would be filled twice (from {self.filled[pname]} and {tname})")
-        self.filled[pname] = tname
-        self.entries.append(Entry(tname, shape, pname, got, transpose, part))
+            layout = f" ({list(expect)} in paddle's layout)" if expect != shape else ""
+            raise UsageError(f"weight mapping: torch '{tname}' {list(shape)}{layout} does not fit paddle '{pname}' "
+                             f"{list(got) if got else '(absent)'}; " + pairing.remedy())
+        root = self.paddle_alias.get(pname, pname)  # one paddle tensor under several names is filled once
+        if root in self.filled:
+            raise UsageError(f"weight mapping: paddle '{pname}' would be filled twice (from "
+                             f"{self.filled[root].torch_name} and {tname}); " + pairing.remedy())
+        self.filled[root] = Entry(tname, shape, pname, got, transpose, part, **how)
+        self.entries.append(self.filled[root])
 
     def finish(self) -> Plan:
-        for alias, original in self.paddle_alias.items():
-            source = next((e for e in self.entries if e.paddle_name == original), None)
-            if source is not None:
-                self.filled[alias] = source.torch_name
-                self.entries.append(Entry(source.torch_name, source.torch_shape, alias, self.paddle_shapes[alias],
-                                          source.transpose, source.part, alias_of=original))
-        unfilled = [n for n in self.paddle_shapes if n not in self.filled]
+        unfilled = []
+        for name, shape in self.paddle_shapes.items():
+            source = self.filled.get(self.paddle_alias.get(name, name))
+            if source is None:
+                unfilled.append(name)
+            elif source.paddle_name != name:  # another name of the tensor that was filled
+                self.entries.append(dataclasses.replace(source, paddle_name=name, paddle_shape=shape,
+                                                        alias_of=source.paddle_name))
         if unfilled:
             raise UsageError(
                 f"weight mapping: paddle tensors left unfilled: {', '.join(unfilled[:8])}"
-                f"{' ...' if len(unfilled) > 8 else ''} (no torch tensor maps to them)"
-            )
+                f"{' ...' if len(unfilled) > 8 else ''} (the paddle model has them, no torch tensor maps to them); "
+                + pairing.remedy())
         return Plan(self.entries, self.dropped)
 
 
-def _names(modules: list) -> str:
-    shown = ", ".join(f"'{m['name']}'" for m in modules[:4])
-    return (shown + (" ..." if len(modules) > 4 else "")) or "none"
+def _aliases(modules: list) -> dict:
+    """Full name -> the first full name of the same tensor object (tied weights, paddle's RNN cells)."""
+    first_by_id: dict = {}
+    out: dict = {}
+    for m in modules:
+        for local in tensors(m):
+            ident = m.get("ids", {}).get(local)
+            full = full_name(m["name"], local)
+            if ident is not None and ident in first_by_id:
+                out[full] = first_by_id[ident]
+            elif ident is not None:
+                first_by_id[ident] = full
+    return out
 
 
-def plan(torch_modules: list, paddle_modules: list) -> Plan:
+def plan(torch_modules: list, paddle_modules: list, *, traces: dict | None = None, renames: dict | None = None) -> Plan:
+    """traces: per side what the worker's call_order op returned ({calls, error}); without one
+    for a side, modules no name pairs go by definition order and the plan notes it."""
+    traces = traces or {}
+    calls = {side: (traces.get(side) or {}).get("calls") for side in ("torch", "paddle")}
     planner = _Planner(torch_modules, paddle_modules)
-    for tm, pm in planner.match():
-        planner.convert(tm, pm)
-    return planner.finish()
+    pairer = pairing.Pairer(torch_rows=planner.torch_modules, paddle_rows=planner.paddle_modules,
+                            signatures=planner.signatures, traces={s: pairing.Trace.of(c) for s, c in calls.items()},
+                            renames=renames or {}, all_names={"torch": {m["name"] for m in torch_modules},
+                                                              "paddle": {m["name"] for m in paddle_modules}})
+    rows = {("torch", m["name"]): m for m in torch_modules} | {("paddle", m["name"]): m for m in paddle_modules}
+    pairs = pairer.pair()
+    for p in pairs:
+        planner.convert(rows["torch", p.torch], rows["paddle", p.paddle], p)
+    result = planner.finish()
+    result.dropouts, result.unpaired_dropouts = dropouts.pair(
+        torch_modules=torch_modules, paddle_modules=paddle_modules, calls=calls,
+        module_pairs=[(p.torch, p.paddle) for p in pairs])
+    result.notes = _notes(traces, calls, pairs) + pairer.order_notes()
+    return result
+
+
+def _notes(traces: dict, calls: dict, pairs: list) -> list:
+    notes = []
+    for side, c in calls.items():
+        if c is None:
+            error = (traces.get(side) or {}).get("error")
+            notes.append(f"no traced {side} forward{f' ({error})' if error else ''}: modules that no name pairs were "
+                         "paired by definition order")
+    return notes

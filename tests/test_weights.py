@@ -1,5 +1,7 @@
 """The torch -> paddle weight planner (pure numpy), and real pairs that depend on it."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -31,15 +33,15 @@ def test_square_linear_weight_is_transposed_and_values_follow():
     assert "transpose" in pl.table()
 
 
-def test_order_matching_when_names_differ_and_ambiguity_is_an_error():
+def test_names_differ_shapes_decide_and_a_missing_module_is_named():
     t = [mod("a", "Linear", {"weight": [3, 2]}), mod("b", "Linear", {"weight": [5, 3]})]
     p = [mod("x", "Linear", {"weight": [2, 3]}), mod("y", "Linear", {"weight": [3, 5]})]
     assert [(e.torch_name, e.paddle_name) for e in plan(t, p).entries] == [("a.weight", "x.weight"), ("b.weight", "y.weight")]
-    with pytest.raises(UsageError, match="2 torch linear module.*1 such paddle"):
+    with pytest.raises(UsageError, match=r"torch 'b' \(Linear: weight \[5, 3\]\) has no paddle counterpart"):
         plan(t, p[:1])
-    swapped = [p[1], p[0]]  # order differs: shapes catch it, with both names in the message
-    with pytest.raises(UsageError, match="'a.weight'.*'y.weight'"):
-        plan(t, swapped)
+    swapped = [p[1], p[0]]  # defined in another order: the shapes say which is which
+    assert sorted((e.torch_name, e.paddle_name) for e in plan(t, swapped).entries) == [("a.weight", "x.weight"),
+                                                                                         ("b.weight", "y.weight")]
 
 
 def test_batchnorm_renames_and_drops_counter():
@@ -71,7 +73,7 @@ def test_fused_attention_projection_splits_and_round_trips():
 def test_every_paddle_tensor_must_be_filled():
     t = [mod("fc", "Linear", {"weight": [2, 3]})]
     p = [mod("fc", "Linear", {"weight": [3, 2], "bias": [2]})]
-    with pytest.raises(UsageError, match="unfilled: fc.bias"):
+    with pytest.raises(UsageError, match=r"nearest paddle 'fc': paddle has bias \[2\] that torch lacks"):
         plan(t, p)
 
 
@@ -128,3 +130,118 @@ def test_a_correct_user_mapping_passes_backward_without_comparing_unknown_layout
     backward = check(report(tmp_path / "o"), "backward")
     assert all(k["key"].startswith("loss_") for k in backward["keys"])
     assert any("not compared" in n for n in backward["notes"])
+
+
+REORDERED_PORT = '''
+"""The port defines its layers in another order and under other names, moves a block, and
+shares one Linear for two calls; every Linear is 8x8, so only the call order tells them apart."""
+import numpy as np, paddle, torch
+
+
+class Reference(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8))
+        self.mix = torch.nn.Linear(8, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean(dim=(2, 3))
+        return self.head(self.mix(torch.tanh(self.mix(self.block(h)))))
+
+
+class Port(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.shared = paddle.nn.Linear(8, 8)
+        self.trunk = paddle.nn.Sequential(paddle.nn.Linear(8, 8), paddle.nn.Tanh(), paddle.nn.Linear(8, 8))
+        self.second = paddle.nn.Conv2D(8, 8, 3, padding=1)
+        self.first = paddle.nn.Conv2D(8, 8, 3, padding=1)
+        self.head = paddle.nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = paddle.nn.functional.relu(self.second(paddle.nn.functional.relu(self.first(x)))).mean(axis=[2, 3])
+        return self.head(self.shared(paddle.tanh(self.shared(self.trunk(h)))))
+
+
+def build_torch(): return Reference()
+def build_paddle(): return Port()
+def make_batch(rng, step):
+    return {"x": rng.standard_normal((4, 8, 6, 6), dtype=np.float32), "label": rng.integers(0, 3, size=(4,))}
+'''
+
+
+@pytest.mark.e2e
+def test_a_reordered_renamed_port_with_a_shared_block_aligns_by_call_order(make_pair, tmp_path):
+    toml = make_pair(REORDERED_PORT, '[data]\ninputs = ["x"]\n', name="reordered")
+    proc = cli("run", toml, "--out", tmp_path / "o", "--checks", "forward")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rep = report(tmp_path / "o")
+    assert rep["aligned"]
+    decided = {p["torch"]: (p["paddle"], p["decided_by"]) for p in rep["weight_map"]["pairs"]}
+    assert decided["conv1.weight"] == ("first.weight", "call order")
+    assert decided["block.0.weight"] == ("trunk.0.weight", "call order")
+    assert decided["mix.weight"] == ("shared.weight", "call order")  # defined first in the port, called last
+    assert decided["head.weight"] == ("head.weight", "same name")
+    assert "decided by, per tensor: call order 10, same name 2" in (tmp_path / "o" / "weight_map.txt").read_text()
+
+
+UNUSED_HEADS = '''
+import numpy as np, paddle, torch
+
+
+class Reference(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 4)
+        self.head_a = torch.nn.Linear(4, 4)  # neither head is called
+        self.head_b = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class Port(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.fc = paddle.nn.Linear(6, 4)
+        self.aux_1 = paddle.nn.Linear(4, 4)
+        self.aux_2 = paddle.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def build_torch(): return Reference()
+def build_paddle(): return Port()
+def make_batch(rng, step):
+    return {"x": rng.standard_normal((4, 6), dtype=np.float32), "label": rng.integers(0, 4, size=(4,))}
+'''
+
+
+@pytest.mark.e2e
+def test_two_unused_same_shape_heads_exit_2_naming_both_then_mapping_settles_it(make_pair, tmp_path):
+    toml = make_pair(UNUSED_HEADS, '[data]\ninputs = ["x"]\n', name="heads")
+    proc = cli("run", toml, "--out", tmp_path / "o", "--checks", "forward")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    for name in ("'head_a' (never called)", "'head_b' (never called)", "'aux_1' (never called)", "'aux_2' (never called)"):
+        assert name in proc.stderr
+    assert '"head_a" = "aux_1"' in proc.stderr and "Traceback" not in proc.stderr
+
+    toml.write_text(toml.read_text() + '[mapping]\n"head_a" = "aux_2"\n')
+    proc = cli("run", toml, "--out", tmp_path / "m", "--checks", "forward")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = (tmp_path / "m" / "weight_map.txt").read_text()
+    assert 'head_a.weight  [4, 4]       aux_2.weight' in table and '[mapping] "head_a" = "aux_2"' in table
+    assert "head_b.bias" in table and "type order (the only one of its type and shapes; never called)" in table
+
+    toml.write_text(toml.read_text().replace('"head_a" = "aux_2"', '"head_c" = "aux_2"'))
+    proc = cli("run", toml, "--out", tmp_path / "u", "--checks", "forward")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = toml.read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.startswith('"head_c"'))
+    assert f"pair.toml:{line}: mapping.\"head_c\"" in proc.stderr
+    assert re.search(r"mapping.\"head_c\": the torch model has no module 'head_c' \(did you mean 'head_[ab]'\?\)$",
+                     proc.stderr.strip())

@@ -12,7 +12,7 @@ import paddle
 import paddle.nn.functional as F
 
 from backends import base
-from backends.primitives import Stepper
+from backends.primitives import Stepper, dropout_site
 from harness.safeload import load_pdparams
 from backends.paddle.optim import build_stepper
 
@@ -61,7 +61,8 @@ class Runner(base.Runner):
             ids = {k: t.name for k, t in [*layer.named_parameters(include_sublayers=False),
                                          *layer.named_buffers(include_sublayers=False)]}
             table.append({"name": name, "type": type(layer).__name__, "params": params, "buffers": buffers, "ids": ids,
-                          "dropout": float(getattr(layer, "p", 0.0) or 0.0) if "Dropout" in type(layer).__name__ else 0.0})
+                          "dropout": float(getattr(layer, "p", 0.0) or 0.0) if "Dropout" in type(layer).__name__ else 0.0,
+                          "dropout_site": dropout_site(layer)})
         return table
 
     def state_tensors(self, model) -> dict:
@@ -161,6 +162,14 @@ class Runner(base.Runner):
                                                     with_kwargs=True),
                    module.register_forward_post_hook(lambda layer, inputs, out: post(out) and None)]
         return [h.remove for h in handles]
+
+    @contextlib.contextmanager
+    def preserved_rng(self):
+        state = paddle.get_rng_state()
+        try:
+            yield
+        finally:
+            paddle.set_rng_state(state)
 
     def hook_grad(self, tensor, fn) -> None:
         if not tensor.stop_gradient:

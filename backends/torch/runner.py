@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from backends import base
-from backends.primitives import Stepper
+from backends.primitives import Stepper, dropout_site
 from backends.torch.optim import build_stepper
 
 
@@ -57,7 +57,8 @@ class Runner(base.Runner):
             # identities reveal tied tensors (one tensor under two names)
             ids = {k: str(id(t)) for k, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]}
             table.append({"name": name, "type": type(mod).__name__, "params": params, "buffers": buffers, "ids": ids,
-                          "dropout": float(getattr(mod, "p", 0.0) or 0.0) if "Dropout" in type(mod).__name__ else 0.0})
+                          "dropout": float(getattr(mod, "p", 0.0) or 0.0) if "Dropout" in type(mod).__name__ else 0.0,
+                          "dropout_site": dropout_site(mod)})
         return table
 
     def state_tensors(self, model) -> dict:
@@ -142,6 +143,9 @@ class Runner(base.Runner):
         handles = [module.register_forward_pre_hook(lambda m, args, kwargs: pre(args, kwargs), with_kwargs=True),
                    module.register_forward_hook(lambda m, args, out: post(out))]
         return [h.remove for h in handles]
+
+    def preserved_rng(self):
+        return torch.random.fork_rng(devices=[self.dev.index or 0] if self.dev.type == "cuda" else [])
 
     def hook_grad(self, tensor, fn) -> None:
         if tensor.requires_grad:

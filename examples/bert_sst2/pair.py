@@ -1,7 +1,7 @@
 """bert_sst2: Hugging Face transformers' BertForSequenceClassification vs PaddleNLP's, the pair the
 Paddle reproduction guide's BERT walkthrough uses. Both are built from a small config (no download);
 the automatic mapping pairs HF's query/key/value/LayerNorm tensors with PaddleNLP's
-q_proj/k_proj/v_proj/norm1 ones by module type and order (34 of the 41 names differ).
+q_proj/k_proj/v_proj/norm1 ones by the order each forward calls them (34 of the 41 names differ).
 
 The libraries are imported inside the functions: each process has only one framework, and
 transformers (torch) or paddlenlp (paddle) must not load where their framework is absent.

@@ -90,7 +90,9 @@ class Locator:
         for rec in recs.values():
             with_entry_order(rec)
         if self.match is None:
-            self.match = Match(self.ctx.infos["torch"]["modules"], self.ctx.infos["paddle"]["modules"], self.ctx.plan)
+            infos = self.ctx.infos
+            self.match = Match(infos["torch"]["modules"], infos["paddle"]["modules"], self.ctx.plan,
+                               calls={side: infos[side].get("calls") for side in SIDES})
             self.match.complete(recs["torch"]["calls"], recs["paddle"]["calls"])
             self.outcome.notes += self.match.notes
             self.forward = ForwardJudge(self.match, self.tol)

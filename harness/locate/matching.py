@@ -1,5 +1,6 @@
 """Which torch module is which paddle module, for comparing traced calls: pairs from the weight
-map, then equal structured names, then module kind and order of first call."""
+map (itself decided by names, [mapping] and the set-up forward's call order, harness/pairing.py),
+then equal structured names, then module kind and order of first call."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ class Match:
     then, for what is left, module kind and order of first call.
     """
 
-    def __init__(self, torch_modules: list, paddle_modules: list, plan: weights.Plan | None):
+    def __init__(self, torch_modules: list, paddle_modules: list, plan: weights.Plan | None, *,
+                 calls: dict | None = None):
         self.torch_modules = {m["name"]: m for m in torch_modules}
         self.paddle_modules = {m["name"]: m for m in paddle_modules}
         self.notes: list = []
         if plan is None:
             try:  # the automatic conversion, as the reference to judge a user's torch_to_paddle by
-                plan = weights.plan(torch_modules, paddle_modules)
+                plan = weights.plan(torch_modules, paddle_modules,
+                                    traces={side: {"calls": c} for side, c in (calls or {}).items()})
             except UsageError:
                 plan = None
         self.plan = plan

@@ -1,6 +1,6 @@
 """layers: Conv1d, ConvTranspose1d, BatchNorm1d, PReLU, LSTM (bidirectional), GRU, GroupNorm and a
 Linear head, with attribute names that differ on the two sides: weights are paired by module type
-and order, and the RNN gate order is checked by the forward outputs themselves."""
+and shapes, and the RNN gate order is checked by the forward outputs themselves."""
 
 import numpy as np
 import paddle
