@@ -9,7 +9,7 @@ import functools
 
 import numpy as np
 
-from harness.protocol import Deferred, write_shared
+from harness.protocol import SHM_MIN_BYTES, Deferred, write_shared
 # attributes that hold the probability an attention module passes to a functional dropout:
 # torch's MultiheadAttention and paddle's MultiHeadAttention `dropout`, HF's sdpa `dropout_prob`
 FUNCTIONAL_DROPOUT = ("dropout", "dropout_p", "dropout_prob", "attention_dropout", "attn_dropout")
@@ -131,6 +131,12 @@ class Primitives(abc.ABC):
         shm_dir = self.options["shm_dir"]
         return {k: write_shared(self.to_numpy(t), shm_dir, worker_owned=worker_owned)
                 for k, t in tensors.items()}
+
+    def keep(self, tensor):
+        """A copy of a traced tensor that later computation cannot change: in shared memory when
+        large, so a traced step's activations never pile up in this process."""
+        arr = self.to_numpy(tensor)
+        return write_shared(arr, self.options["shm_dir"]) if arr.nbytes >= SHM_MIN_BYTES else np.array(arr)
 
     def state(self, model) -> dict:
         return self.snapshot(self.state_tensors(model))

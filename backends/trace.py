@@ -61,7 +61,7 @@ class Recorder:
             self.entered.append(key)
             # inputs copied at entry: an in-place module (ReLU(inplace=True)) overwrites them later
             leaves = self._leaves((tuple(args), dict(kwargs or {})), "in")
-            inputs = {k: self.runner.to_numpy(t).copy() for k, t in leaves.items()}
+            inputs = {k: self.runner.keep(t) for k, t in leaves.items()}
             self.calls.append({"key": key, "name": name, "type": type(module).__name__, "parent": parent,
                                "inputs": inputs, "outputs": None})
         return hook
@@ -71,7 +71,7 @@ class Recorder:
             key = self._open.pop() if self._open else f"{name}#?"
             record = next(c for c in reversed(self.calls) if c["key"] == key)
             leaves = self._leaves(output, "out")
-            record["outputs"] = {k: self.runner.to_numpy(t).copy() for k, t in leaves.items()}
+            record["outputs"] = {k: self.runner.keep(t) for k, t in leaves.items()}
             record["exit"] = self._exits
             self._exits += 1
             for leaf, tensor in leaves.items():
@@ -80,7 +80,7 @@ class Recorder:
 
     def _grad(self, key, leaf):
         def hook(grad):
-            self.out_grads.setdefault(key, {})[leaf] = self.runner.to_numpy(grad).copy()
+            self.out_grads.setdefault(key, {})[leaf] = self.runner.keep(grad)
         return hook
 
 
@@ -112,7 +112,7 @@ class Tracer:
                     result["loss"] = runner.scalar(loss)
             if backward:
                 runner.backward(loss)
-                result["grads"] = runner.snapshot(runner.grad_tensors(model))
+                result["grads"] = runner.stash(runner.grad_tensors(model), worker_owned=False)
         finally:
             recorder.close()
         result["calls"] = [{k: v for k, v in c.items() if k != "exit"} for c in
@@ -122,8 +122,8 @@ class Tracer:
         if update:
             self.stepper.step()
             self.stepper.zero_grad()
-            result["state"] = runner.state(model)
-            result["params"] = runner.params(model)
+            result["state"] = runner.stash(runner.state_tensors(model), worker_owned=False)
+            result["params"] = runner.stash(runner.param_tensors(model), worker_owned=False)
         elif backward:
             self.stepper.zero_grad()
         return result

@@ -95,8 +95,12 @@ class SharedArray:
         return len(self.shape)
 
     @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return self.size * np.dtype(self.dtype).itemsize
 
 
 class Deferred:
@@ -163,11 +167,6 @@ def unpack(obj, *, keep_handles: bool):
     if isinstance(obj, (list, tuple)):
         return type(obj)(unpack(v, keep_handles=keep_handles) for v in obj)
     return obj
-
-
-def materialize(obj):
-    """Every handle in a reply read back (memory-mapped), for code that takes arrays apart."""
-    return unpack(obj, keep_handles=False)
 
 
 def own(obj):

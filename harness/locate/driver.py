@@ -21,7 +21,7 @@ from harness.locate.gradients import GradientJudge
 from harness.locate.leaves import Finding, Outcome, display
 from harness.locate.matching import Match, with_entry_order
 from harness.locate.updates import UpdateJudge
-from harness.protocol import SIDES, Op, Request, materialize
+from harness.protocol import SIDES, Op, Request
 
 # Traced steps for a failing train check (each step ships every activation home).
 TRAIN_TRACE_STEPS = 8
@@ -75,9 +75,8 @@ class Locator:
                 f"dropout modules ({', '.join(map(display, names[:3]))}{' ...' if len(names) > 3 else ''}) were put in "
                 "eval mode for the traced train-mode steps: each framework draws its own masks, so a comparison with "
                 "dropout on would only show that")
-        return materialize(self.ctx.call({side: Request(Op.TRACE_BEGIN, {"mode": mode, "total_steps": total_steps,
-                                                                         "eval_modules": tuple(dropout[side])})
-                                          for side in SIDES}))
+        return self.ctx.call({side: Request(Op.TRACE_BEGIN, {"mode": mode, "total_steps": total_steps,
+                                                             "eval_modules": tuple(dropout[side])}) for side in SIDES})
 
     def step(self, batch: dict, *, backward: bool, update: bool, with_loss: bool, sync: dict | None) -> dict:
         kwargs = {"batch": batch, "backward": backward, "update": update, "with_loss": with_loss}
@@ -85,8 +84,9 @@ class Locator:
         if sync is not None:  # through the conversion the run itself used
             mapped = self.ctx.to_paddle(sync)
             paddle_kwargs.update(sync=mapped["state"], raw=mapped["raw"])
-        recs = materialize(self.ctx.call({"torch": Request(Op.TRACE_STEP, kwargs),
-                                          "paddle": Request(Op.TRACE_STEP, paddle_kwargs)}))
+        # traced tensors stay shared-memory handles, each read when compared: the coordinator never
+        # holds a step's activations at once
+        recs = self.ctx.call({"torch": Request(Op.TRACE_STEP, kwargs), "paddle": Request(Op.TRACE_STEP, paddle_kwargs)})
         for rec in recs.values():
             with_entry_order(rec)
         if self.match is None:

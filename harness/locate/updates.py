@@ -121,7 +121,7 @@ def momentum_note(call, before, name, after_t, after_p) -> str:
     x = next(iter(call["inputs"].values()), None)
     if x is None or x.ndim < 2 or x.shape[1] != after_t.shape[0]:
         return ""
-    mu = x.astype(np.float64).mean(axis=tuple(i for i in range(x.ndim) if i != 1))
+    mu = np.asarray(x, np.float64).mean(axis=tuple(i for i in range(x.ndim) if i != 1))
     r0 = np.asarray(before["state"][name], np.float64)
     den = float((mu - r0) @ (mu - r0))
     if den == 0:
