@@ -239,28 +239,29 @@ class Runner(Primitives):
             self.allow_backward_in_eval(self.model)
         stepper = self.make_stepper(self.model, cfg, total_steps)
         losses, lrs, grads = [], [], {}
-        for i, batch in enumerate(batches):
-            t = self.tensors(batch)
-            loss = self.run_loss(self.run_forward(t), t)
-            losses.append(self.scalar(loss))
-            lrs.append(stepper.lr())
-            self.backward(loss)
-            if i == len(batches) - 1:  # before clipping and the update change them in place
-                grads = self.stash(self.grad_tensors(self.model), worker_owned=False)
-            stepper.step(float(losses[-1]))
-            stepper.zero_grad()
-            self.progress(i + 1, len(batches))
+        with self.dropout_off(self.model) if mode == "train" else contextlib.nullcontext():
+            for i, batch in enumerate(batches):
+                t = self.tensors(batch)
+                loss = self.run_loss(self.run_forward(t), t)
+                losses.append(self.scalar(loss))
+                lrs.append(stepper.lr())
+                self.backward(loss)
+                if i == len(batches) - 1:  # before clipping and the update change them in place
+                    grads = self.stash(self.grad_tensors(self.model), worker_owned=False)
+                stepper.step(float(losses[-1]))
+                stepper.zero_grad()
+                self.progress(i + 1, len(batches))
         result = {"loss": np.stack(losses) if losses else np.zeros(0, np.float32), "lr": np.asarray(lrs, np.float64)}
         return result, grads
 
     # ---------------------------------------------------------------- localization
-    def trace_begin(self, mode: str, total_steps: int, overrides: dict | None = None, eval_modules: tuple = ()) -> dict:
+    def trace_begin(self, mode: str, total_steps: int, overrides: dict | None = None) -> dict:
         """Start a hooked run from the initial weights (harness/locate/ drives it step by step)."""
         from backends.trace import Tracer
 
         self._restore()
         self._dirty = True
-        self._tracer = Tracer(self, mode, total_steps, self._config(overrides), eval_modules)
+        self._tracer = Tracer(self, mode, total_steps, self._config(overrides))
         return {"state": self.state(self.model), "params": self.params(self.model)}
 
     def trace_step(self, batch: dict, backward: bool = False, update: bool = False, with_loss: bool = True,

@@ -5,6 +5,7 @@ at start-up, naming it (Python refuses to instantiate the class), never with a s
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 
 import numpy as np
@@ -26,6 +27,43 @@ def dropout_site(module) -> dict | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return {"p": float(value), "functional": True, "mode": "upscale_in_train", "attribute": attr}
     return None
+
+
+@contextlib.contextmanager
+def dropout_off(named_modules, functional: list):
+    """Every dropout at probability 0 while the block runs, then restored: Dropout modules' p, the
+    float probability attention modules pass to a functional dropout (FUNCTIONAL_DROPOUT), and
+    the framework's functional dropouts themselves (`functional`: (namespace, name, replacement)).
+    Each framework draws its own masks, so train-mode steps are only comparable without them."""
+    saved = []
+    for _, module in named_modules:
+        attrs = ("p",) if "Dropout" in type(module).__name__ else FUNCTIONAL_DROPOUT
+        for attr in attrs:
+            value = getattr(module, attr, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value:
+                saved.append((module, attr, value))
+                setattr(module, attr, 0.0)
+    for namespace, name, replacement in functional:
+        saved.append((namespace, name, getattr(namespace, name)))
+        setattr(namespace, name, replacement)
+    try:
+        yield len(saved) - len(functional)
+    finally:
+        for owner, attr, value in reversed(saved):
+            setattr(owner, attr, value)
+
+
+def no_dropout_p(fn):
+    """fn (an attention kernel taking dropout_p) with dropout_p forced to 0."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        kwargs["dropout_p"] = 0.0
+        return fn(*args, **kwargs)
+    return call
+
+
+def identity(x, *args, **kwargs):
+    return x
 
 
 class Stepper(abc.ABC):
@@ -111,6 +149,8 @@ class Primitives(abc.ABC):
     def hook_forward(self, module, pre, post) -> list: """pre(args, kwargs), post(output); returns removers."""
     @abc.abstractmethod
     def hook_grad(self, tensor, fn) -> None: """fn(grad) once the gradient w.r.t. tensor is known."""
+    @abc.abstractmethod
+    def dropout_off(self, model): """Context: every dropout of the model and the framework off (see dropout_off)."""
     @abc.abstractmethod
     def preserved_rng(self): """Context: the random generators' state restored on exit (a set-up forward draws nothing)."""
 

@@ -87,17 +87,17 @@ class Recorder:
 class Tracer:
     """One traced training (or evaluation) run: begin() once, then step() per batch."""
 
-    def __init__(self, runner, mode: str, total_steps: int, cfg: dict, eval_modules=()):
-        self.runner = runner
-        model = runner.model
-        runner.set_train(model, mode == "train")
-        modules = dict(runner.named_modules(model))
-        for name in eval_modules:  # dropout off: each framework would draw its own masks
-            if name in modules:
-                runner.set_train(modules[name], False)
-        self.stepper = runner.make_stepper(model, cfg, total_steps)
+    def __init__(self, runner, mode: str, total_steps: int, cfg: dict):
+        self.runner, self.mode = runner, mode
+        runner.set_train(runner.model, mode == "train")
+        self.stepper = runner.make_stepper(runner.model, cfg, total_steps)
 
     def step(self, batch: dict, backward: bool, update: bool, with_loss: bool) -> dict:
+        # dropout off in train mode, as in the checks: each framework would draw its own masks
+        with self.runner.dropout_off(self.runner.model) if self.mode == "train" else contextlib.nullcontext():
+            return self._step(batch, backward, update, with_loss)
+
+    def _step(self, batch: dict, backward: bool, update: bool, with_loss: bool) -> dict:
         runner, model = self.runner, self.runner.model
         recorder = Recorder(runner, model)
         result: dict = {}

@@ -3,14 +3,15 @@ BERT-base-sized pair against the plain single-framework scripts doing the same s
 worker-to-worker transport of a model-sized state dict; and the encoder benchmark against the
 two plain scripts at once and the guide's manual workflow.
 
-Usage: python benchmarks/bench_scale.py [--pair TOML] [--skip-encoder] [--skip-transport]
+Usage: python benchmarks/bench_scale.py [--pair TOML] [--skip-encoder] [--skip-transport] [--skip-locate]
 
 The pair defaults to benchmarks/pairs/bert_base/nodrop.toml (HF vs PaddleNLP BERT-base, dropout
 0) when transformers and paddlenlp are installed, else benchmarks/pairs/encoder_base (a torch /
 paddle TransformerEncoder of the same size). Every process gets one thread, as each worker does
 on a 2-core machine. Ratios printed last are the targets of the scale work:
-coordinator peak <= 1 GB; each worker <= 1.3 x its plain script; wall <= 1.15 x the slower plain
-script; transport >= 2 GB/s; encoder wall <= 1.0 x both plain scripts at once and <= 0.30 x manual.
+coordinator peak <= 1 GB; each worker <= 1.3 x its plain script (<= 1.5 x with --locate); wall
+<= 1.15 x the slower plain script; transport >= 2 GB/s; encoder wall <= 1.0 x both plain scripts
+at once and <= 0.30 x manual.
 """
 
 from __future__ import annotations
@@ -92,9 +93,9 @@ def _role(pid: int, root: bool) -> str | None:
     return None  # not yet known: a worker imports its framework on its first request
 
 
-def harness(toml: Path, checks: str | None = None) -> dict:
+def harness(toml: Path, checks: str | None = None, *extra: str) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "harness", "run", str(toml), "--out", out, "--json"]
+        cmd = [sys.executable, "-m", "harness", "run", str(toml), "--out", out, "--json", *extra]
         if checks:
             cmd += ["--checks", checks]
         start = time.perf_counter()
@@ -177,6 +178,7 @@ def main() -> None:
     ap.add_argument("--pair", type=Path, default=None)
     ap.add_argument("--skip-encoder", action="store_true")
     ap.add_argument("--skip-transport", action="store_true")
+    ap.add_argument("--skip-locate", action="store_true")
     args = ap.parse_args()
     toml = args.pair or default_pair()
     print(f"pair: {toml}  (machine: {os.cpu_count()} cores)")
@@ -188,6 +190,12 @@ def main() -> None:
     for fw in ("torch", "paddle"):
         ratios[f"{fw}_worker_vs_plain (<= 1.3)"] = round(run["peak_mb"].get(fw, 0) / plains[fw]["peak_mb"], 2)
     ratios["wall_vs_slower_plain (<= 1.15)"] = round(run["wall_s"] / max(p["wall_s"] for p in plains.values()), 2)
+    if not args.skip_locate:
+        traced = harness(toml, "forward,loss,backward", "--locate")
+        print(f"harness --locate: {json.dumps(traced)}")
+        ratios["coordinator_peak_gb_locate (<= 1)"] = round(traced["peak_mb"].get("coordinator", 0) / 1024, 2)
+        for fw in ("torch", "paddle"):
+            ratios[f"{fw}_worker_locate_vs_plain (<= 1.5)"] = round(traced["peak_mb"].get(fw, 0) / plains[fw]["peak_mb"], 2)
     if not args.skip_transport:
         moved = transport(toml)
         print(f"transport: {json.dumps(moved)}")

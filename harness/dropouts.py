@@ -69,11 +69,11 @@ def pair(*, torch_modules: list, paddle_modules: list, calls: dict, module_pairs
             continue
         where = f"after '{anchor[0]}'" if anchor[0] else "before any weight"
         why = f"{len(ts)} torch vs {len(ps)} paddle dropout site(s) {where}"
-        unpaired += [{"side": "torch", "name": n, "p": t_sites[n]["p"], "why": why} for n in ts]
-        unpaired += [{"side": "paddle", "name": n, "p": p_sites[n]["p"], "why": why} for n in ps]
+        unpaired += [{"side": "torch", "name": n, "p": t_sites[n]["p"], "why": why, "called": True} for n in ts]
+        unpaired += [{"side": "paddle", "name": n, "p": p_sites[n]["p"], "why": why, "called": True} for n in ps]
     for side, table, called in (("torch", t_sites, t_called), ("paddle", p_sites, p_called)):
-        unpaired += [{"side": side, "name": n, "p": v["p"], "why": "never called"} for n, v in table.items()
-                     if n not in called]
+        unpaired += [{"side": side, "name": n, "p": v["p"], "why": "never called", "called": False}
+                     for n, v in table.items() if n not in called]
     return pairs, _unique(unpaired)
 
 

@@ -23,6 +23,7 @@ class Kind(str, Enum):
     BENCHMARK = "benchmark"  # the paddle metric against a reference file
     SYNC = "sync"  # one rank's parameters against rank 0 of the same framework
     LOCATE = "locate"  # a divergence that only localization saw
+    DROPOUT = "dropout"  # a paired dropout's probability and mode
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import paddle
 import paddle.nn.functional as F
 
 from backends import base
-from backends.primitives import Stepper, dropout_site
+from backends.primitives import Stepper, dropout_off, dropout_site, identity, no_dropout_p
 from harness.safeload import load_pdparams
 from backends.paddle.optim import build_stepper
 
@@ -107,6 +107,13 @@ class Runner(base.Runner):
 
     def set_train(self, model, training: bool) -> None:
         model.train() if training else model.eval()
+
+    def dropout_off(self, model):
+        # MultiHeadAttention applies its float `dropout` with F.dropout on the attention weights
+        functional = [(F, name, identity) for name in ("dropout", "dropout2d", "dropout3d", "alpha_dropout")]
+        if hasattr(F, "scaled_dot_product_attention"):
+            functional.append((F, "scaled_dot_product_attention", no_dropout_p(F.scaled_dot_product_attention)))
+        return dropout_off(model.named_sublayers(include_self=True), functional)
 
     def allow_backward_in_eval(self, model) -> None:
         # paddle's RNN kernels keep no reserve space in eval mode, so backward fails there

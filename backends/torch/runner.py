@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from backends import base
-from backends.primitives import Stepper, dropout_site
+from backends.primitives import Stepper, dropout_off, dropout_site, identity, no_dropout_p
 from backends.torch.optim import build_stepper
 
 
@@ -97,6 +97,13 @@ class Runner(base.Runner):
 
     def set_train(self, model, training: bool) -> None:
         model.train(training)
+
+    def dropout_off(self, model):
+        functional = [(F, name, identity) for name in ("dropout", "dropout1d", "dropout2d", "dropout3d",
+                                                      "alpha_dropout", "feature_alpha_dropout")]
+        # HF attention passes its probability to sdpa as dropout_p (no module to switch off)
+        functional.append((F, "scaled_dot_product_attention", no_dropout_p(F.scaled_dot_product_attention)))
+        return dropout_off(model.named_modules(), functional)
 
     def allow_backward_in_eval(self, model) -> None:
         pass  # torch backpropagates through every module in eval mode

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from harness import keys, rules
-from harness.diff import CheckResult, compare_dicts
-from harness.keys import Kind
+from harness.diff import CheckResult, KeyResult, compare_dicts
+from harness.keys import Key, Kind
+from harness.tolerance import Tolerance
 from harness.artifacts import tensor_stats
 from harness.protocol import SIDES, nbytes
 from harness.rules import Evidence
@@ -53,6 +56,47 @@ def record(session, check: str, ref: dict, other: dict) -> CheckResult:
     result = judge(check, ref, other, session.cfg.tolerance)
     session.writer.check(result, ref, other)
     return result
+
+
+DROPOUT_MODES = {"upscale_in_train": 0.0, "downscale_in_infer": 1.0}
+
+
+def judge_dropouts(session, result: CheckResult, ref: dict, other: dict) -> None:
+    """Train-mode steps run with every dropout at p 0 (each framework draws its own masks), so
+    the dropouts themselves are compared: each pair's probability and mode must be equal, and a
+    probability that differs never passes because dropout was off. Adds the keys to ref/other."""
+    pairs = {Key(Kind.DROPOUT, d.torch): d for d in (session.plan.dropouts if session.plan else [])}
+    mine = {key: np.array([d.torch_site["p"], DROPOUT_MODES.get(d.torch_site["mode"], -1.0)]) for key, d in pairs.items()}
+    theirs = {key: np.array([d.paddle_site["p"], DROPOUT_MODES.get(d.paddle_site["mode"], -1.0)])
+              for key, d in pairs.items()}
+    judged = judge(result.name, mine, theirs, Tolerance(0.0, max=0.0))
+    for key in judged.keys:
+        if not key.passed:
+            d = pairs[key.id]
+            key.reason = (f"torch {d.torch} p {d.torch_site['p']:g} ({d.torch_site['mode']}) vs paddle {d.paddle} "
+                          f"p {d.paddle_site['p']:g} ({d.paddle_site['mode']})")
+    lone = _lone_dropouts(session)
+    result.keys += judged.keys + lone
+    ref.update(mine)
+    other.update(theirs)
+    if pairs or lone:
+        result.notes.append(f"dropout at p 0 in both frameworks for the train-mode steps (modules and functional "
+                            f"dropout: each framework draws its own masks); the {len(pairs)} paired dropouts' "
+                            f"probabilities and modes are compared as dropout:<module> keys, {len(lone)} without a "
+                            "counterpart fail")
+
+
+def _lone_dropouts(session) -> list:
+    """A dropout the forward calls with p > 0 that pairs with none on the other side is a
+    difference in training, even with every dropout off for the comparison."""
+    lone = []
+    for site in (session.plan.unpaired_dropouts if session.plan else []):
+        if site.get("called") and site["p"] > 0:
+            other = "paddle" if site["side"] == "torch" else "torch"
+            lone.append(KeyResult(id=Key(Kind.DROPOUT, site["name"], side=site["side"]), passed=False,
+                                  reason=f"{site['side']} {site['name']} drops out with p {site['p']:g} in train mode and "
+                                         f"no {other} dropout pairs with it ({site['why']})"))
+    return lone
 
 
 def judge_updates(session, ref: dict, other: dict, out: dict, overrides: dict | None) -> tuple:

@@ -8,7 +8,7 @@ import numpy as np
 
 from harness import keys, plot
 from harness.checks import parallel
-from harness.checks.common import check, judge, judge_updates, save_tensors
+from harness.checks.common import check, judge, judge_dropouts, judge_updates, save_tensors
 from harness.compare import load_side
 from harness.diff import CheckResult
 from harness.errors import UsageError
@@ -28,6 +28,8 @@ def backward(session, *, overrides: dict | None = None, write: bool = True) -> C
                        total_steps=cfg.total_steps, overrides=overrides)
     losses = {side: keys.losses(out[side]["loss"]) for side in SIDES}
     result, params, grads = judge_updates(session, dict(losses["torch"]), dict(losses["paddle"]), out, overrides)
+    if cfg.train.mode == "train":  # its steps ran with dropout off: the dropouts themselves are compared
+        judge_dropouts(session, result, {}, {})
     if write:
         for side in SIDES:
             session.writer.arrays(f"bp_align_{side}.npy", losses[side])  # the guide's file: losses only
@@ -64,12 +66,7 @@ def train(session) -> CheckResult:
         sides[side].update(means[side])
     if session.options.benchmark:
         result.keys += _against_benchmark(session.options.benchmark, out["paddle"]["metric"], cfg.tolerance.train)
-    dropout = sorted({f"{side}:{name}" for side, names in session.dropout().items() for name in names})
-    if dropout:
-        result.notes.append(
-            f"the model has dropout ({', '.join(dropout[:3])}{'...' if len(dropout) > 3 else ''}): in train "
-            "mode each framework draws its own masks, so the curves can differ in a correct port; set p = 0 "
-            "for this check")
+    judge_dropouts(session, result, sides["torch"], sides["paddle"])
     session.writer.check(result, sides["torch"], sides["paddle"])
     note = plot.train_curve(session.writer.out_dir / "train_curve.png", result, sides["torch"], sides["paddle"], cfg.name)
     if note:

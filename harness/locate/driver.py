@@ -47,7 +47,6 @@ class Locator:
         self.ctx, self.cfg, self.tol = ctx, ctx.cfg, ctx.cfg.tolerance
         self.match: Match | None = None
         self.outcome = Outcome()
-        self.dropout_off = False  # dropout modules were switched off in a traced train-mode run
         self.forward = self.gradients = self.updates = None  # the judges, once the modules are matched
 
     def summarize(self) -> None:
@@ -69,14 +68,12 @@ class Locator:
     def begin(self, mode: str, total_steps: int) -> dict:
         dropout = self.ctx.dropout
         if mode == "train" and (dropout["torch"] or dropout["paddle"]):
-            self.dropout_off = True
             names = dropout["torch"] or dropout["paddle"]
             self.outcome.notes.append(
-                f"dropout modules ({', '.join(map(display, names[:3]))}{' ...' if len(names) > 3 else ''}) were put in "
-                "eval mode for the traced train-mode steps: each framework draws its own masks, so a comparison with "
-                "dropout on would only show that")
-        return self.ctx.call({side: Request(Op.TRACE_BEGIN, {"mode": mode, "total_steps": total_steps,
-                                                             "eval_modules": tuple(dropout[side])}) for side in SIDES})
+                f"dropout ({', '.join(map(display, names[:3]))}{' ...' if len(names) > 3 else ''}, and functional "
+                "dropout) was at p 0 in the traced train-mode steps, as in the checks: each framework draws its own masks")
+        return self.ctx.call({side: Request(Op.TRACE_BEGIN, {"mode": mode, "total_steps": total_steps})
+                              for side in SIDES})
 
     def step(self, batch: dict, *, backward: bool, update: bool, with_loss: bool, sync: dict | None) -> dict:
         kwargs = {"batch": batch, "backward": backward, "update": update, "with_loss": with_loss}
@@ -138,10 +135,6 @@ def locate(ctx: Context, checks: list, *, always: bool = False) -> Outcome:
     try:
         if failing is not None:
             loc.outcome.finding = _for_check(loc, failing)
-            if loc.outcome.finding is None and loc.dropout_off:
-                loc.outcome.notes.append(
-                    f"with dropout off every traced step agrees: the {failing.name} failure comes from the dropout "
-                    "masks each framework draws; set p = 0 (or [train] mode = \"eval\") for this check")
         elif always:
             loc.outcome.finding = _everything(loc)
     except WorkerError as exc:
