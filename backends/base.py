@@ -25,6 +25,7 @@ class Runner(Primitives):
         self.pair = None
         self.model = None
         self._initial: dict | None = None
+        self._retired: list = []  # handles of earlier initial states, removed once a new one is kept
         self._dirty = False  # weights moved since the initial state was taken
         self._parallel = None  # the DataParallel wrapper of a rank, made on first use
         self._forward_model = None  # the wrapper while a data-parallel step runs
@@ -78,7 +79,7 @@ class Runner(Primitives):
             return None
         arrays = list(payload.values()) if isinstance(payload, dict) else [payload]
         return {"shape": list(np.shape(arrays[0])) if len(arrays) == 1 else [len(arrays)],
-                "sum": float(sum(np.sum(a, dtype=np.float64) for a in arrays))}
+                "sum": float(sum(np.sum(a) for a in arrays))}
 
     def setup(self, cfg: dict, precision: str = "float32") -> dict:
         self.cfg = cfg
@@ -91,7 +92,10 @@ class Runner(Primitives):
         self.seed_all(cfg["data"]["seed"])
         model = build()
         self._parallel = None  # a wrapper of the previous model would train that one
-        self._initial, self._dirty = None, False  # the previous model's state must never be restored into this one
+        # the previous model's state must never be restored into this one; its files stay readable
+        # (the coordinator may start the new model from them) until this worker keeps a new state
+        self._retired += list((self._initial or {}).values())
+        self._initial, self._dirty = None, False
         expected = self.model_type()
         if not isinstance(model, expected):
             raise TypeError(f"build_{self.framework}() returned {type(model).__module__}.{type(model).__name__}, "
@@ -144,16 +148,21 @@ class Runner(Primitives):
         return {"path": path}
 
     def export_state(self) -> dict:
-        """The initial state, as handles on this worker's own copy: nothing is written twice."""
-        self._keep_initial()
+        """The initial state, as handles on this worker's own copy in shared memory: the other
+        worker reads it from there, and nothing is written twice."""
+        if self._initial is None or self._dirty:
+            self._restore()
+            self._keep_initial()
         return dict(self._initial)
 
     def _keep_initial(self) -> None:
         """The weights every check starts from, kept in shared memory (not in this process)."""
-        old, self._initial = self._initial, self.stash(self.state_tensors(self.model), worker_owned=True)
-        for handle in (old or {}).values():
+        self._retired += list((self._initial or {}).values())
+        self._initial = self.stash(self.state_tensors(self.model), worker_owned=True)
+        for handle in self._retired:
             with contextlib.suppress(OSError):
                 os.unlink(handle.path)
+        self._retired = []
 
     def import_state(self, state: dict, raw: bool = False) -> dict:
         if raw:  # the pair converts torch's state itself

@@ -48,6 +48,18 @@ def _progress_sender(conn, progress_type, every_s: float = 0.2):
     return send
 
 
+def _capture_warnings() -> list:
+    """Python warnings of the framework and the user's code go to the report's notes with their
+    origin, never onto the coordinator's progress display (each location once, as by default)."""
+    caught: list = []
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        caught.append(f"{category.__name__}: {message} ({filename}:{lineno})")
+
+    warnings.showwarning = show
+    return caught
+
+
 def main(framework: str, conn, options: dict) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
@@ -56,6 +68,7 @@ def main(framework: str, conn, options: dict) -> None:
     from harness.protocol import Failure, Progress, Reply, pack, unpack
 
     stubs.block(pairfile.blocked_roots(framework), f"{framework} worker")
+    warned = _capture_warnings()
     shm_dir = options.get("shm_dir")
     runner = None
     while True:
@@ -72,7 +85,8 @@ def main(framework: str, conn, options: dict) -> None:
                 runner = module.Runner(options)
                 runner.progress = _progress_sender(conn, Progress)
             value = runner.handle(msg.op, unpack(msg.kwargs, keep_handles=False))
-            reply = Reply(pack(value, shm_dir), time.perf_counter() - start)
+            reply = Reply(pack(value, shm_dir), time.perf_counter() - start, warned[:])
+            warned.clear()
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the coordinator
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             reply = Failure(type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", tb)

@@ -125,8 +125,9 @@ def plain(toml: Path, framework: str) -> dict:
 
 
 def transport(toml: Path) -> dict:
-    """torch's whole state dict to the coordinator and on to the paddle worker, as the harness
-    moves weights: written once to shared memory, passed on as handles, read by the receiver."""
+    """torch's whole state dict on to the paddle worker, as the harness moves weights: the torch
+    worker keeps its state in shared memory (written once, when its weights are set), the
+    coordinator passes the handles on without reading them, the paddle worker reads every byte."""
     from harness import config
     from harness.protocol import Op, nbytes
     from harness.session import RunOptions, Session

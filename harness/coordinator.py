@@ -51,6 +51,7 @@ def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lamb
     report.notes += session.plan.notes if session.plan else []
     report.timing = {"wall_s": round(time.perf_counter() - started, 3),
                      "torch_s": timing["torch"], "paddle_s": timing["paddle"]}
+    report.notes += [f"{worker} worker warned: {text}" for text, worker in session.group.warnings.items()]
     report.first_divergence = first_divergence(report.checks)
     if located is not None:
         locate.apply(located, report)

@@ -125,6 +125,7 @@ class WorkerGroup:
         self.workers: dict[str, _Worker] = {}
         self.shm_dir = None
         self.on_progress = None  # (worker name, op, done, total) -> None
+        self.warnings: dict = {}  # warning text -> the first worker that raised it
 
     @property
     def names(self) -> list:
@@ -208,6 +209,8 @@ class WorkerGroup:
             raise err from RemoteTraceback(msg.traceback)
         assert isinstance(msg, Reply)
         worker.seconds += msg.seconds
+        for text in msg.warnings:
+            self.warnings.setdefault(text, worker.name)
         return unpack(msg.value, keep_handles=True)
 
     def _root_cause(self, err: WorkerError, failed: _Worker, busy: list, op: str) -> WorkerError:

@@ -55,6 +55,7 @@ class Request:
 class Reply:
     value: object
     seconds: float  # compute time inside the worker
+    warnings: list = field(default_factory=list)  # Python warnings raised while it ran, as text
 
 
 @dataclass

@@ -89,3 +89,18 @@ def test_batchnorm_statistics_after_adam(make_pair, tmp_path, bug, aligned):
     if not aligned:
         div = report(tmp_path / "o")["first_divergence"]
         assert div["where"] == "buffer" and "momentum convention" in div["detail"]
+
+
+@pytest.mark.e2e
+def test_the_encoder_benchmark_pair_is_aligned_with_default_tolerances(tmp_path):
+    """benchmarks/pairs/encoder4 (4 layers, d 256, AdamW lr 1e-4, its own exact torch_to_paddle):
+    float32 fails its loss of step 3 at about 1.5e-6 > 1e-6; float64 says round-off."""
+    from conftest import ROOT
+
+    toml = ROOT / "benchmarks" / "pairs" / "encoder4" / "pair.toml"
+    proc = cli("run", toml, "--checks", "backward", "--out", tmp_path / "o", timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    backward = check(report(tmp_path / "o"), "backward")
+    if "arbitration" in backward:  # on this machine's kernels float32 fails loss_3; float64 decides
+        assert backward["arbitration"] == "float64"
+        assert any(k.get("rule") == "float64_arbitration" for k in backward["keys"])
