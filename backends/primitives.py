@@ -10,7 +10,9 @@ import functools
 
 import numpy as np
 
-from harness.protocol import SHM_MIN_BYTES, Deferred, write_shared
+from harness.protocol import Deferred, write_shared
+
+TRACE_SHM_MIN_BYTES = 64 << 10
 # attributes that hold the probability an attention module passes to a functional dropout:
 # torch's MultiheadAttention and paddle's MultiHeadAttention `dropout`, HF's sdpa `dropout_prob`
 FUNCTIONAL_DROPOUT = ("dropout", "dropout_p", "dropout_prob", "attention_dropout", "attn_dropout")
@@ -173,10 +175,11 @@ class Primitives(abc.ABC):
                 for k, t in tensors.items()}
 
     def keep(self, tensor):
-        """A copy of a traced tensor that later computation cannot change: in shared memory when
-        large, so a traced step's activations never pile up in this process."""
+        """A copy of a traced tensor that later computation cannot change: in shared memory unless
+        tiny, so a traced step's activations pile up neither here nor in the coordinator (a
+        hidden state of 8 x 32 x 768 floats is under the pipe's 1 MiB, hundreds of them a step)."""
         arr = self.to_numpy(tensor)
-        return write_shared(arr, self.options["shm_dir"]) if arr.nbytes >= SHM_MIN_BYTES else np.array(arr)
+        return write_shared(arr, self.options["shm_dir"]) if arr.nbytes >= TRACE_SHM_MIN_BYTES else np.array(arr)
 
     def state(self, model) -> dict:
         return self.snapshot(self.state_tensors(model))
