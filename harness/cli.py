@@ -97,10 +97,13 @@ def _execute(cfg, *, out_dir: Optional[Path], timeout: float, device: str = "aut
             raise UsageError(f"--benchmark: {benchmark}: file not found")
         if "train" not in cfg.checks:
             raise UsageError("--benchmark compares the train check's final metric: add train to --checks")
+        from harness.compare import load_side
+
+        load_side(benchmark)  # a file that is unsafe or no reprod_log file is refused before any worker starts
     # SIGTERM unwinds like Ctrl-C, so the workers are stopped and the shared-memory folder removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if weights is not None:
-        checkpoints.checkpoint_side(weights)  # a missing or unknown file is a usage error, before any worker starts
+        checkpoints.verify(weights)  # missing, unknown or unsafe: a usage error before any worker starts
     if dp_equivalence and (layout is None or layout.nprocs < 2 or layout.nnodes > 1):
         raise UsageError("--dp-equivalence compares N ranks with 1 on one machine: give --nprocs 2 or more, no --nnodes")
     opts = RunOptions(out_dir=out_dir, timeout=timeout, device=device, benchmark=benchmark, weights=weights,

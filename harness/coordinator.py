@@ -10,22 +10,33 @@ from pathlib import Path
 from typing import Callable
 
 from harness import checkpoints, locate
+from harness.artifacts import ArtifactWriter
 from harness.checks import CHECKS
 from harness.checks.parallel import dp_equivalence
 from harness.config import RunConfig
 from harness.errors import UsageError
 from harness.keys import Kind
+from harness.outdir import OutFolder
 from harness.protocol import SIDES
 from harness.report import Divergence, RunReport
 from harness.session import RunOptions, Session
 
 
 def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lambda msg: None) -> RunReport:
+    """The whole run into opts.out_dir: locked for the run, written in a staging folder beside it
+    that replaces it only once report.json is written (harness/outdir.py)."""
     unsupported = [c for c in cfg.checks if c not in CHECKS]
     if unsupported:
         raise UsageError(f"{cfg.source}: checks {unsupported} are not available in this version")
+    with OutFolder(opts.out_dir) as folder:
+        report = _run(cfg, opts, progress, writer=ArtifactWriter(folder.staging, shown=folder.path))
+        folder.commit()
+    return report
+
+
+def _run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None], *, writer: ArtifactWriter) -> RunReport:
     started = time.perf_counter()
-    session = Session(cfg, opts, progress)
+    session = Session(cfg, opts, progress, writer=writer)
     report = RunReport(cfg.name)
     located = None
     try:

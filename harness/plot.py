@@ -34,7 +34,12 @@ def train_curve(path: Path, torch_loss, paddle_loss, title: str) -> str | None:
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-drawn figure behind
+        raise
+    finally:
+        plt.close(fig)
     return None

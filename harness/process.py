@@ -140,7 +140,8 @@ class WorkerGroup:
         if msg is None:
             self._raise_dead(worker, op)
         if isinstance(msg, Failure):
-            err = WorkerError(worker.name, f"'{op}' failed: {msg.exc_type}: {msg.message}", msg.traceback)
+            err = WorkerError(worker.name, f"'{op}' failed: {msg.exc_type}: {msg.message}", msg.traceback,
+                              exc_type=msg.exc_type, exc_message=msg.message)
             raise err from RemoteTraceback(msg.traceback)
         assert isinstance(msg, Reply)
         worker.seconds += msg.seconds

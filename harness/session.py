@@ -41,10 +41,11 @@ def worker_threads(requested: int | None) -> int:
 class Session:
     """Both workers up, weights shared, then any sequence of checks (harness/checks/)."""
 
-    def __init__(self, cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lambda msg: None):
+    def __init__(self, cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lambda msg: None,
+                 *, writer: ArtifactWriter | None = None):
         self.cfg, self.options, self.progress = cfg, opts, progress
         self.data = BatchSource(cfg)
-        self.writer = ArtifactWriter(opts.out_dir)
+        self.writer = writer or ArtifactWriter(opts.out_dir)
         self.plan: weights.Plan | None = None
         self.initial_torch: dict = {}
         self.infos: dict = {}

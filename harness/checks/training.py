@@ -71,8 +71,8 @@ def train(session) -> CheckResult:
             "mode each framework draws its own masks, so the curves can differ in a correct port; set p = 0 "
             "for this check")
     session.writer.check(result, sides["torch"], sides["paddle"])
-    note = plot.train_curve(session.writer.out_dir / "train_curve.png", out["torch"]["loss"], out["paddle"]["loss"],
-                            cfg.name)
+    with session.writer.writing("train_curve.png") as path:
+        note = plot.train_curve(path, out["torch"]["loss"], out["paddle"]["loss"], cfg.name)
     if note:
         result.notes.append(note)
     return result
