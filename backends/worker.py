@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import importlib
 import os
 import signal
@@ -34,16 +35,39 @@ def configure_environment(options: dict) -> None:
     warnings.filterwarnings("ignore", message="No ccache found")  # paddle's import-time noise
 
 
+_fault_file = None  # kept open for the life of the process: faulthandler writes to its descriptor
+
+
+def enable_fault_reports(path: str | None) -> None:
+    """Python's stack into the worker's own error file on a fatal signal (segfault, abort, ...),
+    and on SIGUSR1, which the coordinator sends to a worker that does not answer in time. Called
+    again after the framework import, whose own handlers would otherwise replace these."""
+    global _fault_file
+    if not path:
+        return
+    if _fault_file is None:
+        _fault_file = open(path, "a")  # noqa: SIM115 - must outlive this call
+    faulthandler.disable()  # enable() does nothing while enabled: the handlers must be installed anew
+    faulthandler.enable(_fault_file, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, _fault_file, all_threads=True, chain=False)
+
+
 def main(framework: str, conn, options: dict) -> None:
     die_with_parent()
+    os.setpgrp()  # a group of its own: close() ends whatever the user's code started along with it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    enable_fault_reports(options.get("fault_file"))
     configure_environment(options)
     from harness import pairfile, stubs
-    from harness.protocol import Failure, Reply, pack, unpack
 
     stubs.block(pairfile.blocked_roots(framework), f"{framework} worker")
-    shm_dir = options.get("shm_dir")
-    runner = None
+    serve(framework, conn, options)
+
+
+def serve(framework: str, conn, options: dict) -> None:
+    from harness.protocol import Failure, Reply, pack, unpack
+
+    shm_dir, runner = options.get("shm_dir"), None
     while True:
         try:
             msg = conn.recv()
@@ -56,7 +80,9 @@ def main(framework: str, conn, options: dict) -> None:
             if runner is None:
                 module = importlib.import_module(f"backends.{framework}.runner")
                 runner = module.Runner(options)
+                enable_fault_reports(options.get("fault_file"))
             value = runner.handle(msg.op, unpack(msg.kwargs, consume=False))
+            check_crossable(value, f"'{msg.op}' returned")
             reply = Reply(pack(value, shm_dir), time.perf_counter() - start)
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the coordinator
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -65,3 +91,25 @@ def main(framework: str, conn, options: dict) -> None:
             conn.send(reply)
         except (BrokenPipeError, OSError):
             return
+
+
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def check_crossable(value, where: str) -> None:
+    """Only data crosses to the coordinator: the pipe pickles with dill, which would carry locks and
+    lambdas across, where saving or comparing them then fails far from their cause."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_crossable(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_crossable(v, f"{where}[{i}]")
+    elif isinstance(value, (np.ndarray, np.generic)):
+        if value.dtype.hasobject:
+            raise TypeError(f"{where} is an object array, which cannot cross to the coordinator")
+    elif not isinstance(value, _PLAIN):
+        raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__qualname__}, "
+                        "which cannot cross to the coordinator")

@@ -3,6 +3,7 @@ command (one framework's file written as the other's), both through the run's we
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from harness.errors import UsageError, WorkerError
@@ -79,6 +80,13 @@ def validate_conversion(*, torch_weights: Path | None, paddle_weights: Path | No
     wanted = TARGET_SUFFIXES[side]
     if not str(target).endswith(wanted):
         raise UsageError(f"--out {target}: expected a {' or '.join(wanted)} file")
+    folder = Path(target).absolute().parent
+    if Path(target).is_dir():
+        raise UsageError(f"--out {target}: is a folder, not a file")
+    if not folder.is_dir():
+        raise UsageError(f"--out {target}: {folder} is not an existing folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {target}: cannot write in {folder} (permission denied)")
     return source
 
 

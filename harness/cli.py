@@ -85,7 +85,8 @@ def _root(
     pass
 
 
-def _execute(cfg, *, out_dir: Optional[Path], timeout: float, device: str = "auto", as_json: bool = False,
+def _execute(cfg, *, out_dir: Optional[Path], timeout: float, startup_timeout: float = 900.0, device: str = "auto",
+             as_json: bool = False,
              quiet: bool = False, verbose: bool = False, benchmark: Optional[Path] = None,
              weights: Optional[Path] = None, locate: bool = False, layout=None, dp_equivalence: bool = False):
     from harness import checkpoints, coordinator
@@ -106,7 +107,8 @@ def _execute(cfg, *, out_dir: Optional[Path], timeout: float, device: str = "aut
         checkpoints.verify(weights)  # missing, unknown or unsafe: a usage error before any worker starts
     if dp_equivalence and (layout is None or layout.nprocs < 2 or layout.nnodes > 1):
         raise UsageError("--dp-equivalence compares N ranks with 1 on one machine: give --nprocs 2 or more, no --nnodes")
-    opts = RunOptions(out_dir=out_dir, timeout=timeout, device=device, benchmark=benchmark, weights=weights,
+    opts = RunOptions(out_dir=out_dir, timeout=timeout, startup_timeout=startup_timeout, device=device,
+                      benchmark=benchmark, weights=weights,
                       locate=locate, layout=layout, dp_equivalence=dp_equivalence)
     with Progress(err, quiet or as_json) as progress:
         report = coordinator.run(cfg, opts, progress)
@@ -127,6 +129,8 @@ def _resolve(pair_toml: Optional[Path], zoo: Optional[str]):
 
 
 TIMEOUT_HELP = "Seconds any single step may take before the workers are stopped (exit 3)."
+STARTUP_HELP = ("Seconds the start-up may take (spawn, framework import, the pair's build, weights shared) "
+                "before the workers are stopped (exit 3); --timeout if that is longer.")
 
 
 @app.command()
@@ -138,6 +142,7 @@ def run(
     checks: Optional[str] = typer.Option(None, "--checks", help="Comma-separated subset, e.g. forward,loss."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Override [train] iters."),
     timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
+    startup_timeout: float = typer.Option(900.0, "--startup-timeout", min=1.0, help=STARTUP_HELP),
     device: str = typer.Option("auto", "--device", help="auto (GPU when the framework sees one) | cpu | gpu."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
@@ -174,7 +179,7 @@ def run(
     layout = Layout(nprocs=nprocs or cfg.distributed.nprocs, devices=device_ids, placement=placement,
                     backend=cfg.distributed.backend, nnodes=nnodes, node_rank=node_rank, master=master,
                     ips=tuple(a.strip() for a in ips.split(",")) if ips else ())
-    _execute(cfg, out_dir=out_dir, timeout=timeout, device=device, as_json=as_json, quiet=quiet, verbose=verbose,
+    _execute(cfg, out_dir=out_dir, timeout=timeout, startup_timeout=startup_timeout, device=device, as_json=as_json, quiet=quiet, verbose=verbose,
              benchmark=benchmark, weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence)
 
 
@@ -196,6 +201,7 @@ def convert(
     paddle_weights: Optional[Path] = typer.Option(None, "--paddle-weights", help="A paddle state dict (.pdparams)."),
     out_path: Path = typer.Option(..., "--out", help="Where to write the other framework's checkpoint."),
     timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
+    startup_timeout: float = typer.Option(900.0, "--startup-timeout", min=1.0, help=STARTUP_HELP),
 ):
     """Convert a checkpoint between the frameworks with the same mapping `run` uses.
 
@@ -208,7 +214,8 @@ def convert(
                                              target=out_path)
     cfg = config.load(pair_toml)
     with Progress(err, False) as progress:
-        side = coordinator.convert_checkpoint(cfg, source=source, target=out_path, timeout=timeout, progress=progress)
+        side = coordinator.convert_checkpoint(cfg, source=source, target=out_path, timeout=timeout,
+                                              startup_timeout=startup_timeout, progress=progress)
     out.print(f"wrote {out_path} ({side} checkpoint, mapped strictly)")
 
 

@@ -81,11 +81,12 @@ def first_divergence(checks: list) -> Divergence | None:
     return None
 
 
-def convert_checkpoint(cfg: RunConfig, *, source: Path, target: Path, timeout: float,
+def convert_checkpoint(cfg: RunConfig, *, source: Path, target: Path, timeout: float, startup_timeout: float,
                        progress: Callable[[str], None]) -> str:
     """The pair's workers started for one conversion; returns the side of the file written."""
     with tempfile.TemporaryDirectory() as scratch:
-        session = Session(cfg, RunOptions(out_dir=Path(scratch), timeout=timeout), progress)
+        opts = RunOptions(out_dir=Path(scratch), timeout=timeout, startup_timeout=startup_timeout)
+        session = Session(cfg, opts, progress)
         try:
             session.start()
             progress(f"converting {source.name}")

@@ -6,19 +6,25 @@ import contextlib
 import importlib
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import multiprocess as mp
 from multiprocess.connection import wait
 
 from harness.errors import RemoteTraceback, WorkerError
-from harness.protocol import Failure, Reply, Request, make_shm_dir, pack, unpack
+from harness.protocol import Failure, Reply, Request, make_shm_dir, pack, sweep_stale_shm_dirs, unpack
 
 CLOSE_GRACE_S = 5.0
-# how long a failed rank's peers get to show that one of them died first (and caused it)
-PEER_DEATH_GRACE_S = 0.5
+# how long a failed rank's peers get to show that one of them died first (and caused it); the wait
+# ends as soon as every peer has either died or answered
+PEER_DEATH_GRACE_S = 2.0
+# how long a worker that did not answer in time gets to write its stack (faulthandler on SIGUSR1)
+STACK_GRACE_S = 2.0
+TIMEOUT_HINT = "raise --timeout if the model is just slow"
 
 
 WORKER_ENTRY = "backends.worker"  # started by name: the coordinator never imports backends code
@@ -55,11 +61,13 @@ def _main_module_hidden():
 
 class _Worker:
     def __init__(self, ctx, spec: WorkerSpec, shm_dir):
-        self.name = spec.name
+        self.name, self.framework = spec.name, spec.framework or spec.name
+        self.fault_file = Path(shm_dir) / f"faults-{spec.name}.txt"  # the worker's faulthandler output
         self.conn, child = ctx.Pipe()
+        options = dict(spec.options, shm_dir=str(shm_dir), fault_file=str(self.fault_file))
         self.process = ctx.Process(
             target=_enter,
-            args=(spec.entry, spec.framework or spec.name, child, dict(spec.options, shm_dir=str(shm_dir))),
+            args=(spec.entry, self.framework, child, options),
             name=f"reprod-{spec.name}-worker",
             daemon=True,
         )
@@ -88,6 +96,7 @@ class WorkerGroup:
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")  # never fork: CUDA and thread pools do not survive it
+        sweep_stale_shm_dirs()
         self.shm_dir = make_shm_dir()
         try:
             for spec in self.specs:
@@ -96,9 +105,11 @@ class WorkerGroup:
             self.close()
             raise
 
-    def call(self, requests: dict[str, Request], timeout: float | None = None) -> dict:
-        """Send each worker its request, wait for all replies at once; returns name -> value."""
-        deadline = time.monotonic() + (timeout or self.timeout)
+    def call(self, requests: dict[str, Request], timeout: float | None = None, hint: str = TIMEOUT_HINT) -> dict:
+        """Send each worker its request, wait for all replies at once; returns name -> value.
+        timeout (default: the group's) and hint (how to raise it) word a timeout's message."""
+        limit = timeout or self.timeout
+        deadline = time.monotonic() + limit
         try:
             for name, req in requests.items():
                 worker = self.workers[name]
@@ -109,14 +120,12 @@ class WorkerGroup:
             pending = {name: self.workers[name] for name in requests}
             results = {}
             while pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    names = ", ".join(pending)
-                    raise WorkerError(names, f"no answer to '{requests[next(iter(pending))].op}' within "
-                                      f"{timeout or self.timeout:.0f} s (raise --timeout if the model is just slow)")
                 handles = {w.conn: w for w in pending.values()}
                 handles.update({w.process.sentinel: w for w in pending.values()})
-                for ready in wait(list(handles), timeout=left):
+                ready_now = wait(list(handles), timeout=max(0.0, deadline - time.monotonic()))
+                if not ready_now:  # a reply that came at the deadline was read first: only the silent are blamed
+                    raise timed_out(list(pending.values()), requests[next(iter(pending))].op, limit, hint)
+                for ready in ready_now:
                     worker = handles[ready]
                     if worker.name not in pending:
                         continue
@@ -149,17 +158,22 @@ class WorkerGroup:
 
     def _root_cause(self, err: WorkerError, failed: _Worker, pending: dict, op: str) -> WorkerError:
         """A rank whose peer died fails in its collective ("connection closed by peer") at about
-        the moment the peer's death shows: the dead peer is the cause, whichever was seen first."""
-        others = [w for name, w in pending.items() if w is not failed]
-        if not others or err.remote_traceback is None:
+        the moment the peer's death shows: the dead peer is the cause, whichever was seen first,
+        and it is named before the peer's error."""
+        peers = [w for w in pending.values() if w is not failed and w.framework == failed.framework]
+        if not peers or err.remote_traceback is None:
             return err
-        wait([w.process.sentinel for w in others], timeout=PEER_DEATH_GRACE_S)
-        for w in others:
+        deadline = time.monotonic() + PEER_DEATH_GRACE_S
+        while time.monotonic() < deadline and not all(w.conn.poll() or not w.process.is_alive() for w in peers):
+            wait([w.process.sentinel for w in peers] + [w.conn for w in peers], timeout=0.05)
+        for w in peers:
             if not w.process.is_alive() and not self._has_reply(w):
                 try:
                     self._raise_dead(w, op)
                 except WorkerError as dead:
-                    dead.remote_traceback = f"after which {err}:\n{err.remote_traceback}"
+                    stack = dead.remote_traceback or ""
+                    dead.remote_traceback = (f"{dead} first; {stack}after it, {err}:\n"
+                                             f"{err.remote_traceback}")
                     return dead
         return err
 
@@ -176,7 +190,9 @@ class WorkerGroup:
         worker.process.join(1.0)
         code = worker.process.exitcode
         how = "still running" if code is None else f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
-        raise WorkerError(worker.name, f"died during '{op}' ({how})")
+        stack = read_faults(worker)  # faulthandler's report: the Python stack at a fatal signal
+        raise WorkerError(worker.name, f"died during '{op}' ({how})",
+                          f"{worker.name} worker's Python stack when it died:\n{stack}" if stack else None)
 
     def _sweep_requests(self) -> None:
         """Request arrays were read by now (or never will be): drop their segments."""
@@ -202,15 +218,65 @@ class WorkerGroup:
             w.process.join(max(0.0, deadline - time.monotonic()))
         for w in workers:
             if w.process.is_alive():
-                w.process.terminate()
+                _signal_group(w, signal.SIGTERM)
         for w in workers:
             w.process.join(2.0)
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join(2.0)
         for w in workers:
+            _signal_group(w, signal.SIGKILL)  # what the user's code started (a server, a data loader) ends too
             w.conn.close()
         self.workers.clear()
         if self.shm_dir:
             shutil.rmtree(self.shm_dir, ignore_errors=True)
             self.shm_dir = None
+
+
+def read_faults(worker: _Worker, start: int = 0) -> str:
+    """faulthandler's report from `start` on, less its list of loaded extension modules (noise)."""
+    try:
+        with open(worker.fault_file, errors="replace") as f:
+            f.seek(start)
+            text = f.read()
+    except OSError:
+        return ""
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("Extension modules:"))
+
+
+def _fault_size(worker: _Worker) -> int:
+    try:
+        return os.path.getsize(worker.fault_file)
+    except OSError:
+        return 0
+
+
+def timed_out(silent: list, op: str, limit: float, hint: str) -> WorkerError:
+    """The workers that did not answer, blamed with the stack each was in (faulthandler on SIGUSR1)."""
+    sizes = {w.name: _fault_size(w) for w in silent}
+    for w in silent:
+        with contextlib.suppress(OSError):
+            os.kill(w.process.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + STACK_GRACE_S
+    while time.monotonic() < deadline and any(_fault_size(w) == sizes[w.name] for w in silent if w.process.is_alive()):
+        time.sleep(0.05)
+    time.sleep(0.05)  # the dump is written in pieces: let the last one land
+    stacks = [f"{w.name} worker was here when it did not answer:\n{text}" for w in silent
+              if (text := read_faults(w, sizes[w.name]).strip())]
+    return WorkerError(", ".join(w.name for w in silent), f"no answer to '{op}' within {limit:.0f} s ({hint})",
+                       "\n".join(stacks) + "\n" if stacks else None)
+
+
+def _signal_group(worker: _Worker, sig: int) -> None:
+    """The worker's process group (its pid: it calls setpgrp first thing), children included."""
+    pid = worker.process.pid
+    if pid is None:
+        return
+    try:
+        if os.getpgid(pid) != pid:  # not (yet) its own group: signal the worker alone
+            os.kill(pid, sig)
+            return
+    except ProcessLookupError:
+        pass  # reaped already; its children may still hold the group
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

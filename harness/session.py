@@ -18,13 +18,15 @@ from harness.data import BatchSource
 from harness.process import WorkerGroup, WorkerSpec
 from harness.protocol import SIDES, Op, Request
 
+STARTUP_HINT = "start-up: spawn, framework import, the pair's build; raise --startup-timeout if that is just slow"
 ADAPTIVE = ("adam", "adamw", "pair")  # a pair's own optimizer is unknown: treated as adaptive
 
 
 @dataclass(frozen=True)
 class RunOptions:
     out_dir: Path
-    timeout: float = 900.0
+    timeout: float = 900.0  # per call (a check's step), once the workers are up
+    startup_timeout: float = 900.0  # spawn, framework import, the pair's build, weights shared (or timeout, if longer)
     device: str = "auto"  # auto | cpu | gpu
     threads: int | None = None  # per worker; None: half the cores each
     benchmark: Path | None = None  # reprod_log .npy with the metric the paddle run must reach
@@ -55,6 +57,7 @@ class Session:
         # rank 0 of each framework is named after it, so every single-process check runs there
         self.ranks = {side: [side] + [f"{side}.{r}" for r in range(1, n)] for side in SIDES}
         self.group = WorkerGroup(self._specs(), opts.timeout)
+        self._starting = False
 
     def _specs(self) -> list:
         opts, layout = self.options, self.layout
@@ -72,6 +75,9 @@ class Session:
     # ------------------------------------------------------------------ calling workers
     def call(self, requests: dict) -> dict:
         """Worker name -> Request, all at once; returns worker name -> reply."""
+        if self._starting:  # start-up has its own limit: a small per-step --timeout must not fail it
+            return self.group.call(requests, timeout=max(self.options.startup_timeout, self.options.timeout),
+                                   hint=STARTUP_HINT)
         return self.group.call(requests)
 
     def both(self, op: Op, **kwargs) -> dict:
@@ -99,6 +105,13 @@ class Session:
         self._setup()
 
     def _setup(self) -> None:
+        self._starting = True
+        try:
+            self._build()
+        finally:
+            self._starting = False
+
+    def _build(self) -> None:
         self.plan = None
         batch = self.data.batch(0)
         if self.layout.world > 1:
