@@ -42,7 +42,10 @@ def read(session, side: str, path: Path) -> dict:
     except WorkerError as exc:
         if exc.exc_type not in REFUSED:
             raise
-        raise UsageError(f"{path}: refusing to load it: {refusal(exc.remote_traceback or '', exc.exc_message)}") from None
+        if exc.exc_type == "UnsafeFile":  # safeload's message names the file and the object already
+            raise UsageError(exc.exc_message) from None
+        raise UsageError(f"{path}: refusing to load it: torch's weights_only loader says: "
+                         f"{refusal(exc.remote_traceback or '', exc.exc_message)}") from None
 
 
 def refusal(traceback: str, message: str) -> str:

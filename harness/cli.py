@@ -179,8 +179,9 @@ def run(
     layout = Layout(nprocs=nprocs or cfg.distributed.nprocs, devices=device_ids, placement=placement,
                     backend=cfg.distributed.backend, nnodes=nnodes, node_rank=node_rank, master=master,
                     ips=tuple(a.strip() for a in ips.split(",")) if ips else ())
-    _execute(cfg, out_dir=out_dir, timeout=timeout, startup_timeout=startup_timeout, device=device, as_json=as_json, quiet=quiet, verbose=verbose,
-             benchmark=benchmark, weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence)
+    _execute(cfg, out_dir=out_dir, timeout=timeout, startup_timeout=startup_timeout, device=device, as_json=as_json,
+             quiet=quiet, verbose=verbose, benchmark=benchmark, weights=weights, locate=locate, layout=layout,
+             dp_equivalence=dp_equivalence)
 
 
 @app.command()
@@ -213,6 +214,7 @@ def convert(
     source = checkpoints.validate_conversion(torch_weights=torch_weights, paddle_weights=paddle_weights,
                                              target=out_path)
     cfg = config.load(pair_toml)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds like Ctrl-C: the workers are stopped
     with Progress(err, False) as progress:
         side = coordinator.convert_checkpoint(cfg, source=source, target=out_path, timeout=timeout,
                                               startup_timeout=startup_timeout, progress=progress)
@@ -234,9 +236,12 @@ def init(
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
         raise UsageError(f"{', '.join(existing)} already exist (use --force to overwrite)")
-    directory.mkdir(parents=True, exist_ok=True)
-    for target in targets:
-        target.write_text((templates / target.name).read_text())
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for target in targets:
+            target.write_text((templates / target.name).read_text())
+    except OSError as exc:
+        raise UsageError(f"{exc.filename or directory}: cannot write it: {exc.strerror or exc}") from None
     out.print(f"wrote {targets[0]} and {targets[1]}; next: reprod-harness run {targets[0]}")
 
 
