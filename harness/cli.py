@@ -130,7 +130,7 @@ def _resolve(pair_toml: Optional[Path], zoo: Optional[str]):
 
 TIMEOUT_HELP = "Seconds any single step may take before the workers are stopped (exit 3)."
 STARTUP_HELP = ("Seconds the start-up may take (spawn, framework import, the pair's build, weights shared) "
-                "before the workers are stopped (exit 3); --timeout if that is longer.")
+                "before the workers are stopped (exit 3); apart from --timeout.")
 
 
 @app.command()

@@ -157,24 +157,25 @@ class WorkerGroup:
         return unpack(msg.value, consume=True)
 
     def _root_cause(self, err: WorkerError, failed: _Worker, pending: dict, op: str) -> WorkerError:
-        """A rank whose peer died fails in its collective ("connection closed by peer") at about
-        the moment the peer's death shows: the dead peer is the cause, whichever was seen first,
-        and it is named before the peer's error."""
+        """A rank whose peer died fails in its collective ("connection closed by peer"), or aborts
+        in it (gloo's uncaught IoException: SIGABRT), at about the moment the peer's death shows:
+        the dead peer is the cause, whichever was seen first, and it is named before the peer."""
         peers = [w for w in pending.values() if w is not failed and w.framework == failed.framework]
-        if not peers or err.remote_traceback is None:
-            return err
+        if not peers or not (err.exc_type is not None or _aborted(failed)):
+            return err  # no peer, or a death of its own (a segfault, an exit, a kill)
         deadline = time.monotonic() + PEER_DEATH_GRACE_S
         while time.monotonic() < deadline and not all(w.conn.poll() or not w.process.is_alive() for w in peers):
             wait([w.process.sentinel for w in peers] + [w.conn for w in peers], timeout=0.05)
-        for w in peers:
-            if not w.process.is_alive() and not self._has_reply(w):
-                try:
-                    self._raise_dead(w, op)
-                except WorkerError as dead:
-                    stack = dead.remote_traceback or ""
-                    dead.remote_traceback = (f"{dead} first; {stack}after it, {err}:\n"
-                                             f"{err.remote_traceback}")
-                    return dead
+        dead = [w for w in peers if not w.process.is_alive() and not self._has_reply(w)]
+        for w in sorted(dead, key=_aborted):  # a peer that died of its own accord before one that aborted
+            if _aborted(w) and _aborted(failed):
+                break
+            try:
+                self._raise_dead(w, op)
+            except WorkerError as cause:
+                stack = cause.remote_traceback or ""
+                cause.remote_traceback = f"{cause} first; {stack}after it, {err}:\n{err.remote_traceback or ''}"
+                return cause
         return err
 
     @staticmethod
@@ -231,6 +232,10 @@ class WorkerGroup:
         if self.shm_dir:
             shutil.rmtree(self.shm_dir, ignore_errors=True)
             self.shm_dir = None
+
+
+def _aborted(worker: _Worker) -> bool:
+    return worker.process.exitcode == -signal.SIGABRT
 
 
 def read_faults(worker: _Worker, start: int = 0) -> str:

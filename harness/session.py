@@ -26,7 +26,7 @@ ADAPTIVE = ("adam", "adamw", "pair")  # a pair's own optimizer is unknown: treat
 class RunOptions:
     out_dir: Path
     timeout: float = 900.0  # per call (a check's step), once the workers are up
-    startup_timeout: float = 900.0  # spawn, framework import, the pair's build, weights shared (or timeout, if longer)
+    startup_timeout: float = 900.0  # spawn, framework import, the pair's build, weights shared
     device: str = "auto"  # auto | cpu | gpu
     threads: int | None = None  # per worker; None: half the cores each
     benchmark: Path | None = None  # reprod_log .npy with the metric the paddle run must reach
@@ -76,8 +76,7 @@ class Session:
     def call(self, requests: dict) -> dict:
         """Worker name -> Request, all at once; returns worker name -> reply."""
         if self._starting:  # start-up has its own limit: a small per-step --timeout must not fail it
-            return self.group.call(requests, timeout=max(self.options.startup_timeout, self.options.timeout),
-                                   hint=STARTUP_HINT)
+            return self.group.call(requests, timeout=self.options.startup_timeout, hint=STARTUP_HINT)
         return self.group.call(requests)
 
     def both(self, op: Op, **kwargs) -> dict:
