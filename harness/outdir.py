@@ -42,6 +42,9 @@ def check_usable(folder: Path) -> None:
         what = "is a file, not a folder" if place == folder else f"is inside {place}, which is a file, not a folder"
         raise UsageError(f"--out {folder}: {what}")
     if folder.is_dir():
+        if os.path.ismount(folder):  # a mount point cannot be renamed: the run's files would be lost at the end
+            raise UsageError(f"--out {folder}: is a mount point, and a run replaces its folder as a whole; "
+                             f"give a folder inside it (e.g. {folder / 'run'})")
         names = sorted(os.listdir(folder))
         if names and not any(n in names for n in OWN_FILES):
             shown = ", ".join(names[:3]) + ("..." if len(names) > 3 else "")

@@ -21,7 +21,7 @@ from harness.protocol import Failure, Reply, Request, make_shm_dir, pack, sweep_
 CLOSE_GRACE_S = 5.0
 # how long a failed rank's peers get to show that one of them died first (and caused it); the wait
 # ends as soon as every peer has either died or answered
-PEER_DEATH_GRACE_S = 2.0
+PEER_DEATH_GRACE_S = 1.0
 # how long a worker that did not answer in time gets to write its stack (faulthandler on SIGUSR1)
 STACK_GRACE_S = 2.0
 TIMEOUT_HINT = "raise --timeout if the model is just slow"

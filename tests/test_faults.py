@@ -228,7 +228,7 @@ def test_leftovers_of_a_killed_run_are_swept_under_the_lock(tmp_path):
     assert_only(tmp_path, "out")
 
 
-@pytest.mark.parametrize("case", ["file", "inside_file", "foreign", "readonly"])
+@pytest.mark.parametrize("case", ["file", "inside_file", "foreign", "readonly", "mount_point"])
 def test_an_unusable_out_is_exit_2_before_any_worker(tmp_path, case):
     if case == "file":
         out = tmp_path / "f"
@@ -243,14 +243,17 @@ def test_an_unusable_out_is_exit_2_before_any_worker(tmp_path, case):
         out.mkdir()
         (out / "notes.txt").write_text("mine")
         expect = f"--out {out}: holds files that are not a reprod-harness run's (notes.txt)"
-    else:
-        out = _readonly_mount(tmp_path) / "out"
+    elif case == "readonly":
+        out = _mount_tmpfs(tmp_path / "ro", "ro,size=64k") / "out"
         expect = f"--out {out}: cannot write in {out.parent}: Read-only file system"
+    else:
+        out = _mount_tmpfs(tmp_path / "mnt", "size=64k")
+        expect = f"--out {out}: is a mount point"
     try:
         result = _invoke("run", "--zoo", "mlp", "--out", out, "--checks", "forward")
     finally:
-        if case == "readonly":
-            subprocess.run(["umount", str(out.parent)], check=False)
+        if case in ("readonly", "mount_point"):
+            subprocess.run(["umount", str(tmp_path / ("ro" if case == "readonly" else "mnt"))], check=False)
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1].startswith(f"error: {expect}"), result.output
     assert "starting the torch and paddle workers" not in result.output
@@ -264,10 +267,6 @@ def _mount_tmpfs(where: Path, options: str) -> Path:
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}): needs root and mount rights")
     return where
-
-
-def _readonly_mount(tmp_path: Path) -> Path:
-    return _mount_tmpfs(tmp_path / "ro", "ro,size=64k")
 
 
 @pytest.fixture
@@ -387,9 +386,7 @@ def test_a_timeout_blames_only_the_silent_worker_and_shows_where_it_was(monkeypa
                                                    "(raise --timeout if the model is just slow)")
     assert "paddle worker was here when it did not answer" in err.remote_traceback
     assert 'fake_workers.py", line' in err.remote_traceback and "in hang_here" in err.remote_traceback
-    # the `sleep` the worker started went with its group; multiprocess's resource tracker serves this
-    # test process (it ends with a coordinator) and is not one of the group's
-    assert [pid for pid in _settled(tag) if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()] == []
+    assert _settled(tag) == []  # the `sleep` the worker started went with its group
 
 
 @pytest.mark.e2e
@@ -452,8 +449,9 @@ def forward_paddle(model, batch):
     if FAULT.endswith("hang"):
         time.sleep(600)
     out = model(batch["x"])
-    if FAULT == "nan":
-        out = out * float("nan")
+    if FAULT == "nonfinite":  # a NaN and an Inf on the paddle side
+        out = out * paddle.to_tensor(np.where(np.eye(BATCH, 3) > 0, [[np.nan], [np.inf]] + [[1.0]] * (BATCH - 2), 1.0)
+                                     .astype(np.float32))
     extra = {"lock": threading.Lock(), "objects": np.array([object(), 1], dtype=object),
              "lambda": lambda: 0}.get(FAULT)
     return {"logits": out} if extra is None else {"logits": out, FAULT: extra}
@@ -514,11 +512,20 @@ def _run(toml, out, fault="", *args, timeout=120, **env):
 
 
 def _settled(tag: str) -> list:
-    """Tagged processes still there after a moment (a killed one takes a few ms to go)."""
+    """Tagged processes still there after a moment (a killed one takes a few ms to go), less
+    multiprocess's resource tracker, which serves the process that started workers in-process
+    (this test process) and ends with it."""
     deadline = time.monotonic() + 3
-    while (left := tagged_processes(tag)) and time.monotonic() < deadline:
+    while (left := [p for p in tagged_processes(tag) if not _tracker(p)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
+
+
+def _tracker(pid: int) -> bool:
+    try:
+        return b"multiprocess.resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 RAISES = {  # the function that raises -> the check that calls it
@@ -557,11 +564,13 @@ def test_a_raise_in_make_batch_is_exit_2_before_any_worker(pair, tmp_path):
     ("oom", "error: paddle worker: died during 'setup' (killed by signal 9)"),
     ("memoryerror", "error: paddle worker: 'setup' failed: MemoryError: cannot allocate 1 TiB"),
     ("segfault", "error: torch worker: died during 'setup' (killed by signal 11)"),
+    ("child:raise", "error: paddle worker: 'setup' failed: ValueError: boom after starting a child"),
 ])
 def test_a_worker_that_is_killed_or_crashes_is_named_with_its_stack(pair, tmp_path, fault, expect):
     proc, tag = _run(pair, tmp_path / "out", fault, "--checks", "forward")
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == expect
+    # "child:raise": build_paddle started a `sleep` before it raised: it is gone with its worker
     if fault == "segfault":  # faulthandler's report, from the worker's own error file
         assert "torch worker's Python stack when it died" in proc.stderr
         assert f'File "{pair.parent / "pair.py"}", line {_line("ctypes.string_at(0)")} in build_torch' in proc.stderr
@@ -601,11 +610,13 @@ def test_a_small_timeout_never_fails_a_healthy_run_and_files_follow_the_umask(pa
 
 
 @pytest.mark.e2e
-def test_nan_is_a_verdict_not_a_crash(pair, tmp_path):
-    proc, tag = _run(pair, tmp_path / "out", "nan", "--checks", "forward")
+def test_nan_and_inf_are_a_verdict_not_a_crash(pair, tmp_path):
+    proc, tag = _run(pair, tmp_path / "out", "nonfinite", "--checks", "forward")
     assert proc.returncode == 1, proc.stderr
     key = json.loads((tmp_path / "out" / "report.json").read_text())["checks"][0]["keys"][0]
     assert key["key"] == "out.logits" and key["nonfinite"] and not key["passed"]
+    assert key["reason"].startswith("2 NaN/Inf value(s) (paddle)"), key["reason"]
+    assert _settled(tag) == []
 
 
 @pytest.mark.e2e
