@@ -18,7 +18,8 @@ from harness.data import BatchSource
 from harness.process import WorkerGroup, WorkerSpec
 from harness.protocol import SIDES, Op, Request
 
-STARTUP_HINT = "start-up: spawn, framework import, the pair's build; raise --startup-timeout if that is just slow"
+STARTUP_HINT = ("start-up: spawn, framework import, the pair's build, joining the ranks; "
+                "raise --startup-timeout if that is just slow")
 ADAPTIVE = ("adam", "adamw", "pair")  # a pair's own optimizer is unknown: treated as adaptive
 
 
@@ -57,7 +58,7 @@ class Session:
         # rank 0 of each framework is named after it, so every single-process check runs there
         self.ranks = {side: [side] + [f"{side}.{r}" for r in range(1, n)] for side in SIDES}
         self.group = WorkerGroup(self._specs(), opts.timeout)
-        self._starting = False
+        self._starting, self._joined = False, False
 
     def _specs(self) -> list:
         opts, layout = self.options, self.layout
@@ -75,9 +76,14 @@ class Session:
     # ------------------------------------------------------------------ calling workers
     def call(self, requests: dict) -> dict:
         """Worker name -> Request, all at once; returns worker name -> reply."""
-        if self._starting:  # start-up has its own limit: a small per-step --timeout must not fail it
-            return self.group.call(requests, timeout=self.options.startup_timeout, hint=STARTUP_HINT)
-        return self.group.call(requests)
+        # start-up has its own limit, so a small per-step --timeout never fails it; joining the ranks'
+        # process groups (the first data-parallel call: rendezvous, gloo/nccl set-up) is start-up too
+        joining = not self._joined and any(r.kwargs.get("parallel") for r in requests.values())
+        if not (self._starting or joining):
+            return self.group.call(requests)
+        replies = self.group.call(requests, timeout=self.options.startup_timeout, hint=STARTUP_HINT)
+        self._joined = self._joined or joining
+        return replies
 
     def both(self, op: Op, **kwargs) -> dict:
         return self.call({side: Request(op, kwargs) for side in SIDES})
