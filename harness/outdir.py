@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from harness.errors import UsageError
@@ -112,9 +113,15 @@ class OutFolder:
         path = lock_path(self.path)
         while True:
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+                # never through a link: a planted <out>.lock -> /etc/passwd would be truncated below
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
             except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise UsageError(f"--out {self.path}: cannot lock {path}: is a link, not a lock file") from None
                 raise UsageError(f"--out {self.path}: cannot write in {self.path.parent}: {exc.strerror}") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise UsageError(f"--out {self.path}: cannot lock {path}: not a regular file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -145,7 +152,7 @@ class OutFolder:
         """Leftovers of runs that were killed (SIGKILL, power loss): no one else holds the lock now."""
         parent, name = self.path.parent, self.path.name
         olds = sorted(parent.glob(f".{name}.old-*"))
-        if olds and not self.path.exists():  # killed between the two renames of commit(): restore it
+        if olds and not self.path.exists() and not olds[-1].is_symlink():  # killed mid-commit(): restore it
             os.rename(olds.pop(), self.path)
         for leftover in [*parent.glob(f"{_staging_prefix(self.path)}*"), *olds]:
             shutil.rmtree(leftover, ignore_errors=True)

@@ -216,6 +216,15 @@ def test_a_failed_run_leaves_the_previous_set_and_a_finished_one_replaces_it(tmp
     assert_only(tmp_path, "out")
 
 
+def test_a_planted_lock_link_is_refused_and_its_target_untouched(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "out.lock").symlink_to(victim)
+    with pytest.raises(UsageError, match=r"out.lock: is a link, not a lock file"):
+        OutFolder(tmp_path / "out").__enter__()
+    assert victim.read_text() == "precious\n"
+
+
 def test_leftovers_of_a_killed_run_are_swept_under_the_lock(tmp_path):
     out = tmp_path / "out"
     before = previous_set(out)
