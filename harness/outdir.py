@@ -155,7 +155,10 @@ class OutFolder:
         if olds and not self.path.exists() and not olds[-1].is_symlink():  # killed mid-commit(): restore it
             os.rename(olds.pop(), self.path)
         for leftover in [*parent.glob(f"{_staging_prefix(self.path)}*"), *olds]:
-            shutil.rmtree(leftover, ignore_errors=True)
+            if leftover.is_symlink():  # not ours (rmtree would refuse it): the link goes, never its target
+                leftover.unlink()
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _same_file(fd: int, path: Path) -> bool:
