@@ -81,8 +81,9 @@ class WorkerGroup:
     """start(), then any number of call({...}), then close() (always, in a finally).
 
     Every call waits on the pipes *and* the process sentinels with a deadline, so a worker
-    that raises, dies or hangs ends the wait; then every worker is stopped (terminate, then
-    kill) and the root cause is raised as WorkerError with the worker's traceback.
+    that raises, dies or hangs ends the wait; then every worker is stopped (SIGTERM to its
+    process group, then kill) and the root cause is raised as WorkerError with the worker's
+    traceback, or its Python stack from faulthandler (a crash; a hang, asked for by SIGUSR1).
     """
 
     def __init__(self, specs: list[WorkerSpec], timeout: float):
@@ -206,7 +207,8 @@ class WorkerGroup:
         return self.workers[name].seconds if name in self.workers else 0.0
 
     def close(self, graceful: bool = True) -> None:
-        """Ask politely (graceful), then terminate, then kill; never leaves a child behind."""
+        """Ask politely (graceful), then SIGTERM each worker's process group, then kill; never
+        leaves a child behind, nor a process the pair's code started."""
         workers = list(self.workers.values())
         for w in workers:
             if graceful and w.process.is_alive():
