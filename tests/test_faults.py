@@ -560,12 +560,19 @@ def test_a_raise_in_any_pair_function_is_exit_3_naming_it(pair, tmp_path, fn):
 
 
 @pytest.mark.e2e  # starts no worker, but a fresh interpreter: kept out of the fast layer
-def test_a_raise_in_make_batch_is_exit_2_before_any_worker(pair, tmp_path):
-    proc, tag = _run(pair, tmp_path / "out", "raise:make_batch", "--checks", "forward", timeout=60)
+@pytest.mark.parametrize("case", ["make_batch", "import"])
+def test_a_broken_pair_module_is_exit_2_before_any_worker_and_keeps_the_folder(pair, make_pair, tmp_path, case):
+    if case == "import":
+        pair = make_pair("import numpy as np\nimport no_such_module_xyz\n", TOML, name="broken")
+    out = tmp_path / "out"
+    before = previous_set(out)
+    proc, tag = _run(pair, out, "raise:make_batch", "--checks", "forward", timeout=60)
     assert proc.returncode == 2, proc.stderr
-    assert "boom in make_batch" in proc.stderr and "in make_batch" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert str(pair.parent / "pair.py") in last or "pair.py" in last, proc.stderr
+    assert ("boom in make_batch" if case == "make_batch" else "no_such_module_xyz") in proc.stderr
     assert "starting the torch and paddle workers" not in proc.stderr
-    assert not (tmp_path / "out").exists()
+    assert snapshot(out) == before
 
 
 @pytest.mark.e2e
