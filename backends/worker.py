@@ -55,6 +55,8 @@ def enable_fault_reports(path: str | None) -> None:
 def main(framework: str, conn, options: dict) -> None:
     die_with_parent()
     os.setpgrp()  # a group of its own: close() ends whatever the user's code started along with it
+    # a background group writing to a terminal with `stty tostop` would be stopped: write anyway
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     enable_fault_reports(options.get("fault_file"))
     configure_environment(options)
