@@ -67,7 +67,7 @@ class OutFolder:
         self.staging: Path | None = None
         self._lock_fd: int | None = None
 
-    def __enter__(self) -> "OutFolder":
+    def __enter__(self) -> OutFolder:
         check_usable(self.path)
         self._lock()
         try:

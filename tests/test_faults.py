@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import collections
-import io
 import json
 import os
 import pickle
@@ -24,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, cli, tagged_processes
 from typer.testing import CliRunner
 
-from conftest import ROOT, cli, tagged_processes
-from harness import config, outdir, picklescan, plot, protocol
+from harness import config, picklescan, plot, protocol
 from harness.artifacts import ArtifactWriter, atomic_write
 from harness.cli import app
 from harness.errors import OutputError, UsageError, WorkerError
@@ -566,7 +565,7 @@ def test_a_broken_pair_module_is_exit_2_before_any_worker_and_keeps_the_folder(p
         pair = make_pair("import numpy as np\nimport no_such_module_xyz\n", TOML, name="broken")
     out = tmp_path / "out"
     before = previous_set(out)
-    proc, tag = _run(pair, out, "raise:make_batch", "--checks", "forward", timeout=60)
+    proc, _tag = _run(pair, out, "raise:make_batch", "--checks", "forward", timeout=60)
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert str(pair.parent / "pair.py") in last or "pair.py" in last, proc.stderr
