@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli, tagged_processes
 from typer.testing import CliRunner
 
+from conftest import ROOT, cli, tagged_processes
 from harness import config, picklescan, plot, protocol
 from harness.artifacts import ArtifactWriter, atomic_write
 from harness.cli import app
