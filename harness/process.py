@@ -15,7 +15,7 @@ from pathlib import Path
 import multiprocess as mp
 from multiprocess.connection import wait
 
-from harness.errors import RemoteTraceback, WorkerError
+from harness.errors import RemoteTraceback, UsageError, WorkerError
 from harness.protocol import Failure, Reply, Request, make_shm_dir, pack, sweep_stale_shm_dirs, unpack
 
 CLOSE_GRACE_S = 5.0
@@ -114,8 +114,9 @@ class WorkerGroup:
         try:
             for name, req in requests.items():
                 worker = self.workers[name]
+                kwargs = self._pack(req.kwargs)
                 try:
-                    worker.conn.send(Request(req.op, pack(req.kwargs, self.shm_dir)))
+                    worker.conn.send(Request(req.op, kwargs))
                 except (BrokenPipeError, ConnectionError, OSError):
                     self._raise_dead(worker, req.op)
             pending = {name: self.workers[name] for name in requests}
@@ -141,6 +142,15 @@ class WorkerGroup:
             raise
         finally:
             self._sweep_requests()
+
+    def _pack(self, kwargs: dict) -> dict:
+        """Large arrays into shared memory; a full /dev/shm is said as such, not as a dead worker."""
+        try:
+            return pack(kwargs, self.shm_dir)
+        except OSError as exc:
+            why = exc.strerror or f"{exc}: is it full?"  # numpy's tofile says only "N requested and 0 written"
+            raise UsageError(f"{exc.filename or self.shm_dir}: cannot write it: {why} (shared memory "
+                             f"for arrays of 1 MiB or more: free space in {self.shm_dir.parent})") from None
 
     def _receive(self, worker: _Worker, op: str):
         try:

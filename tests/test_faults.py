@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import zipfile
@@ -395,6 +396,24 @@ def test_a_timeout_blames_only_the_silent_worker_and_shows_where_it_was(monkeypa
     assert "paddle worker was here when it did not answer" in err.remote_traceback
     assert 'fake_workers.py", line' in err.remote_traceback and "in hang_here" in err.remote_traceback
     assert _settled(tag) == []  # the `sleep` the worker started went with its group
+
+
+@pytest.mark.e2e
+def test_full_shared_memory_is_said_as_such_not_as_a_dead_worker(full_disk, monkeypatch):
+    from harness import process
+    from harness.protocol import Op, Request
+
+    monkeypatch.setattr(process, "make_shm_dir", lambda: Path(tempfile.mkdtemp(dir=full_disk)))
+    group = _fake_group({"torch": "answer"})
+    try:
+        with pytest.raises(UsageError) as info:
+            group.call({"torch": Request(Op.PING, {"payload": np.zeros(1 << 19)})})  # 4 MiB: through shared memory
+    finally:
+        group.close()
+    message = str(info.value)
+    assert message.startswith(str(full_disk)) and "cannot write it:" in message and "(shared memory" in message
+    assert "No space left on device" in message or "is it full?" in message
+    assert_only(full_disk, "filler")
 
 
 @pytest.mark.e2e
