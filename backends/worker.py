@@ -52,9 +52,33 @@ def enable_fault_reports(path: str | None) -> None:
     faulthandler.register(signal.SIGUSR1, _fault_file, all_threads=True, chain=False)
 
 
+# A tiny process in the worker's group that outlives the worker by a moment: the kernel kills the
+# worker outright (SIGKILL) when the coordinator dies, so nothing in the worker can end what the
+# pair's code started; this one gets SIGTERM when the worker dies and ends the whole group, itself too.
+GUARDIAN = """
+import ctypes, os, signal, sys
+group, worker = int(sys.argv[1]), int(sys.argv[2])
+signal.signal(signal.SIGTERM, lambda *_: os.killpg(group, signal.SIGKILL))
+ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: told when the worker dies
+if os.getppid() != worker:
+    os.killpg(group, signal.SIGKILL)  # it died before the line above
+while True:
+    signal.pause()
+"""
+
+
+def start_guardian() -> None:
+    if sys.platform.startswith("linux"):
+        import subprocess
+
+        subprocess.Popen([sys.executable, "-I", "-S", "-c", GUARDIAN, str(os.getpgrp()), str(os.getpid())],
+                         stdin=subprocess.DEVNULL, close_fds=True)
+
+
 def main(framework: str, conn, options: dict) -> None:
     die_with_parent()
     os.setpgrp()  # a group of its own: close() ends whatever the user's code started along with it
+    start_guardian()
     # a background group writing to a terminal with `stty tostop` would be stopped: write anyway
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
