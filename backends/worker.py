@@ -59,7 +59,10 @@ GUARDIAN = """
 import ctypes, os, signal, sys
 group, worker = int(sys.argv[1]), int(sys.argv[2])
 signal.signal(signal.SIGTERM, lambda *_: os.killpg(group, signal.SIGKILL))
-ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: told when the worker dies
+try:
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: told when the worker dies
+except OSError:
+    sys.exit(0)  # no glibc: no guardian (close() still ends the group, short of a SIGKILLed coordinator)
 if os.getppid() != worker:
     os.killpg(group, signal.SIGKILL)  # it died before the line above
 while True:
