@@ -62,13 +62,23 @@ class Runner(Primitives):
             inputs = [k for k in batch if k not in labels]
         return model(*[batch[k] for k in inputs])
 
+    def forward_source(self) -> str:
+        """The function whose return value the outputs are, as messages name it."""
+        if self.pair_fn("forward") is not None:
+            return f"forward_{self.framework}"
+        return f"the forward of build_{self.framework}()'s model"
+
     def run_loss(self, output, batch: dict):
         kind = self.cfg["loss"]["kind"]
         if kind == "pair":
             fn = self.pair_fn("loss")
             if fn is None:
                 raise ValueError(f"[loss] kind = \"pair\" but the pair module defines no loss_{self.framework}")
-            return fn(output, batch)
+            loss = fn(output, batch)
+            if not isinstance(loss, self.tensor_types):
+                raise TypeError(f"loss_{self.framework} returned a {type(loss).__module__}.{type(loss).__qualname__}, "
+                                "expected a scalar tensor")
+            return loss
         labels = batch[self.cfg["data"]["labels"][0]]
         return self.builtin_loss(kind, self.first_tensor(output, self.cfg["loss"]["output"]), labels)
 
@@ -144,7 +154,13 @@ class Runner(Primitives):
 
     def write_state_file(self, state: dict, path: str, keep_own: tuple = ()) -> dict:
         self.load_into_model(state, keep_own)  # strict: a converted file that does not fit the model is never written
-        self.write_checkpoint(self.model, path)
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.partial-{os.getpid()}{target.suffix}")
+        try:  # written beside the target and renamed: a full disk never leaves half a checkpoint
+            self.write_checkpoint(self.model, str(partial))
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
         return {"path": path}
 
     def export_state(self) -> dict:
@@ -186,7 +202,7 @@ class Runner(Primitives):
         self._restore()
         self.set_train(self.model, False)
         with self.no_grad():
-            out = self.flatten(self.run_forward(self.tensors(batch)))
+            out = self.flatten(self.run_forward(self.tensors(batch)), source=self.forward_source())
         if not out:
             raise ValueError("the model output holds no tensor")
         return out

@@ -52,6 +52,14 @@ def evaluate(runner, batches: list, metric: dict, label_key: str) -> dict:
     return count_metric(kind, predictions, np.concatenate([lab.reshape(-1) for lab in labels]), metric["k"])
 
 
+def _number(value, key: str, source: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"metric '{key}' of {source} is a {type(value).__module__}.{type(value).__qualname__}, "
+                        "expected a number or a one-element tensor") from None
+
+
 def _pair_metric(runner, batches: list) -> dict:
     fn = runner.pair_fn("metric")
     if fn is None:
@@ -59,5 +67,5 @@ def _pair_metric(runner, batches: list) -> dict:
     per_batch = []
     for batch in batches:
         t = runner.tensors(batch)
-        per_batch.append({k: float(v) for k, v in fn(runner.run_forward(t), t).items()})
+        per_batch.append({k: _number(v, k, fn.__name__) for k, v in fn(runner.run_forward(t), t).items()})
     return {k: np.float64(np.mean([m[k] for m in per_batch])) for k in per_batch[0]}

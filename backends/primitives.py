@@ -195,8 +195,10 @@ class Primitives(abc.ABC):
         wide = self.precision == "float64"
         return {k: self.to_tensor(v.astype(np.float64) if wide and v.dtype.kind == "f" else v) for k, v in batch.items()}
 
-    def flatten(self, value, prefix: str = "out") -> dict:
-        """Outputs of any nesting -> {"out": ..} / {"out.0": ..} / {"out.logits": ..}."""
+    def flatten(self, value, prefix: str = "out", source: str = "the model") -> dict:
+        """Outputs of any nesting -> {"out": ..} / {"out.0": ..} / {"out.logits": ..}. Only what
+        can cross to the coordinator and be compared (tensors, numbers, numeric arrays) is taken:
+        anything else is named here, with its key and the function that returned it (`source`)."""
         if isinstance(value, self.tensor_types):
             return {prefix: self.to_numpy(value)}
         if isinstance(value, dict) or hasattr(value, "items"):
@@ -205,13 +207,14 @@ class Primitives(abc.ABC):
             items = enumerate(value)
         elif value is None:
             return {}
-        elif isinstance(value, (int, float, np.ndarray, np.generic)):
+        elif isinstance(value, (int, float, np.ndarray, np.generic)) and not np.asarray(value).dtype.hasobject:
             return {prefix: np.asarray(value)}
         else:
-            raise TypeError(f"cannot flatten model output of type {type(value).__name__} at '{prefix}'")
+            raise TypeError(f"output '{prefix}' of {source} is {_what(value)}, which cannot cross to the coordinator "
+                            "(return tensors, numbers or numeric numpy arrays)")
         out = {}
         for k, v in items:
-            out.update(self.flatten(v, f"{prefix}.{k}"))
+            out.update(self.flatten(v, f"{prefix}.{k}", source))
         return out
 
     def tensor_leaves(self, value, prefix: str):
@@ -244,3 +247,12 @@ class Primitives(abc.ABC):
         if arr.size != 1:
             raise ValueError(f"the loss must be a scalar, got shape {arr.shape}")
         return arr.reshape(())
+
+
+def _what(value) -> str:
+    """'a _thread.lock', 'an object array holding _thread.lock, int' ... for messages."""
+    if isinstance(value, np.ndarray):
+        held = sorted({f"{type(v).__module__}.{type(v).__qualname__}".removeprefix("builtins.") for v in value.flat})
+        return f"an object array of shape {value.shape} holding {', '.join(held[:3]) or 'nothing'}"
+    kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+    return f"a {kind}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import importlib
 import os
 import signal
@@ -58,19 +59,69 @@ def _capture_warnings() -> list:
 
     warnings.showwarning = show
     return caught
+_fault_file = None  # kept open for the life of the process: faulthandler writes to its descriptor
+
+
+def enable_fault_reports(path: str | None) -> None:
+    """Python's stack into the worker's own error file on a fatal signal (segfault, abort, ...),
+    and on SIGUSR1, which the coordinator sends to a worker that does not answer in time. Called
+    again after the framework import, whose own handlers would otherwise replace these."""
+    global _fault_file
+    if not path:
+        return
+    if _fault_file is None:
+        _fault_file = open(path, "a")  # noqa: SIM115 - must outlive this call
+    faulthandler.disable()  # enable() does nothing while enabled: the handlers must be installed anew
+    faulthandler.enable(_fault_file, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, _fault_file, all_threads=True, chain=False)
+
+
+# A tiny process in the worker's group that outlives the worker by a moment: the kernel kills the
+# worker outright (SIGKILL) when the coordinator dies, so nothing in the worker can end what the
+# pair's code started; this one gets SIGTERM when the worker dies and ends the whole group, itself too.
+GUARDIAN = """
+import ctypes, os, signal, sys
+group, worker = int(sys.argv[1]), int(sys.argv[2])
+signal.signal(signal.SIGTERM, lambda *_: os.killpg(group, signal.SIGKILL))
+try:
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: told when the worker dies
+except OSError:
+    sys.exit(0)  # no glibc: no guardian (close() still ends the group, short of a SIGKILLed coordinator)
+if os.getppid() != worker:
+    os.killpg(group, signal.SIGKILL)  # it died before the line above
+while True:
+    signal.pause()
+"""
+
+
+def start_guardian() -> None:
+    if sys.platform.startswith("linux"):
+        import subprocess
+
+        subprocess.Popen([sys.executable, "-I", "-S", "-c", GUARDIAN, str(os.getpgrp()), str(os.getpid())],
+                         stdin=subprocess.DEVNULL, close_fds=True)
 
 
 def main(framework: str, conn, options: dict) -> None:
     die_with_parent()
+    os.setpgrp()  # a group of its own: close() ends whatever the user's code started along with it
+    start_guardian()
+    # a background group writing to a terminal with `stty tostop` would be stopped: write anyway
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    enable_fault_reports(options.get("fault_file"))
     configure_environment(options)
     from harness import pairfile, stubs
-    from harness.protocol import Failure, Progress, Reply, pack, unpack
 
     stubs.block(pairfile.blocked_roots(framework), f"{framework} worker")
+    serve(framework, conn, options)
+
+
+def serve(framework: str, conn, options: dict) -> None:
+    from harness.protocol import Failure, Progress, Reply, pack, unpack
+
     warned = _capture_warnings()
-    shm_dir = options.get("shm_dir")
-    runner = None
+    shm_dir, runner = options.get("shm_dir"), None
     while True:
         try:
             msg = conn.recv()
@@ -83,8 +134,10 @@ def main(framework: str, conn, options: dict) -> None:
             if runner is None:
                 module = importlib.import_module(f"backends.{framework}.runner")
                 runner = module.Runner(options)
+                enable_fault_reports(options.get("fault_file"))
                 runner.progress = _progress_sender(conn, Progress)
             value = runner.handle(msg.op, unpack(msg.kwargs, keep_handles=False))
+            check_crossable(value, f"'{msg.op}' returned")
             reply = Reply(pack(value, shm_dir), time.perf_counter() - start, warned[:])
             warned.clear()
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the coordinator
@@ -94,3 +147,27 @@ def main(framework: str, conn, options: dict) -> None:
             conn.send(reply)
         except (BrokenPipeError, OSError):
             return
+
+
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def check_crossable(value, where: str) -> None:
+    """Only data crosses to the coordinator: the pipe pickles with dill, which would carry locks and
+    lambdas across, where saving or comparing them then fails far from their cause."""
+    import numpy as np
+
+    from harness.protocol import Deferred, SharedArray  # handles: arrays in shared memory, or made as sent
+
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_crossable(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_crossable(v, f"{where}[{i}]")
+    elif isinstance(value, (np.ndarray, np.generic)):
+        if value.dtype.hasobject:
+            raise TypeError(f"{where} is an object array, which cannot cross to the coordinator")
+    elif not isinstance(value, (*_PLAIN, SharedArray, Deferred)):
+        raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__qualname__}, "
+                        "which cannot cross to the coordinator")

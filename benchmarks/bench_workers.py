@@ -18,18 +18,18 @@ from pathlib import Path
 import numpy as np
 
 from harness import config, protocol
-from harness.coordinator import SIDES, RunOptions, Session
-from harness.protocol import Request
+from harness.protocol import SIDES, Op, Request
+from harness.session import RunOptions, Session
 
 
 def _train(session: Session, iters: int, together: bool) -> float:
     kwargs = dict(batches=session.data.batches(range(iters)), mode="eval", total_steps=iters)
     start = time.perf_counter()
     if together:
-        session.group.call({side: Request("train", kwargs) for side in SIDES})
+        session.group.call({side: Request(Op.TRAIN, kwargs) for side in SIDES})
     else:
         for side in SIDES:
-            session.group.call({side: Request("train", kwargs)})
+            session.group.call({side: Request(Op.TRAIN, kwargs)})
     return time.perf_counter() - start
 
 
@@ -38,7 +38,7 @@ def _send(session: Session, array: np.ndarray, through_shm: bool) -> float:
     protocol.SHM_MIN_BYTES = 1 if through_shm else 1 << 62
     try:
         start = time.perf_counter()
-        session.one("torch", "ping", payload=array)
+        session.one("torch", Op.PING, payload=array)
         return time.perf_counter() - start
     finally:
         protocol.SHM_MIN_BYTES = saved

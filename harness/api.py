@@ -36,7 +36,8 @@ def load(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks:
     return cfg
 
 
-def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, device: str = "auto",
+def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, startup_timeout: float = 900.0,
+            device: str = "auto",
             benchmark: Path | None = None, weights: Path | None = None, locate: bool = False, layout=None,
             dp_equivalence: bool = False, save_tensors: bool = False, arbitrate: bool = True):
     """RunOptions, every argument checked before any worker starts (a usage error costs nothing)."""
@@ -51,13 +52,17 @@ def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, devic
             raise UsageError(f"--benchmark: {benchmark}: file not found")
         if "train" not in cfg.checks:
             raise UsageError("--benchmark compares the train check's final metric: add train to the checks")
+        from harness.compare import load_side
+
+        load_side(benchmark)  # a file that is unsafe or no reprod_log file is refused before any worker starts
     if weights is not None:
         weights = Path(weights)
-        checkpoints.checkpoint_side(weights)  # a missing or unknown file is a usage error
+        checkpoints.verify(weights)  # missing, unknown or unsafe: a usage error before any worker starts
     if dp_equivalence and (layout is None or layout.nprocs < 2 or layout.nnodes > 1):
         raise UsageError("--dp-equivalence compares N ranks with 1 on one machine: give --nprocs 2 or more, no --nnodes")
     out_dir = Path(out) if out is not None else Path("artifacts") / cfg.name
-    return RunOptions(out_dir=out_dir.resolve(), timeout=timeout, device=device, benchmark=benchmark,
+    return RunOptions(out_dir=out_dir.resolve(), timeout=timeout, startup_timeout=startup_timeout, device=device,
+                      benchmark=benchmark,
                       weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence,
                       save_tensors=save_tensors, arbitrate=arbitrate)
 

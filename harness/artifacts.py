@@ -6,6 +6,7 @@ half-written file, and report.json only exists for a run that finished.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.diff import CHUNK, CheckResult
+from harness.errors import OutputError
 from harness.keys import texts
 
 # Artifact stems per check, as the reproduction guide names them.
@@ -34,10 +36,17 @@ def log_name(check: str) -> str:
     return LOG_NAMES.get(check, f"{STEMS.get(check, check)}_diff.log")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; an artifact is as readable as any file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -100,13 +109,26 @@ def diff_log_lines(result: CheckResult, ref: dict, other: dict, stamp: str | Non
 
 
 class ArtifactWriter:
-    def __init__(self, out_dir: Path):
+    """Writes into out_dir (a run's staging folder); errors name the file under `shown` (the --out
+    folder it becomes) and are OutputError: exit 2, one line, whatever the OSError."""
+
+    def __init__(self, out_dir: Path, shown: Path | None = None):
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("report.json", "report.html"):  # a report must never describe an older run than the files beside it
-            stale = self.out_dir / name
-            if stale.exists():
-                stale.unlink()
+        self.shown = Path(shown) if shown is not None else self.out_dir
+        with self.writing("report.json"):
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("report.json", "report.html"):  # a report must never describe an older run than the files beside it
+                stale = self.out_dir / name
+                if stale.exists():
+                    stale.unlink()
+
+    @contextlib.contextmanager
+    def writing(self, name: str):
+        """Around any write of the artifact `name` (plot.py's figure included)."""
+        try:
+            yield self.out_dir / name
+        except OSError as exc:
+            raise OutputError(self.shown / name, exc) from None
 
     def check(self, result: CheckResult, ref: dict, other: dict) -> None:
         """The check's two reprod_log files (keyed by Key) and its diff log."""
@@ -119,15 +141,17 @@ class ArtifactWriter:
         self.text(name, "\n".join(diff_log_lines(result, ref, other)) + "\n")
 
     def text(self, name: str, content: str) -> None:
-        atomic_write(self.out_dir / name, content.encode())
+        with self.writing(name) as path:
+            atomic_write(path, content.encode())
 
     def arrays(self, name: str, arrays: dict) -> None:
-        save_npy(self.out_dir / name, texts(arrays))
+        with self.writing(name) as path:
+            save_npy(path, texts(arrays))
 
     def report(self, report) -> Path:
-        path = self.out_dir / "report.json"
-        atomic_write(path, (json.dumps(report.to_json(), indent=2, default=json_default) + "\n").encode())
-        return path
+        with self.writing("report.json") as path:
+            atomic_write(path, (json.dumps(report.to_json(), indent=2, default=json_default) + "\n").encode())
+        return self.shown / "report.json"
 
 
 def json_default(o):

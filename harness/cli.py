@@ -86,15 +86,16 @@ def _root(
     pass
 
 
-def _execute(cfg, *, out_dir: Optional[Path], timeout: float, device: str = "auto", as_json: bool = False,
+def _execute(cfg, *, out_dir: Optional[Path], timeout: float, startup_timeout: float = 900.0, device: str = "auto",
+             as_json: bool = False,
              quiet: bool = False, verbose: bool = False, benchmark: Optional[Path] = None,
              weights: Optional[Path] = None, locate: bool = False, layout=None, dp_equivalence: bool = False,
              save_tensors: bool = False, arbitrate: bool = True):
     from harness import api, coordinator
 
-    opts = api.options(cfg, out=out_dir, timeout=timeout, device=device, benchmark=benchmark, weights=weights,
-                       locate=locate, layout=layout, dp_equivalence=dp_equivalence, save_tensors=save_tensors,
-                       arbitrate=arbitrate)
+    opts = api.options(cfg, out=out_dir, timeout=timeout, startup_timeout=startup_timeout, device=device,
+                       benchmark=benchmark, weights=weights, locate=locate, layout=layout,
+                       dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=arbitrate)
     # SIGTERM unwinds like Ctrl-C, so the workers are stopped and the shared-memory folder removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with Progress(err, quiet or as_json) as progress:
@@ -128,6 +129,8 @@ def _layout(cfg, *, nprocs, devices, placement, nnodes, node_rank, master, ips):
 
 
 TIMEOUT_HELP = "Seconds any single step may take before the workers are stopped (exit 3)."
+STARTUP_HELP = ("Seconds the start-up may take (spawn, framework import, the pair's build, weights shared) "
+                "before the workers are stopped (exit 3); apart from --timeout.")
 
 
 @app.command()
@@ -139,6 +142,7 @@ def run(
     checks: Optional[str] = typer.Option(None, "--checks", help="Comma-separated subset, e.g. forward,loss.", show_default="the TOML's checks, else all six"),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Override [train] iters (steps of the backward check).", show_default="[train] iters"),
     timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
+    startup_timeout: float = typer.Option(900.0, "--startup-timeout", min=1.0, help=STARTUP_HELP),
     device: str = typer.Option("auto", "--device", help="auto (GPU when the framework sees one) | cpu | gpu."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the console report.", show_default="off"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress; print only the verdict line and the artifacts path.", show_default="off"),
@@ -178,9 +182,9 @@ def run(
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, iters=iters))
     layout = _layout(cfg, nprocs=nprocs, devices=devices, placement=placement, nnodes=nnodes, node_rank=node_rank,
                      master=master, ips=ips)
-    _execute(cfg, out_dir=out_dir, timeout=timeout, device=device, as_json=as_json, quiet=quiet, verbose=verbose,
-             benchmark=benchmark, weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence,
-             save_tensors=save_tensors, arbitrate=not float32_only)
+    _execute(cfg, out_dir=out_dir, timeout=timeout, startup_timeout=startup_timeout, device=device, as_json=as_json,
+             quiet=quiet, verbose=verbose, benchmark=benchmark, weights=weights, locate=locate, layout=layout,
+             dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=not float32_only)
 
 
 @app.command()
@@ -201,6 +205,7 @@ def convert(
     paddle_weights: Optional[Path] = typer.Option(None, "--paddle-weights", help="A paddle state dict (.pdparams); this or --torch-weights.", show_default="none"),
     out_path: Path = typer.Option(..., "--out", help="Where to write the other framework's checkpoint."),
     timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
+    startup_timeout: float = typer.Option(900.0, "--startup-timeout", min=1.0, help=STARTUP_HELP),
 ):
     """Convert a checkpoint between the frameworks with the same mapping run uses.
 
@@ -214,8 +219,10 @@ def convert(
     source = checkpoints.validate_conversion(torch_weights=torch_weights, paddle_weights=paddle_weights,
                                              target=out_path)
     cfg = config.load(pair_toml)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds like Ctrl-C: the workers are stopped
     with Progress(err, False) as progress:
-        side = coordinator.convert_checkpoint(cfg, source=source, target=out_path, timeout=timeout, progress=progress)
+        side = coordinator.convert_checkpoint(cfg, source=source, target=out_path, timeout=timeout,
+                                              startup_timeout=startup_timeout, progress=progress)
     out.print(f"wrote {out_path} ({side} checkpoint, mapped strictly)")
 
 
@@ -238,9 +245,12 @@ def init(
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
         raise UsageError(f"{', '.join(existing)} already exist (use --force to overwrite)")
-    directory.mkdir(parents=True, exist_ok=True)
-    for target in targets:
-        target.write_text((templates / target.name).read_text())
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for target in targets:
+            target.write_text((templates / target.name).read_text())
+    except OSError as exc:
+        raise UsageError(f"{exc.filename or directory}: cannot write it: {exc.strerror or exc}") from None
     out.print(f"wrote {targets[0]} and {targets[1]}; next: reprod-harness run {targets[0]}")
 
 

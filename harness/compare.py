@@ -45,5 +45,8 @@ def compare_files(ref: Path, other: Path, *, threshold: float, max_threshold: fl
     a, b = values(load_side(ref)), values(load_side(other))
     result = compare_dicts("compare", a, b, Tolerance(threshold, max_threshold, allow_nan=allow_nan))
     if log is not None:
-        atomic_write(log, ("\n".join(diff_log_lines(result, a, b)) + "\n").encode())
+        try:
+            atomic_write(log, ("\n".join(diff_log_lines(result, a, b)) + "\n").encode())
+        except OSError as exc:
+            raise UsageError(f"--log {log}: cannot write it: {exc.strerror or exc}") from None
     return result

@@ -11,24 +11,34 @@ from pathlib import Path
 from typing import Callable
 
 from harness import checkpoints, htmlreport, locate, rules
-from harness.artifacts import json_default
+from harness.artifacts import ArtifactWriter, json_default
 from harness.checks import CHECKS
 from harness.checks.common import finish
 from harness.checks.parallel import dp_equivalence
 from harness.config import RunConfig
 from harness.errors import UsageError, WorkerError
 from harness.keys import Kind
+from harness.outdir import OutFolder
 from harness.protocol import SIDES
 from harness.report import Divergence, RunReport
 from harness.session import RunOptions, Session
 
 
 def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lambda msg: None) -> RunReport:
+    """The whole run into opts.out_dir: locked for the run, written in a staging folder beside it
+    that replaces it only once report.json is written (harness/outdir.py)."""
     unsupported = [c for c in cfg.checks if c not in CHECKS]
     if unsupported:
         raise UsageError(f"{cfg.source}: checks {unsupported} are not available in this version")
+    with OutFolder(opts.out_dir) as folder:
+        report = _run(cfg, opts, progress, writer=ArtifactWriter(folder.staging, shown=folder.path))
+        folder.commit()
+    return report
+
+
+def _run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None], *, writer: ArtifactWriter) -> RunReport:
     started = time.perf_counter()
-    session = Session(cfg, opts, progress)
+    session = Session(cfg, opts, progress, writer=writer)
     report = RunReport(cfg.name, out_dir=opts.out_dir)
     located = None
     try:
@@ -129,11 +139,12 @@ def first_divergence(checks: list) -> Divergence | None:
     return None
 
 
-def convert_checkpoint(cfg: RunConfig, *, source: Path, target: Path, timeout: float,
+def convert_checkpoint(cfg: RunConfig, *, source: Path, target: Path, timeout: float, startup_timeout: float,
                        progress: Callable[[str], None]) -> str:
     """The pair's workers started for one conversion; returns the side of the file written."""
     with tempfile.TemporaryDirectory() as scratch:
-        session = Session(cfg, RunOptions(out_dir=Path(scratch), timeout=timeout), progress)
+        opts = RunOptions(out_dir=Path(scratch), timeout=timeout, startup_timeout=startup_timeout)
+        session = Session(cfg, opts, progress)
         try:
             session.start()
             progress(f"converting {source.name}")

@@ -28,10 +28,12 @@ class WorkerError(HarnessError):
 
     exit_code = 3
 
-    def __init__(self, worker: str, message: str, remote_traceback: str | None = None):
+    def __init__(self, worker: str, message: str, remote_traceback: str | None = None, *,
+                 exc_type: str | None = None, exc_message: str = ""):
         super().__init__(f"{worker} worker: {message}")
         self.worker = worker
         self.remote_traceback = remote_traceback
+        self.exc_type, self.exc_message = exc_type, exc_message  # what the worker raised, if it raised
 
 
 class RemoteTraceback(Exception):
@@ -43,3 +45,12 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class OutputError(UsageError):
+    """An artifact could not be written (full disk, read-only or vanished folder): exit 2, one line."""
+
+    def __init__(self, path, exc: OSError):
+        super().__init__(f"{path}: cannot write it: {exc.strerror or exc} (the run's files were discarded; "
+                         "the folder keeps the previous run's complete set, if any)")
+        self.path = path

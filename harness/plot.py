@@ -72,9 +72,14 @@ def train_curve(path: Path, result, torch_side: dict, paddle_side: dict, title: 
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-drawn figure behind
+        raise
+    finally:
+        plt.close(fig)
     return None
 
 

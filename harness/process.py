@@ -6,22 +6,30 @@ from __future__ import annotations
 import collections
 import contextlib
 import importlib
+import os
 import queue
 import shutil
+import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import multiprocess as mp
 from multiprocess.connection import wait
 
-from harness.errors import RemoteTraceback, WorkerError
-from harness.protocol import Failure, Progress, Reply, Request, make_shm_dir, own, pack, unpack
+from harness.errors import RemoteTraceback, UsageError, WorkerError
+from harness.protocol import (Failure, Progress, Reply, Request, make_shm_dir, own, pack, sweep_stale_shm_dirs,
+                              unpack)
 
 CLOSE_GRACE_S = 5.0
-# how long a failed rank's peers get to show that one of them died first (and caused it)
-PEER_DEATH_GRACE_S = 0.5
+# how long a failed rank's peers get to show that one of them died first (and caused it); the wait
+# ends as soon as every peer has either died or answered
+PEER_DEATH_GRACE_S = 1.0
+# how long a worker that did not answer in time gets to write its stack (faulthandler on SIGUSR1)
+STACK_GRACE_S = 2.0
+TIMEOUT_HINT = "raise --timeout if the model is just slow"
 _PROGRESS = object()  # what _receive returns for a progress message (not a reply)
 
 
@@ -59,11 +67,13 @@ def _main_module_hidden():
 
 class _Worker:
     def __init__(self, ctx, spec: WorkerSpec, shm_dir):
-        self.name = spec.name
+        self.name, self.framework = spec.name, spec.framework or spec.name
+        self.fault_file = Path(shm_dir) / f"faults-{spec.name}.txt"  # the worker's faulthandler output
         self.conn, child = ctx.Pipe()
+        options = dict(spec.options, shm_dir=str(shm_dir), fault_file=str(self.fault_file))
         self.process = ctx.Process(
             target=_enter,
-            args=(spec.entry, spec.framework or spec.name, child, dict(spec.options, shm_dir=str(shm_dir))),
+            args=(spec.entry, self.framework, child, options),
             name=f"reprod-{spec.name}-worker",
             daemon=True,
         )
@@ -96,10 +106,11 @@ class Submission:
     """Requests sent to some workers; wait() for their replies. Later submissions may be sent
     before this one is waited for: each worker serves its requests in order, running ahead."""
 
-    def __init__(self, group: "WorkerGroup", requests: dict, packed: list):
+    def __init__(self, group: "WorkerGroup", requests: dict, packed: list, *, timeout: float, hint: str,
+                 label: str | None):
         self.group, self.requests, self._packed = group, requests, packed  # files live until answered
+        self.timeout, self.hint, self.label = timeout, hint, label  # a deadline per op of its workers
         self.results: dict = {}
-        self.label: str | None = None
 
     @property
     def done(self) -> bool:
@@ -133,6 +144,7 @@ class WorkerGroup:
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")  # never fork: CUDA and thread pools do not survive it
+        sweep_stale_shm_dirs()
         self.shm_dir = make_shm_dir()
         try:
             for spec in self.specs:
@@ -141,15 +153,16 @@ class WorkerGroup:
             self.close()
             raise
 
-    def call(self, requests: dict[str, Request]) -> dict:
-        """Send each worker its request, wait for all replies at once; returns name -> value."""
-        return self.submit(requests).wait()
+    def call(self, requests: dict[str, Request], timeout: float | None = None, hint: str = TIMEOUT_HINT) -> dict:
+        """Send each worker its request, wait for all replies at once; returns name -> value.
+        timeout (default: the group's) and hint (how to raise it) word a timeout's message."""
+        return self.submit(requests, timeout=timeout, hint=hint).wait()
 
-    def submit(self, requests: dict[str, Request], label: str | None = None) -> Submission:
+    def submit(self, requests: dict[str, Request], *, label: str | None = None, timeout: float | None = None,
+               hint: str = TIMEOUT_HINT) -> Submission:
         """label names the work in progress reports (a check's name) instead of the op."""
-        packed = [own(pack(req.kwargs, self.shm_dir)) for req in requests.values()]
-        submission = Submission(self, requests, packed)
-        submission.label = label
+        packed = [own(self._pack(req.kwargs)) for req in requests.values()]
+        submission = Submission(self, requests, packed, timeout=timeout or self.timeout, hint=hint, label=label)
         for (name, req), kwargs in zip(requests.items(), packed):
             worker = self.workers[name]
             if not worker.inflight:
@@ -170,16 +183,16 @@ class WorkerGroup:
     def _receive_one(self, busy: list) -> None:
         """Read the next message of any worker the submission waits on (their earlier replies
         first), or raise for the first that died, failed or ran past its deadline."""
-        now = time.monotonic()
-        late = [w for w in busy if now - w.active_since > self.timeout]
-        if late:
-            op = late[0].inflight[0][1]
-            raise WorkerError(", ".join(w.name for w in late), f"no answer to '{op}' within {self.timeout:.0f} s "
-                              "(raise --timeout if the model is just slow)")
-        left = min(w.active_since + self.timeout for w in busy) - now
         handles = {w.conn: w for w in busy}
         handles.update({w.process.sentinel: w for w in busy})
-        for ready in wait(list(handles), timeout=max(left, 0.0)):
+        left = min(w.active_since + w.inflight[0][0].timeout for w in busy) - time.monotonic()
+        ready_now = wait(list(handles), timeout=max(left, 0.0))
+        if not ready_now:  # a reply that came at the deadline was read first: only the silent are blamed
+            now = time.monotonic()
+            late = [w for w in busy if now - w.active_since >= w.inflight[0][0].timeout] or busy
+            current = late[0].inflight[0]
+            raise timed_out(late, current[1], current[0].timeout, current[0].hint)
+        for ready in ready_now:
             worker = handles[ready]
             submission, op = worker.inflight[0]
             try:
@@ -191,6 +204,15 @@ class WorkerGroup:
                 worker.active_since = time.monotonic()
                 submission.results[worker.name] = value
             return
+
+    def _pack(self, kwargs: dict) -> dict:
+        """Large arrays into shared memory; a full /dev/shm is said as such, not as a dead worker."""
+        try:
+            return pack(kwargs, self.shm_dir)
+        except OSError as exc:
+            why = exc.strerror or f"{exc}: is it full?"  # numpy's tofile says only "N requested and 0 written"
+            raise UsageError(f"{exc.filename or self.shm_dir}: cannot write it: {why} (shared memory "
+                             f"for arrays of 1 MiB or more: free space in {self.shm_dir.parent})") from None
 
     def _receive(self, worker: _Worker, op: str):
         try:
@@ -205,7 +227,8 @@ class WorkerGroup:
                 self.on_progress(worker.name, worker.inflight[0][0].label or op, msg.done, msg.total)
             return _PROGRESS
         if isinstance(msg, Failure):
-            err = WorkerError(worker.name, f"'{op}' failed: {msg.exc_type}: {msg.message}", msg.traceback)
+            err = WorkerError(worker.name, f"'{op}' failed: {msg.exc_type}: {msg.message}", msg.traceback,
+                              exc_type=msg.exc_type, exc_message=msg.message)
             raise err from RemoteTraceback(msg.traceback)
         assert isinstance(msg, Reply)
         worker.seconds += msg.seconds
@@ -214,23 +237,30 @@ class WorkerGroup:
         return unpack(msg.value, keep_handles=True)
 
     def _root_cause(self, err: WorkerError, failed: _Worker, busy: list, op: str) -> WorkerError:
-        """A rank whose peer died fails in its collective ("connection closed by peer") at about
-        the moment the peer's death shows: the dead peer is the cause, whichever was seen first."""
-        others = [w for w in busy if w is not failed]
-        if not others or err.remote_traceback is None:
-            return err
-        ended = wait([w.process.sentinel for w in others], timeout=PEER_DEATH_GRACE_S)
-        for w in others:
-            if w.process.sentinel in ended:
+        """A rank whose peer died fails in its collective ("connection closed by peer"), or aborts
+        in it (gloo's uncaught IoException: SIGABRT), at about the moment the peer's death shows:
+        the dead peer is the cause, whichever was seen first, and it is named before the peer."""
+        peers = [w for w in busy if w is not failed and w.framework == failed.framework]
+        if not peers or not (err.exc_type is not None or _aborted(failed)):
+            return err  # no peer, or a death of its own (a segfault, an exit, a kill)
+        deadline = time.monotonic() + PEER_DEATH_GRACE_S
+        while time.monotonic() < deadline and not all(w.conn.poll() or not w.process.is_alive() for w in peers):
+            wait([w.process.sentinel for w in peers] + [w.conn for w in peers], timeout=0.05)
+        for w in peers:
+            if w.process.sentinel in wait([w.process.sentinel], timeout=0):
                 # the sentinel shows as the dying child closes its files, a moment before it can
                 # be reaped: without the join it would still look alive and its peer be blamed
                 w.process.join(1.0)
-            if not w.process.is_alive() and not self._has_reply(w):
-                try:
-                    self._raise_dead(w, op)
-                except WorkerError as dead:
-                    dead.remote_traceback = f"after which {err}:\n{err.remote_traceback}"
-                    return dead
+        dead = [w for w in peers if not w.process.is_alive() and not self._has_reply(w)]
+        for w in sorted(dead, key=_aborted):  # a peer that died of its own accord before one that aborted
+            if _aborted(w) and _aborted(failed):
+                break
+            try:
+                self._raise_dead(w, op)
+            except WorkerError as cause:
+                stack = cause.remote_traceback or ""
+                cause.remote_traceback = f"{cause} first; {stack}after it, {err}:\n{err.remote_traceback or ''}"
+                return cause
         return err
 
     @staticmethod
@@ -246,13 +276,16 @@ class WorkerGroup:
         worker.process.join(1.0)
         code = worker.process.exitcode
         how = "still running" if code is None else f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
-        raise WorkerError(worker.name, f"died during '{op}' ({how})")
+        stack = read_faults(worker)  # faulthandler's report: the Python stack at a fatal signal
+        raise WorkerError(worker.name, f"died during '{op}' ({how})",
+                          f"{worker.name} worker's Python stack when it died:\n{stack}" if stack else None)
 
     def seconds(self, name: str) -> float:
         return self.workers[name].seconds if name in self.workers else 0.0
 
     def close(self, graceful: bool = True) -> None:
-        """Ask politely (graceful), then terminate, then kill; never leaves a child behind."""
+        """Ask politely (graceful), then SIGTERM each worker's process group, then kill; never
+        leaves a child behind, nor a process the pair's code started."""
         workers = list(self.workers.values())
         for w in workers:
             w.outbox.put(None if graceful and w.process.is_alive() else _STOP)  # None: the shutdown request
@@ -261,16 +294,70 @@ class WorkerGroup:
             w.process.join(max(0.0, deadline - time.monotonic()))
         for w in workers:
             if w.process.is_alive():
-                w.process.terminate()
+                _signal_group(w, signal.SIGTERM)
         for w in workers:
             w.process.join(2.0)
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join(2.0)
         for w in workers:
+            _signal_group(w, signal.SIGKILL)  # what the user's code started (a server, a data loader) ends too
             w.outbox.put(_STOP)
             w.conn.close()
         self.workers.clear()
         if self.shm_dir:
             shutil.rmtree(self.shm_dir, ignore_errors=True)
             self.shm_dir = None
+
+
+def _aborted(worker: _Worker) -> bool:
+    return worker.process.exitcode == -signal.SIGABRT
+
+
+def read_faults(worker: _Worker, start: int = 0) -> str:
+    """faulthandler's report from `start` on, less its list of loaded extension modules (noise)."""
+    try:
+        with open(worker.fault_file, errors="replace") as f:
+            f.seek(start)
+            text = f.read()
+    except OSError:
+        return ""
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("Extension modules:"))
+
+
+def _fault_size(worker: _Worker) -> int:
+    try:
+        return os.path.getsize(worker.fault_file)
+    except OSError:
+        return 0
+
+
+def timed_out(silent: list, op: str, limit: float, hint: str) -> WorkerError:
+    """The workers that did not answer, blamed with the stack each was in (faulthandler on SIGUSR1)."""
+    sizes = {w.name: _fault_size(w) for w in silent}
+    for w in silent:
+        with contextlib.suppress(OSError):
+            os.kill(w.process.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + STACK_GRACE_S
+    while time.monotonic() < deadline and any(_fault_size(w) == sizes[w.name] for w in silent if w.process.is_alive()):
+        time.sleep(0.05)
+    time.sleep(0.05)  # the dump is written in pieces: let the last one land
+    stacks = [f"{w.name} worker was here when it did not answer:\n{text}" for w in silent
+              if (text := read_faults(w, sizes[w.name]).strip())]
+    return WorkerError(", ".join(w.name for w in silent), f"no answer to '{op}' within {limit:.0f} s ({hint})",
+                       "\n".join(stacks) + "\n" if stacks else None)
+
+
+def _signal_group(worker: _Worker, sig: int) -> None:
+    """The worker's process group (its pid: it calls setpgrp first thing), children included."""
+    pid = worker.process.pid
+    if pid is None:
+        return
+    try:
+        if os.getpgid(pid) != pid:  # not (yet) its own group: signal the worker alone
+            os.kill(pid, sig)
+            return
+    except ProcessLookupError:
+        pass  # reaped already; its children may still hold the group
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

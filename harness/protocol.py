@@ -9,7 +9,9 @@ run ends, so nothing outlives a crashed worker.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 import uuid
 import weakref
 from dataclasses import dataclass, field
@@ -127,8 +129,39 @@ def shm_root() -> Path:
     return base if base.is_dir() and os.access(base, os.W_OK) else Path(tempfile.gettempdir())
 
 
+SHM_PREFIX = "reprod-harness-"
+_LEGACY_MAX_AGE_S = 86400.0  # folders of older versions carry no pid: swept when empty and a day old
+
+
 def make_shm_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="reprod-harness-", dir=shm_root()))
+    """The run's folder, named after the coordinator's pid so a later run can tell it is stale."""
+    return Path(tempfile.mkdtemp(prefix=f"{SHM_PREFIX}{os.getpid()}-", dir=shm_root()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_stale_shm_dirs() -> None:
+    """Folders whose coordinator is gone (SIGKILL leaves them): removed at the next start."""
+    root = shm_root()
+    for entry in root.glob(f"{SHM_PREFIX}*"):
+        owner = entry.name[len(SHM_PREFIX):].split("-")[0]
+        try:
+            if owner.isdigit():
+                stale = int(owner) != os.getpid() and not _alive(int(owner))
+            else:
+                stale = not any(entry.iterdir()) and time.time() - entry.stat().st_mtime > _LEGACY_MAX_AGE_S
+        except OSError:
+            continue
+        if stale and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def write_shared(arr: np.ndarray, shm_dir: str | Path, *, worker_owned: bool = False) -> SharedArray:

@@ -19,13 +19,16 @@ from harness.errors import UsageError
 from harness.process import WorkerGroup, WorkerSpec
 from harness.protocol import SIDES, Op, Request
 
+STARTUP_HINT = ("start-up: spawn, framework import, the pair's build, joining the ranks; "
+                "raise --startup-timeout if that is just slow")
 ADAPTIVE = ("adam", "adamw", "pair")  # a pair's own optimizer is unknown: treated as adaptive
 
 
 @dataclass(frozen=True)
 class RunOptions:
     out_dir: Path
-    timeout: float = 900.0
+    timeout: float = 900.0  # per call (a check's step), once the workers are up
+    startup_timeout: float = 900.0  # spawn, framework import, the pair's build, weights shared
     device: str = "auto"  # auto | cpu | gpu
     threads: int | None = None  # per worker; None: half the cores each
     benchmark: Path | None = None  # reprod_log .npy with the metric the paddle run must reach
@@ -44,10 +47,11 @@ def worker_threads(requested: int | None) -> int:
 class Session:
     """Both workers up, weights shared, then any sequence of checks (harness/checks/)."""
 
-    def __init__(self, cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lambda msg: None):
+    def __init__(self, cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lambda msg: None,
+                 *, writer: ArtifactWriter | None = None):
         self.cfg, self.options, self.progress = cfg, opts, progress
         self.data = BatchSource(cfg)
-        self.root_writer = self.writer = ArtifactWriter(opts.out_dir)  # writer: the current precision's
+        self.root_writer = self.writer = writer or ArtifactWriter(opts.out_dir)  # writer: the current precision's
         self.plan: weights.Plan | None = None
         self.initial_torch: dict = {}
         self.precision = "float32"
@@ -59,6 +63,7 @@ class Session:
         self.ranks = {side: [side] + [f"{side}.{r}" for r in range(1, n)] for side in SIDES}
         self.group = WorkerGroup(self._specs(), opts.timeout)
         self.group.on_progress = getattr(progress, "steps", None)  # per-step counts, when the display shows them
+        self._starting, self._joined = False, False
 
     def _specs(self) -> list:
         opts, layout = self.options, self.layout
@@ -76,11 +81,17 @@ class Session:
     # ------------------------------------------------------------------ calling workers
     def call(self, requests: dict) -> dict:
         """Worker name -> Request, all at once; returns worker name -> reply."""
-        return self.group.call(requests)
+        return self.submit(requests).wait()
 
     def submit(self, requests: dict, label: str | None = None):
         """Sent now, answered later (Submission.wait()): the workers run ahead meanwhile."""
-        return self.group.submit(requests, label)
+        # start-up has its own limit, so a small per-step --timeout never fails it; joining the ranks'
+        # process groups (the first data-parallel call: rendezvous, gloo/nccl set-up) is start-up too
+        joining = not self._joined and any(r.kwargs.get("parallel") for r in requests.values())
+        self._joined = self._joined or joining
+        if self._starting or joining:
+            return self.group.submit(requests, label=label, timeout=self.options.startup_timeout, hint=STARTUP_HINT)
+        return self.group.submit(requests, label=label)
 
     @staticmethod
     def for_both(op: Op, **kwargs) -> dict:
@@ -115,7 +126,8 @@ class Session:
         them from the run's torch initial weights, upcast, exactly as the first build did; their
         artifacts go to a subfolder named after the precision."""
         self.precision = precision
-        self.writer = ArtifactWriter(self.options.out_dir / precision)
+        root = self.root_writer
+        self.writer = ArtifactWriter(root.out_dir / precision, shown=root.shown / precision)
         self._setup(initial=self.initial_torch)
 
     def restart(self) -> None:
@@ -126,6 +138,13 @@ class Session:
         self._setup()
 
     def _setup(self, initial: dict | None = None) -> None:
+        self._starting = True
+        try:
+            self._build(initial)
+        finally:
+            self._starting = False
+
+    def _build(self, initial: dict | None) -> None:
         self.plan = None
         batch = self.data.batch(0)
         if self.layout.world > 1:

@@ -29,6 +29,20 @@ def cli(*args, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:
     )
 
 
+def tagged_processes(tag: str) -> list:
+    """Pids of live processes whose environment holds REPROD_TEST_TAG=tag (workers and their children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if f"REPROD_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def report(out_dir: Path) -> dict:
     return json.loads((Path(out_dir) / "report.json").read_text())
 

@@ -1,13 +1,18 @@
 """Stand-in worker entries for process tests: they speak the worker protocol with no framework.
-They answer ping; any other request makes them behave as options["behaviour"] says."""
+They answer ping; any other request makes them behave as options["behaviour"] says. Like real
+workers they run in a process group of their own with faulthandler on (backends/worker.py)."""
 
 import os
+import subprocess
 import time
 
+from backends.worker import enable_fault_reports
 from harness.protocol import Failure, Op, Reply
 
 
 def main(framework, conn, options):
+    os.setpgrp()
+    enable_fault_reports(options.get("fault_file"))
     while conn.recv().op is Op.PING:
         conn.send(Reply(None, 0.0))
     behaviour = options["behaviour"]
@@ -19,5 +24,15 @@ def main(framework, conn, options):
     elif behaviour == "die_later":  # dies just after its peer's error reached the coordinator
         time.sleep(0.2)
         os._exit(9)
-    else:
+    elif behaviour == "answer":  # a healthy worker: answers, then waits for the next request
+        conn.send(Reply("done", 0.0))
         time.sleep(30)
+    elif behaviour == "child":  # starts a process of its own (as user code may), then hangs
+        subprocess.Popen(["sleep", "600"])
+        hang_here()
+    else:
+        hang_here()
+
+
+def hang_here():
+    time.sleep(30)

@@ -136,6 +136,10 @@ def test_rank_failure_exits_3_without_strays(make_pair, tmp_path, side, action, 
                env={"REPROD_TEST_TAG": tag, "REPROD_PID_DIR": str(pids)}, timeout=120)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert expect in proc.stderr and f"{side}.1 worker" in proc.stderr
+    if "exit code" in expect:  # the dead rank is named as the cause before any peer's error
+        dead = proc.stderr.index(f"{side}.1 worker: died")
+        peer = proc.stderr.find(f"{side} worker: ")  # rank 0's failure, when it is shown at all
+        assert peer == -1 or dead < peer
     assert not (tmp_path / "o" / "report.json").exists()
     started = [int(p.name) for p in pids.iterdir()]
     assert len(started) == 4  # both ranks of both frameworks ran, carrying the tag the scan looks for

@@ -75,8 +75,9 @@ def test_worker_failure_exits_3_and_leaves_nothing(make_pair, tmp_path, side, bo
 
 def test_hanging_worker_times_out(make_pair, tmp_path):
     toml = _pair(make_pair, paddle_body="time.sleep(600)")
-    proc, seconds, tag = _run_tagged("run", toml, "--out", tmp_path / "out", "--timeout", "20")
+    proc, seconds, tag = _run_tagged("run", toml, "--out", tmp_path / "out", "--startup-timeout", "20")
     assert proc.returncode == 3, proc.stderr
-    assert "no answer" in proc.stderr and "paddle" in proc.stderr
+    assert "paddle worker: no answer to 'setup' within 20 s" in proc.stderr and "--startup-timeout" in proc.stderr
+    assert f'{toml.parent / "pair.py"}", line 11 in build_paddle' in proc.stderr  # where it hung
     assert seconds < 60
     assert _tagged_processes(tag) == []

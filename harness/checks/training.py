@@ -68,7 +68,8 @@ def train(session) -> CheckResult:
         result.keys += _against_benchmark(session.options.benchmark, out["paddle"]["metric"], cfg.tolerance.train)
     judge_dropouts(session, result, sides["torch"], sides["paddle"])
     session.writer.check(result, sides["torch"], sides["paddle"])
-    note = plot.train_curve(session.writer.out_dir / "train_curve.png", result, sides["torch"], sides["paddle"], cfg.name)
+    with session.writer.writing("train_curve.png") as path:
+        note = plot.train_curve(path, result, sides["torch"], sides["paddle"], cfg.name)
     if note:
         result.notes.append(note)
     return result
