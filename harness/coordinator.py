@@ -122,9 +122,10 @@ def weight_map(session: Session) -> dict | None:
 
 
 def trace_context(session: Session) -> locate.Context:
+    steps = getattr(session.progress, "steps", None) or (lambda worker, label, done, total: None)
     return locate.Context(cfg=session.cfg, call=session.call, batch=session.data.batch, infos=session.infos,
                           plan=session.plan, to_paddle=session.to_paddle, adaptive=session.adaptive(),
-                          dropout=session.dropout())
+                          dropout=session.dropout(), steps=steps)
 
 
 def first_divergence(checks: list) -> Divergence | None:

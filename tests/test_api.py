@@ -63,7 +63,7 @@ def test_check_returns_the_report_and_raises_worker_errors(tmp_path, make_pair):
     assert report.text().splitlines()[0] == "ALIGNED  mlp: 2 of 2 checks pass"
     toml = make_pair(BROKEN_PADDLE, '[data]\ninputs = ["x"]\n', name="broken")
     with pytest.raises(WorkerError) as info:
-        check(toml, checks=["forward"], out=tmp_path / "broken", timeout=60)
+        check(toml, checks=["forward"], out=tmp_path / "broken_out", timeout=60)
     assert info.value.worker == "paddle" and "boom in build_paddle" in info.value.remote_traceback
 
 

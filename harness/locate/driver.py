@@ -40,6 +40,7 @@ class Context:
     to_paddle: Callable[[dict], dict]  # torch state -> the arguments that load it into paddle
     adaptive: bool  # an Adam-type optimizer
     dropout: dict  # per side, the dropout modules
+    steps: Callable[[str, str, int, int], None] = lambda worker, label, done, total: None  # progress display
 
 
 class Locator:
@@ -112,6 +113,8 @@ class Locator:
                                                                or self.cfg.train.train_iters)
         before = self.begin(mode, total)
         for k in range(steps):
+            for side in SIDES:  # each traced step is a round trip of its own: counted here
+                self.ctx.steps(side, f"locating ({check})", k, steps)
             sync = before["torch"]["state"] if k > 0 else None
             recs = self.step(self.ctx.batch(k), backward=True, update=True, with_loss=True, sync=sync)
             found = (self.forward.judge(check, recs, before, k, True)
