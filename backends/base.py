@@ -5,20 +5,21 @@ imports a framework."""
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import numpy as np
 
 from backends.metrics import evaluate
 from backends.primitives import Primitives
+from backends.state import StateOps
+from backends.trace import TraceOps
 from harness import pairfile
 from harness.protocol import Op
 
 NEEDS_NO_MODEL = (Op.SETUP, Op.PING)
 
 
-class Runner(Primitives):
+class Runner(StateOps, TraceOps, Primitives):
     def __init__(self, options: dict):
         self.options = options
         self.cfg: dict = {}
@@ -116,80 +117,6 @@ class Runner(Primitives):
                 "custom_mapping": callable(getattr(self.pair, "torch_to_paddle", None)),
                 "custom_optimizer": self.pair_fn("optimizer") is not None}
 
-    def call_order(self, batch: dict) -> dict:
-        """The modules one eval-mode forward of `batch` calls, in call order: what pairs a port's
-        modules with the reference's (harness/pairing.py). Grad stays enabled because under
-        no_grad torch's TransformerEncoderLayer takes a fused path that calls none of its
-        submodules. A forward that raises gives no order (the mapping says so) rather than
-        failing here: the forward check reports that error where it belongs."""
-        from backends.trace import entered_modules
-
-        self._restore()
-        self.set_train(self.model, False)
-        with self.preserved_rng():
-            try:
-                names = entered_modules(self, self.model, lambda: self.run_forward(self.tensors(batch)))
-            except Exception as exc:  # noqa: BLE001 - reported, and the forward check raises it again
-                return {"calls": None, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-        return {"calls": names, "error": None}
-
-    def read_state_file(self, path: str) -> dict:
-        state = self.read_checkpoint(path)
-        if not isinstance(state, dict) or not state:
-            raise ValueError(f"{path}: expected a state dict of tensors")
-        return state
-
-    def load_into_model(self, state: dict, keep_own: tuple = ()) -> dict:
-        """Strict load into this side's model; the new initial state for every check. keep_own
-        names tensors the other framework has no counterpart of (BatchNorm's batch counter)."""
-        state = dict(state)
-        if keep_own:
-            own = self.state_tensors(self.model)
-            state.update({k: self.to_numpy(own[k]) for k in keep_own if k in own and k not in state})
-        self.load_state(self.model, state)
-        del state  # the arrays given (memory-mapped) are let go before the copy below is made
-        self._keep_initial()
-        self._dirty = False
-        return {"loaded": len(self._initial)}
-
-    def write_state_file(self, state: dict, path: str, keep_own: tuple = ()) -> dict:
-        self.load_into_model(state, keep_own)  # strict: a converted file that does not fit the model is never written
-        target = Path(path)
-        partial = target.with_name(f".{target.name}.partial-{os.getpid()}{target.suffix}")
-        try:  # written beside the target and renamed: a full disk never leaves half a checkpoint
-            self.write_checkpoint(self.model, str(partial))
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
-        return {"path": path}
-
-    def export_state(self) -> dict:
-        """The initial state, as handles on this worker's own copy in shared memory: the other
-        worker reads it from there, and nothing is written twice."""
-        if self._initial is None or self._dirty:
-            self._restore()
-            self._keep_initial()
-        return dict(self._initial)
-
-    def _keep_initial(self) -> None:
-        """The weights every check starts from, kept in shared memory (not in this process)."""
-        self._retired += list((self._initial or {}).values())
-        self._initial = self.stash(self.state_tensors(self.model), worker_owned=True)
-        for handle in self._retired:
-            with contextlib.suppress(OSError):
-                os.unlink(handle.path)
-        self._retired = []
-
-    def import_state(self, state: dict, raw: bool = False) -> dict:
-        if raw:  # the pair converts torch's state itself
-            state = self.pair.torch_to_paddle(dict(state))
-        return self.load_into_model(state)
-
-    def _restore(self) -> None:
-        if self._dirty and self._initial is not None:
-            self.load_state(self.model, {k: handle.load() for k, handle in self._initial.items()})
-        self._dirty = False
-
     def _config(self, overrides: dict | None) -> dict:
         """The run config with some sections replaced (the optimizer matrix reuses one session)."""
         cfg = dict(self.cfg)
@@ -280,18 +207,3 @@ class Runner(Primitives):
         return result, grads
 
     # ---------------------------------------------------------------- localization
-    def trace_begin(self, mode: str, total_steps: int, overrides: dict | None = None) -> dict:
-        """Start a hooked run from the initial weights (harness/locate/ drives it step by step)."""
-        from backends.trace import Tracer
-
-        self._restore()
-        self._dirty = True
-        self._tracer = Tracer(self, mode, total_steps, self._config(overrides))
-        return {"state": self.state(self.model), "params": self.params(self.model)}
-
-    def trace_step(self, batch: dict, backward: bool = False, update: bool = False, with_loss: bool = True,
-                   sync: dict | None = None, raw: bool = False) -> dict:
-        """One hooked step; sync first loads the other side's state (so each step starts equal)."""
-        if sync is not None:
-            self.load_state(self.model, self.pair.torch_to_paddle(dict(sync)) if raw else dict(sync))
-        return self._tracer.step(batch, backward, update, with_loss)

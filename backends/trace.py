@@ -127,3 +127,36 @@ class Tracer:
         elif backward:
             self.stepper.zero_grad()
         return result
+
+
+class TraceOps:
+    """The ops localization and the weight mapping use (a mixin of backends/base.Runner)."""
+
+    def call_order(self, batch: dict) -> dict:
+        """The modules one eval-mode forward of `batch` calls, in call order: what pairs a port's
+        modules with the reference's (harness/pairing.py). Grad stays enabled because under
+        no_grad torch's TransformerEncoderLayer takes a fused path that calls none of its
+        submodules. A forward that raises gives no order (the mapping says so) rather than
+        failing here: the forward check reports that error where it belongs."""
+        self._restore()
+        self.set_train(self.model, False)
+        with self.preserved_rng():
+            try:
+                names = entered_modules(self, self.model, lambda: self.run_forward(self.tensors(batch)))
+            except Exception as exc:  # noqa: BLE001 - reported, and the forward check raises it again
+                return {"calls": None, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        return {"calls": names, "error": None}
+
+    def trace_begin(self, mode: str, total_steps: int, overrides: dict | None = None) -> dict:
+        """Start a hooked run from the initial weights (harness/locate/ drives it step by step)."""
+        self._restore()
+        self._dirty = True
+        self._tracer = Tracer(self, mode, total_steps, self._config(overrides))
+        return {"state": self.state(self.model), "params": self.params(self.model)}
+
+    def trace_step(self, batch: dict, backward: bool = False, update: bool = False, with_loss: bool = True,
+                   sync: dict | None = None, raw: bool = False) -> dict:
+        """One hooked step; sync first loads the other side's state (so each step starts equal)."""
+        if sync is not None:
+            self.load_state(self.model, self.pair.torch_to_paddle(dict(sync)) if raw else dict(sync))
+        return self._tracer.step(batch, backward, update, with_loss)
