@@ -153,10 +153,11 @@ class WorkerGroup:
             self.close()
             raise
 
-    def call(self, requests: dict[str, Request], timeout: float | None = None, hint: str = TIMEOUT_HINT) -> dict:
+    def call(self, requests: dict[str, Request], timeout: float | None = None, hint: str = TIMEOUT_HINT,
+             label: str | None = None) -> dict:
         """Send each worker its request, wait for all replies at once; returns name -> value.
         timeout (default: the group's) and hint (how to raise it) word a timeout's message."""
-        return self.submit(requests, timeout=timeout, hint=hint).wait()
+        return self.submit(requests, timeout=timeout, hint=hint, label=label).wait()
 
     def submit(self, requests: dict[str, Request], *, label: str | None = None, timeout: float | None = None,
                hint: str = TIMEOUT_HINT) -> Submission:
@@ -191,7 +192,7 @@ class WorkerGroup:
             now = time.monotonic()
             late = [w for w in busy if now - w.active_since >= w.inflight[0][0].timeout] or busy
             current = late[0].inflight[0]
-            raise timed_out(late, current[1], current[0].timeout, current[0].hint)
+            raise timed_out(late, current[0].label or current[1], current[0].timeout, current[0].hint)
         for ready in ready_now:
             worker = handles[ready]
             submission, op = worker.inflight[0]

@@ -153,7 +153,8 @@ class Session:
         infos = self.call({name: Request(Op.SETUP, setup) for name in self.group.names})
         self.infos = {side: infos[side] for side in SIDES}
         self.progress("tracing one forward on each side to pair the modules")
-        traces = self.call({side: Request(Op.CALL_ORDER, {"batch": batch}) for side in SIDES})
+        # the pair's forward: timed as a step (--timeout), not as start-up, and named so
+        traces = self.group.call({side: Request(Op.CALL_ORDER, {"batch": batch}) for side in SIDES}, label="forward")
         for side in SIDES:  # localization's matching reads the same order (harness/locate/matching.py)
             self.infos[side]["calls"] = traces[side]["calls"]
         self.progress("sharing the torch initial weights with paddle")

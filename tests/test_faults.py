@@ -670,8 +670,8 @@ def _start(pair, out, fault, tag):
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(pair), "--out", str(out), "--checks", "forward"],
                             cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env=dict(os.environ, REPROD_TEST_TAG=tag, REPROD_FAULT=fault, PYTHONUNBUFFERED="1"))
-    for line in proc.stderr:  # the progress line: both workers are up and paddle is in its hang
-        if "forward check" in line:
+    for line in proc.stderr:  # the progress line: both workers are up and paddle is in its hang (the
+        if "tracing one forward" in line:  # set-up's forward, which pairs the modules, calls forward_paddle)
             break
     time.sleep(1.0)
     return proc
