@@ -55,11 +55,15 @@ def dropout_off(named_modules, functional: list):
             setattr(owner, attr, value)
 
 
-def no_dropout_p(fn):
-    """fn (an attention kernel taking dropout_p) with dropout_p forced to 0."""
+def no_dropout_p(fn, position: int = 4):
+    """fn (an attention kernel: query, key, value, attn_mask, dropout_p, ...) with dropout_p
+    forced to 0, whether it is passed by name or by position (torch's own attention does)."""
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        kwargs["dropout_p"] = 0.0
+        if len(args) > position:
+            args = (*args[:position], 0.0, *args[position + 1:])
+        else:
+            kwargs["dropout_p"] = 0.0
         return fn(*args, **kwargs)
     return call
 

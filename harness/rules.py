@@ -141,10 +141,17 @@ def arbitrate(narrow: CheckResult, wide: CheckResult) -> None:
     those a float32 rule released) is decided by the same check recomputed in float64."""
     by_id = {k.id: k for k in wide.keys}
     for key in narrow.keys:
-        if key.passed and key.rule not in FALLBACK_RULES:
-            continue  # agreed in float32 itself
-        _decide(key, by_id.get(key.id))
+        if arbitrable(key):
+            _decide(key, by_id.get(key.id))
     narrow.arbitration = "float64"
+
+
+def arbitrable(key: KeyResult) -> bool:
+    """A key float64 can decide: it failed the plain diff on finite values of equal shapes (a
+    NaN, a shape or a missing key is never round-off), or a float32 rule released it."""
+    if key.passed:
+        return key.rule in FALLBACK_RULES
+    return key.mean_abs is not None and not key.nonfinite
 
 
 def _decide(key: KeyResult, wide: KeyResult | None) -> None:

@@ -106,3 +106,16 @@ def test_the_encoder_benchmark_pair_is_aligned_with_default_tolerances(tmp_path)
     if "arbitration" in backward:  # on this machine's kernels float32 fails loss_3; float64 decides
         assert backward["arbitration"] == "float64"
         assert any(k.get("rule") == "float64_arbitration" for k in backward["keys"])
+
+
+def test_nan_shape_and_missing_keys_are_never_sent_to_float64():
+    key = Key(Kind.VALUE, "out")
+    nan = compare_dicts("forward", {key: np.array([1.0, np.nan], np.float32)}, {key: np.array([1.0, 2.0], np.float32)},
+                        ToleranceConfig())
+    shape = compare_dicts("forward", {key: np.zeros(3, np.float32)}, {key: np.zeros(4, np.float32)}, ToleranceConfig())
+    missing = compare_dicts("forward", {key: np.zeros(3, np.float32)}, {}, ToleranceConfig())
+    for result in (nan, shape, missing):
+        assert not result.passed and not any(rules.arbitrable(k) for k in result.keys)
+        reason = result.keys[0].reason
+        rules.arbitrate(result, compare_dicts("forward", {}, {}, ToleranceConfig()))
+        assert result.keys[0].reason == reason and result.keys[0].precision in ("float32", "")

@@ -27,12 +27,14 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import ROOT, cli, tagged_processes
-from harness import config, picklescan, plot, protocol
+from harness import config, keys, picklescan, plot, protocol
 from harness.artifacts import ArtifactWriter, atomic_write
+from harness.checks.common import judge
 from harness.cli import app
 from harness.errors import OutputError, UsageError, WorkerError
 from harness.outdir import OutFolder
 from harness.safeload import load_npy_dict
+from harness.tolerance import ToleranceConfig
 
 MLP_TOML = config.zoo_dir() / "mlp" / "pair.toml"
 
@@ -302,7 +304,8 @@ def test_a_full_disk_leaves_no_half_drawn_figure(full_disk):
     writer = ArtifactWriter(full_disk / "staging", shown=full_disk / "out")
     with pytest.raises(OutputError, match="train_curve.png: cannot write it: No space left"):
         with writer.writing("train_curve.png") as path:
-            plot.train_curve(path, np.linspace(1, 0, 400), np.linspace(1, 0, 400), "big")
+            curve = keys.losses(np.linspace(1, 0, 400, dtype=np.float32))
+            plot.train_curve(path, judge("train", curve, curve, ToleranceConfig()), curve, curve, "big")
     assert_only(full_disk / "staging")  # no .train_curve.png.tmp.png, no mkstemp file
 
 
