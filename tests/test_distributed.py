@@ -8,8 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
-from conftest import check, cli, pair_folder, report
-from test_failures import _tagged_processes
+from conftest import check, cli, pair_folder, report, tagged_processes
 from harness import config
 from harness.checks.common import judge
 from harness.checks.parallel import dp_equivalence
@@ -143,7 +142,7 @@ def test_rank_failure_exits_3_without_strays(make_pair, tmp_path, side, action, 
     assert not (tmp_path / "o" / "report.json").exists()
     started = [int(p.name) for p in pids.iterdir()]
     assert len(started) == 4  # both ranks of both frameworks ran, carrying the tag the scan looks for
-    assert _tagged_processes(tag) == []
+    assert tagged_processes(tag) == []
 
 
 @pytest.mark.e2e

@@ -2,11 +2,10 @@
 
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from conftest import cli
+from conftest import cli, tagged_processes
 
 pytestmark = pytest.mark.e2e  # every test here starts workers
 
@@ -30,19 +29,6 @@ def make_batch(rng, step):
 
 def _pair(make_pair, torch_body="pass", paddle_body="pass"):
     return make_pair(BASE.format(torch_body=torch_body, paddle_body=paddle_body), '[data]\ninputs = ["x"]\n')
-
-
-def _tagged_processes(tag: str) -> list:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if f"REPROD_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def _run_tagged(*args):
@@ -70,7 +56,7 @@ def test_worker_failure_exits_3_and_leaves_nothing(make_pair, tmp_path, side, bo
     assert f"{side} worker" in proc.stderr
     assert "Traceback" not in proc.stderr.split(f"{side} worker")[-1]  # no coordinator traceback after it
     assert not (tmp_path / "out" / "report.json").exists()  # no report claims a run that did not finish
-    assert _tagged_processes(tag) == []
+    assert tagged_processes(tag) == []
 
 
 def test_hanging_worker_times_out(make_pair, tmp_path):
@@ -80,4 +66,4 @@ def test_hanging_worker_times_out(make_pair, tmp_path):
     assert "paddle worker: no answer to 'setup' within 20 s" in proc.stderr and "--startup-timeout" in proc.stderr
     assert f'{toml.parent / "pair.py"}", line 11 in build_paddle' in proc.stderr  # where it hung
     assert seconds < 60
-    assert _tagged_processes(tag) == []
+    assert tagged_processes(tag) == []
