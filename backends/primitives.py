@@ -185,12 +185,6 @@ class Primitives(abc.ABC):
         arr = self.to_numpy(tensor)
         return write_shared(arr, self.options["shm_dir"]) if arr.nbytes >= TRACE_SHM_MIN_BYTES else np.array(arr)
 
-    def state(self, model) -> dict:
-        return self.snapshot(self.state_tensors(model))
-
-    def params(self, model) -> dict:
-        return self.snapshot(self.param_tensors(model))
-
     precision = "float32"
 
     def tensors(self, batch: dict) -> dict:

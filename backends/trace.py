@@ -84,6 +84,17 @@ class Recorder:
         return hook
 
 
+def traced_state(runner) -> dict:
+    """The model's state and its trainable parameters, in shared memory for the coordinator: the
+    parameters are the state's own files (written once), not a second copy."""
+    state = runner.stash(runner.state_tensors(runner.model), worker_owned=False)
+    tensors = runner.param_tensors(runner.model)
+    missing = {k: t for k, t in tensors.items() if k not in state}
+    params = {k: state[k] for k in tensors if k in state}
+    params.update(runner.stash(missing, worker_owned=False))
+    return {"state": state, "params": params}
+
+
 class Tracer:
     """One traced training (or evaluation) run: begin() once, then step() per batch."""
 
@@ -122,8 +133,7 @@ class Tracer:
         if update:
             self.stepper.step()
             self.stepper.zero_grad()
-            result["state"] = runner.stash(runner.state_tensors(model), worker_owned=False)
-            result["params"] = runner.stash(runner.param_tensors(model), worker_owned=False)
+            result.update(traced_state(runner))
         elif backward:
             self.stepper.zero_grad()
         return result
@@ -152,7 +162,7 @@ class TraceOps:
         self._restore()
         self._dirty = True
         self._tracer = Tracer(self, mode, total_steps, self._config(overrides))
-        return {"state": self.state(self.model), "params": self.params(self.model)}
+        return traced_state(self)
 
     def trace_step(self, batch: dict, backward: bool = False, update: bool = False, with_loss: bool = True,
                    sync: dict | None = None, raw: bool = False) -> dict:

@@ -8,12 +8,12 @@ import functools
 import numpy as np
 
 from harness import keys, rules
+from harness.artifacts import tensor_stats
 from harness.diff import CheckResult, KeyResult, compare_dicts
 from harness.keys import Key, Kind
-from harness.tolerance import Tolerance
-from harness.artifacts import tensor_stats
 from harness.protocol import SIDES, nbytes
 from harness.rules import Evidence
+from harness.tolerance import Tolerance
 
 # Parameters and gradients of both sides up to this size are saved whole, beyond as statistics.
 FULL_DUMP_BYTES = 64 << 20

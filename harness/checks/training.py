@@ -27,19 +27,16 @@ def backward(session, *, overrides: dict | None = None, write: bool = True) -> C
     out = yield session.for_both(Op.TRAIN, batches=session.data.batches(range(cfg.train.iters)), mode=cfg.train.mode,
                        total_steps=cfg.total_steps, overrides=overrides)
     losses = {side: keys.losses(out[side]["loss"]) for side in SIDES}
-    result, params, grads = judge_updates(session, dict(losses["torch"]), dict(losses["paddle"]), out, overrides)
+    ref, other = dict(losses["torch"]), dict(losses["paddle"])  # judge_updates adds the param: and grad: keys
+    result, params, grads = judge_updates(session, ref, other, out, overrides)
     if cfg.train.mode == "train":  # its steps ran with dropout off: the dropouts themselves are compared
-        judge_dropouts(session, result, {}, {})
+        judge_dropouts(session, result, ref, other)
     if write:
         for side in SIDES:
             session.writer.arrays(f"bp_align_{side}.npy", losses[side])  # the guide's file: losses only
         save_tensors(session, result, params=params, grads=grads)
-        session.writer.log("bp_align_diff.log", result, *[_all_keys(losses[s], params[s], grads[s]) for s in SIDES])
+        session.writer.log("bp_align_diff.log", result, ref, other)
     return result
-
-
-def _all_keys(losses: dict, params: dict, grads: dict) -> dict:
-    return {**losses, **keys.named(Kind.PARAM, params), **keys.named(Kind.GRAD, grads)}
 
 
 def heldout_steps(session) -> range:
