@@ -31,6 +31,7 @@ def configure_environment(options: dict) -> None:
     os.environ.setdefault("FLAGS_cudnn_deterministic", "1")
     os.environ.setdefault("FLAGS_embedding_deterministic", "1")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    os.environ.setdefault("TORCHINDUCTOR_DETERMINISTIC", "1")
     os.environ.setdefault("GLOG_minloglevel", "2")  # paddle's C++ info logs would bury the progress
     warnings.filterwarnings("ignore", message="No ccache found")  # paddle's import-time noise
 
@@ -150,24 +151,30 @@ def serve(framework: str, conn, options: dict) -> None:
 
 
 _PLAIN = (type(None), bool, int, float, str, bytes)
+_CONTAINERS = (dict, list, tuple)
 
 
 def check_crossable(value, where: str) -> None:
     """Only data crosses to the coordinator: the pipe pickles with dill, which would carry locks and
-    lambdas across, where saving or comparing them then fails far from their cause."""
+    lambdas across, where saving or comparing them then fails far from their cause. Builtin types
+    only, never a subclass: unpickling torch's TorchVersion (a str) or a torch.Size (a tuple)
+    imports torch into the coordinator."""
     import numpy as np
 
     from harness.protocol import Deferred, SharedArray  # handles: arrays in shared memory, or made as sent
 
-    if isinstance(value, dict):
+    if isinstance(value, (np.ndarray, np.generic)):
+        if value.dtype.hasobject:
+            raise TypeError(f"{where} is an object array, which cannot cross to the coordinator")
+    elif isinstance(value, (*_PLAIN, *_CONTAINERS)) and type(value) not in (*_PLAIN, *_CONTAINERS):
+        raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__qualname__} (a subclass of "
+                        f"{type(value).__mro__[1].__name__}), which cannot cross to the coordinator")
+    elif isinstance(value, dict):
         for k, v in value.items():
             check_crossable(v, f"{where}[{k!r}]")
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             check_crossable(v, f"{where}[{i}]")
-    elif isinstance(value, (np.ndarray, np.generic)):
-        if value.dtype.hasobject:
-            raise TypeError(f"{where} is an object array, which cannot cross to the coordinator")
     elif not isinstance(value, (*_PLAIN, SharedArray, Deferred)):
         raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__qualname__}, "
                         "which cannot cross to the coordinator")

@@ -110,6 +110,40 @@ def test_coordinator_imports_no_framework_and_no_backends_code():
     assert [m for m in loaded if not m.startswith("backends.zoo")] == []
 
 
+@pytest.mark.e2e
+def test_a_whole_run_leaves_no_framework_in_the_coordinator(tmp_path):
+    """Not just its own imports: nothing a worker sends may make the coordinator import a
+    framework to unpickle it (torch.__version__ is a str subclass from torch)."""
+    code = (
+        "import sys, json, runpy\n"
+        f"sys.argv = ['reprod-harness', 'demo', '--out', {str(tmp_path / 'out')!r}]\n"
+        "try:\n    runpy.run_module('harness', run_name='__main__')\n"
+        "except SystemExit as exc:\n    code = exc.code\n"
+        "mods = [m for m in sys.modules if not getattr(sys.modules[m], '__reprod_stub__', False)]\n"
+        "print(json.dumps([code, sorted(m for m in mods if m.split('.')[0] in %r)]))"
+        % (FRAMEWORK_MODULES,)
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    code, loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert code == 0, out.stderr[-2000:]
+    assert loaded == []
+
+
+def test_a_subclass_of_a_builtin_never_crosses_to_the_coordinator():
+    from collections import OrderedDict
+
+    from backends.worker import check_crossable
+
+    class Version(str):
+        pass
+
+    check_crossable({"version": "2.1", "sizes": [1, (2, 3)], "ok": True}, "reply")
+    with pytest.raises(TypeError, match=r"reply\['version'\] is a .*Version \(a subclass of str\), which cannot cross"):
+        check_crossable({"version": Version("2.1")}, "reply")
+    with pytest.raises(TypeError, match=r"reply is a collections.OrderedDict \(a subclass of dict\)"):
+        check_crossable(OrderedDict(a=1), "reply")
+
+
 def test_a_backend_missing_a_primitive_fails_at_start_up_naming_it():
     from backends.base import Runner
     from backends.primitives import Primitives

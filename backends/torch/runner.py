@@ -22,7 +22,10 @@ class Runner(base.Runner):
         super().__init__(options)
         torch.set_num_threads(int(options.get("threads") or 1))
         self.dev = torch.device("cuda" if options.get("device") in ("gpu", "auto") and torch.cuda.is_available() else "cpu")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        # the same switch as use_deterministic_algorithms(True, warn_only=True), which would also
+        # import torch._inductor (1.2 s of start-up) for its flag: the worker's environment sets
+        # that one (TORCHINDUCTOR_DETERMINISTIC) for a pair that compiles
+        torch.set_deterministic_debug_mode("warn")
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         # TF32 would make a correct port look misaligned at 1e-6 on Ampere and newer cards
@@ -30,7 +33,7 @@ class Runner(base.Runner):
         torch.backends.cudnn.allow_tf32 = False
 
     def version(self) -> str:
-        return torch.__version__
+        return str(torch.__version__)  # a TorchVersion would make the coordinator import torch to read it
 
     def device(self) -> str:
         if self.dev.type == "cuda":
