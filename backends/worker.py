@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import faulthandler
 import importlib
@@ -116,6 +117,43 @@ def main(framework: str, conn, options: dict) -> None:
 
     stubs.block(pairfile.blocked_roots(framework), f"{framework} worker")
     serve(framework, conn, options)
+    # Skip the interpreter's teardown: the frameworks' destructors and atexit hooks take up to a
+    # second at every close and serve nothing here (the coordinator removes what this worker made)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
+class CoreShare:
+    """This worker's part of the CPU: the run's cores divided among the workers busy right now
+    (a counter in shared memory), so when one framework has finished its work the other takes
+    over its cores rather than leaving them idle. Read at the start of each op and at each of its
+    steps; without a budget (threads fixed by the user) the count never changes."""
+
+    def __init__(self, busy, budget: int | None):
+        self.busy, self.budget = busy, budget
+        self.apply = lambda n: None  # the runner's set_threads, once the framework is imported
+        self.current = 0
+
+    def __enter__(self):
+        if self.budget:
+            with self.busy.get_lock():
+                self.busy.value += 1
+            self.update()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.budget:
+            with self.busy.get_lock():
+                self.busy.value -= 1
+
+    def update(self) -> None:
+        if self.budget:
+            n = max(1, self.budget // max(1, self.busy.value))
+            if n != self.current:
+                self.apply(n)
+                self.current = n
 
 
 def serve(framework: str, conn, options: dict) -> None:
@@ -123,6 +161,7 @@ def serve(framework: str, conn, options: dict) -> None:
 
     warned = _capture_warnings()
     shm_dir, runner = options.get("shm_dir"), None
+    cores = CoreShare(options.get("busy"), options.get("thread_budget"))
     while True:
         try:
             msg = conn.recv()
@@ -132,12 +171,10 @@ def serve(framework: str, conn, options: dict) -> None:
             return
         start = time.perf_counter()
         try:
-            if runner is None:
-                module = importlib.import_module(f"backends.{framework}.runner")
-                runner = module.Runner(options)
-                enable_fault_reports(options.get("fault_file"))
-                runner.progress = _progress_sender(conn, Progress)
-            value = runner.handle(msg.op, unpack(msg.kwargs, keep_handles=False))
+            with cores:
+                if runner is None:
+                    runner = _runner(framework, conn, options, cores, Progress)
+                value = runner.handle(msg.op, unpack(msg.kwargs, keep_handles=False))
             check_crossable(value, f"'{msg.op}' returned")
             reply = Reply(pack(value, shm_dir), time.perf_counter() - start, warned[:])
             warned.clear()
@@ -148,6 +185,24 @@ def serve(framework: str, conn, options: dict) -> None:
             conn.send(reply)
         except (BrokenPipeError, OSError):
             return
+
+
+def _runner(framework: str, conn, options: dict, cores: CoreShare, progress_type):
+    """The framework's runner, imported on the first request: its progress reports go to the
+    coordinator and each step re-reads this worker's share of the cores."""
+    runner = importlib.import_module(f"backends.{framework}.runner").Runner(options)
+    enable_fault_reports(options.get("fault_file"))
+    send = _progress_sender(conn, progress_type)
+
+    def progress(done: int, total: int) -> None:
+        send(done, total)
+        cores.update()
+
+    runner.progress = progress
+    cores.apply = runner.set_threads
+    cores.current = int(options.get("threads") or 1)  # what the thread variables set at import
+    cores.update()
+    return runner
 
 
 _PLAIN = (type(None), bool, int, float, str, bytes)

@@ -38,7 +38,6 @@ class Torch:
         import torch
 
         self.torch, self.pair, self.cfg = torch, pair, cfg
-        torch.set_num_threads(1)
 
     def build(self):
         self.torch.manual_seed(self.cfg.data.seed)

@@ -39,7 +39,8 @@ def load(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks:
 def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, startup_timeout: float = 900.0,
             device: str = "auto",
             benchmark: Path | None = None, weights: Path | None = None, locate: bool = False, layout=None,
-            dp_equivalence: bool = False, save_tensors: bool = False, arbitrate: bool = True):
+            dp_equivalence: bool = False, save_tensors: bool = False, arbitrate: bool = True,
+            threads: int | None = None):
     """RunOptions, every argument checked before any worker starts (a usage error costs nothing)."""
     from harness import checkpoints
     from harness.session import RunOptions
@@ -55,6 +56,8 @@ def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, start
         from harness.compare import load_side
 
         load_side(benchmark)  # a file that is unsafe or no reprod_log file is refused before any worker starts
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads: expected 1 or more, got {threads}")
     if weights is not None:
         weights = Path(weights)
         checkpoints.verify(weights)  # missing, unknown or unsafe: a usage error before any worker starts
@@ -64,7 +67,7 @@ def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, start
     return RunOptions(out_dir=out_dir.resolve(), timeout=timeout, startup_timeout=startup_timeout, device=device,
                       benchmark=benchmark,
                       weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence,
-                      save_tensors=save_tensors, arbitrate=arbitrate)
+                      save_tensors=save_tensors, arbitrate=arbitrate, threads=threads)
 
 
 def check(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks: Iterable[str] | str | None = None,

@@ -90,12 +90,13 @@ def _execute(cfg, *, out_dir: Optional[Path], timeout: float, startup_timeout: f
              as_json: bool = False,
              quiet: bool = False, verbose: bool = False, benchmark: Optional[Path] = None,
              weights: Optional[Path] = None, locate: bool = False, layout=None, dp_equivalence: bool = False,
-             save_tensors: bool = False, arbitrate: bool = True):
+             save_tensors: bool = False, arbitrate: bool = True, threads: Optional[int] = None):
     from harness import api, coordinator
 
     opts = api.options(cfg, out=out_dir, timeout=timeout, startup_timeout=startup_timeout, device=device,
                        benchmark=benchmark, weights=weights, locate=locate, layout=layout,
-                       dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=arbitrate)
+                       dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=arbitrate,
+                       threads=threads)
     # SIGTERM unwinds like Ctrl-C, so the workers are stopped and the shared-memory folder removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with Progress(err, quiet or as_json) as progress:
@@ -144,6 +145,7 @@ def run(
     timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
     startup_timeout: float = typer.Option(900.0, "--startup-timeout", min=1.0, help=STARTUP_HELP),
     device: str = typer.Option("auto", "--device", help="auto (GPU when the framework sees one) | cpu | gpu."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per worker, fixed for the run (torch's CPU reductions round differently with the count: pin it to reproduce a run bit for bit).", show_default="half the cores each; a worker whose counterpart has finished takes over its cores"),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the console report.", show_default="off"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress; print only the verdict line and the artifacts path.", show_default="off"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every key of every check.", show_default="off"),
@@ -184,7 +186,7 @@ def run(
                      master=master, ips=ips)
     _execute(cfg, out_dir=out_dir, timeout=timeout, startup_timeout=startup_timeout, device=device, as_json=as_json,
              quiet=quiet, verbose=verbose, benchmark=benchmark, weights=weights, locate=locate, layout=layout,
-             dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=not float32_only)
+             dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=not float32_only, threads=threads)
 
 
 @app.command()

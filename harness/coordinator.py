@@ -122,6 +122,7 @@ def weight_map(session: Session) -> dict | None:
 
 
 def trace_context(session: Session) -> locate.Context:
+    session.trace_call_order()
     steps = getattr(session.progress, "steps", None) or (lambda worker, label, done, total: None)
     return locate.Context(cfg=session.cfg, call=session.call, batch=session.data.batch, infos=session.infos,
                           plan=session.plan, to_paddle=session.to_paddle, adaptive=session.adaptive(),

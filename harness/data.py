@@ -23,7 +23,12 @@ class BatchSource:
         module = pairfile.load(cfg.pair, keep=None, where=WHERE, guard=self._guard)
         pairfile.require(module, cfg.pair, ["build_torch", "build_paddle", "make_batch"])
         self._make = module.make_batch
+        self._module = module
         self._cache: dict[int, dict] = {}
+
+    def defines(self, name: str) -> bool:
+        """Whether the pair module defines a function `name` (as the coordinator loads it, stubbed)."""
+        return callable(getattr(self._module, name, None))
 
     def batch(self, step: int) -> dict:
         if step not in self._cache:

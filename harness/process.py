@@ -66,11 +66,12 @@ def _main_module_hidden():
 
 
 class _Worker:
-    def __init__(self, ctx, spec: WorkerSpec, shm_dir):
+    def __init__(self, ctx, spec: WorkerSpec, shm_dir, busy):
         self.name, self.framework = spec.name, spec.framework or spec.name
         self.fault_file = Path(shm_dir) / f"faults-{spec.name}.txt"  # the worker's faulthandler output
         self.conn, child = ctx.Pipe()
-        options = dict(spec.options, shm_dir=str(shm_dir), fault_file=str(self.fault_file))
+        # busy: how many workers are computing now, which each reads to size its share of the cores
+        options = dict(spec.options, shm_dir=str(shm_dir), fault_file=str(self.fault_file), busy=busy)
         self.process = ctx.Process(
             target=_enter,
             args=(spec.entry, self.framework, child, options),
@@ -135,6 +136,7 @@ class WorkerGroup:
         self.specs, self.timeout = specs, timeout
         self.workers: dict[str, _Worker] = {}
         self.shm_dir = None
+        self._busy = None
         self.on_progress = None  # (worker name, op, done, total) -> None
         self.warnings: dict = {}  # warning text -> the first worker that raised it
 
@@ -146,9 +148,10 @@ class WorkerGroup:
         ctx = mp.get_context("spawn")  # never fork: CUDA and thread pools do not survive it
         sweep_stale_shm_dirs()
         self.shm_dir = make_shm_dir()
+        self._busy = ctx.Value("i", 0)  # kept: its semaphore must outlive the children's start
         try:
             for spec in self.specs:
-                self.workers[spec.name] = _Worker(ctx, spec, self.shm_dir)
+                self.workers[spec.name] = _Worker(ctx, spec, self.shm_dir, self._busy)
         except BaseException:
             self.close()
             raise

@@ -41,7 +41,11 @@ class RunOptions:
 
 
 def worker_threads(requested: int | None) -> int:
-    return requested or max(1, (os.cpu_count() or 2) // 2)
+    return requested or max(1, usable_cores() // 2)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
 
 
 class Session:
@@ -70,12 +74,15 @@ class Session:
         threads = worker_threads(opts.threads) if layout.nprocs == 1 else max(1, worker_threads(opts.threads) // layout.nprocs)
         ports = distributed.free_ports(1 + layout.world) if layout.world > 1 else []
         device = opts.device if not layout.devices else "gpu"
+        # threads not fixed by the user: the busy workers share every core (backends/worker.CoreShare)
+        budget = None if opts.threads else usable_cores()
         specs = []
         for side in SIDES:
             for r, name in enumerate(self.ranks[side]):
                 env = (distributed.rank_env(side, r, layout, ports) if layout.world > 1
                        else distributed.device_env(side, r, layout))
-                specs.append(WorkerSpec(name, {"threads": threads, "device": device, "env": env}, framework=side))
+                specs.append(WorkerSpec(name, {"threads": threads, "thread_budget": budget, "device": device, "env": env},
+                                        framework=side))
         return specs
 
     # ------------------------------------------------------------------ calling workers
@@ -150,13 +157,19 @@ class Session:
         if self.layout.world > 1:
             distributed.validate(self.layout, next(iter(batch.values())).shape[0])
         setup = {"cfg": self.cfg.to_wire(), "precision": self.precision}
-        infos = self.call({name: Request(Op.SETUP, setup) for name in self.group.names})
+        built = self.submit({name: Request(Op.SETUP, setup) for name in self.group.names})
+        # sent at once, so each side traces as soon as it is built rather than when both are. A
+        # pair that converts its weights itself needs no call order for them: traced only if
+        # localization runs (trace_call_order)
+        traced = None if self.data.defines("torch_to_paddle") else self._trace(batch)
+        infos = built.wait()
         self.infos = {side: infos[side] for side in SIDES}
-        self.progress("tracing one forward on each side to pair the modules")
-        # the pair's forward: timed as a step (--timeout), not as start-up, and named so
-        traces = self.group.call({side: Request(Op.CALL_ORDER, {"batch": batch}) for side in SIDES}, label="forward")
-        for side in SIDES:  # localization's matching reads the same order (harness/locate/matching.py)
-            self.infos[side]["calls"] = traces[side]["calls"]
+        if traced is None and not self.infos["paddle"]["custom_mapping"]:
+            traced = self._trace(batch)
+        traces = {}
+        if traced is not None:
+            self.progress("tracing one forward on each side to pair the modules")
+            traces = self._traced(traced)
         self.progress("sharing the torch initial weights with paddle")
         self._plan(traces)
         if initial is None:
@@ -165,6 +178,23 @@ class Session:
             self._share_weights(self.one("torch", Op.EXPORT_STATE), torch_has_it=True)
         else:
             self._share_weights(initial, torch_has_it=False)
+
+    def _trace(self, batch: dict, sides: tuple = SIDES):
+        # the pair's forward: timed as a step (--timeout), not as start-up, and named so
+        return self.group.submit({side: Request(Op.CALL_ORDER, {"batch": batch}) for side in sides}, label="forward")
+
+    def _traced(self, submission) -> dict:
+        traces = submission.wait()
+        for side, trace in traces.items():  # localization's matching reads the same order (harness/locate/matching.py)
+            self.infos[side]["calls"] = trace["calls"]
+        return traces
+
+    def trace_call_order(self) -> None:
+        """The modules each side's forward calls, in order, for localization: traced at set-up
+        unless the pair converts its weights itself, then here, once."""
+        missing = tuple(side for side in SIDES if "calls" not in self.infos[side])
+        if missing:
+            self._traced(self._trace(self.data.batch(0), missing))
 
     def _plan(self, traces: dict) -> None:
         if self.infos["paddle"]["custom_mapping"]:
@@ -233,4 +263,7 @@ class Session:
         for side in SIDES:
             env[side] = self.infos.get(side, {}).get("version")
         env["devices"] = {side: self.infos.get(side, {}).get("device") for side in SIDES}
+        spec = self.group.specs[0].options
+        # up_to: the threads a worker takes while the others have nothing to do (None: fixed)
+        env["cpu_threads"] = {"per_worker": spec["threads"], "up_to": spec["thread_budget"]}
         return env

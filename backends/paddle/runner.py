@@ -35,6 +35,9 @@ class Runner(base.Runner):
     def device(self) -> str:
         return paddle.device.get_device()
 
+    def set_threads(self, n: int) -> None:
+        paddle.base.core.set_num_threads(n)  # the CPU kernels' pool (MKL, oneDNN); read at each kernel
+
     def seed_all(self, seed: int) -> None:
         paddle.seed(seed)
 

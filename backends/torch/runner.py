@@ -40,6 +40,9 @@ class Runner(base.Runner):
             return f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
         return f"cpu ({torch.get_num_threads()} threads)"
 
+    def set_threads(self, n: int) -> None:
+        torch.set_num_threads(n)
+
     def seed_all(self, seed: int) -> None:
         torch.manual_seed(seed)
 

@@ -1,0 +1,143 @@
+"""Work done once and cores shared: the loss check reuses the forward check's eval forward of
+the same batch, and a worker whose counterpart has nothing left to do takes over its cores
+(backends/worker.CoreShare), unless --threads fixes the count."""
+
+import multiprocess as mp
+import pytest
+
+from backends.worker import CoreShare
+from conftest import cli, report
+from harness.session import usable_cores
+
+COUNTING = '''
+import os
+import numpy as np
+
+
+def _note(side, what):
+    with open(os.path.join(os.environ["REPROD_TEST_LOG"], side), "a") as f:
+        f.write(what + "\\n")
+
+
+def build_torch():
+    import torch
+    return torch.nn.Linear(4, 3)
+
+
+def build_paddle():
+    import paddle
+    return paddle.nn.Linear(4, 3)
+
+
+def forward_torch(model, batch):
+    import time
+    import torch
+    _note("torch", f"forward grad={torch.is_grad_enabled()} threads={torch.get_num_threads()}")
+    if torch.is_grad_enabled() and os.environ.get("REPROD_TEST_SLOW_TORCH"):
+        time.sleep(0.3)  # a slow reference: paddle is done long before it
+    return model(batch["x"])
+
+
+def forward_paddle(model, batch):
+    _note("paddle", "forward")
+    return model(batch["x"])
+
+
+if os.environ.get("REPROD_TEST_OWN_MAPPING"):
+    def torch_to_paddle(state):
+        return {k: v.T if k.endswith("weight") else v for k, v in state.items()}
+
+
+def make_batch(rng, step):
+    return {"x": rng.standard_normal((5, 4)).astype("float32"), "label": rng.integers(0, 3, 5).astype("int64")}
+'''
+TOML = '[data]\nlabels = ["label"]\n[train]\niters = 8\n'
+
+
+def _log(folder, side) -> list:
+    return (folder / side).read_text().splitlines() if (folder / side).exists() else []
+
+
+@pytest.mark.e2e
+def test_the_loss_check_reuses_the_forward_checks_forward(make_pair, tmp_path):
+    toml, log = make_pair(COUNTING, TOML), tmp_path / "log"
+    log.mkdir()
+    proc = cli("run", toml, "--checks", "forward,loss", "--out", tmp_path / "o", env={"REPROD_TEST_LOG": str(log)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rep = report(tmp_path / "o")
+    assert [c["name"] for c in rep["checks"]] == ["forward", "loss"] and rep["aligned"]
+    # the set-up's traced forward, which pairs the modules, then one for both checks
+    assert len(_log(log, "paddle")) == 2
+    assert len(_log(log, "torch")) == 2
+
+
+@pytest.mark.e2e
+def test_a_pair_that_converts_its_own_weights_is_traced_only_to_locate(make_pair, tmp_path):
+    toml = make_pair(COUNTING, TOML)
+    counts: dict = {}
+    for name, extra in (("plain", []), ("located", ["--locate"])):
+        log = tmp_path / name
+        log.mkdir()
+        proc = cli("run", toml, "--checks", "forward,loss", "--out", tmp_path / name / "o", *extra,
+                   env={"REPROD_TEST_LOG": str(log), "REPROD_TEST_OWN_MAPPING": "1"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        rep = report(tmp_path / name / "o")
+        assert rep["aligned"] and rep["weight_map"]["custom"] == "torch_to_paddle"
+        counts[name] = ["grad=True" in line for line in _log(log, "torch")]
+    # the pair converts its weights: no call order is traced for them, and the forward check's
+    # forward serves the loss check too
+    assert counts["plain"] == [False]
+    # localization matches modules by call order: traced once when it starts (with grad on, as at
+    # set-up), before its own eval-mode step
+    assert counts["located"] == [False, True, False]
+
+
+@pytest.mark.e2e
+def test_the_loss_check_alone_computes_its_forward(make_pair, tmp_path):
+    toml, log = make_pair(COUNTING, TOML), tmp_path / "log"
+    log.mkdir()
+    proc = cli("run", toml, "--checks", "loss,backward", "--out", tmp_path / "o", env={"REPROD_TEST_LOG": str(log)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(_log(log, "paddle")) == 1 + 1 + 8  # traced forward, the loss, the 8 steps
+
+
+def test_core_share_divides_the_budget_among_the_busy_workers():
+    busy, applied = mp.get_context("spawn").Value("i", 0), {"a": [], "b": []}
+    a, b = CoreShare(busy, 4), CoreShare(busy, 4)
+    a.apply, b.apply = applied["a"].append, applied["b"].append
+    with a:
+        assert applied["a"] == [4]  # alone: every core
+        with b:
+            a.update()
+            assert applied == {"a": [4, 2], "b": [2]}
+        a.update()
+        a.update()
+        assert applied["a"] == [4, 2, 4]  # b done: its cores back, applied once
+    assert busy.value == 0
+
+
+def test_core_share_without_a_budget_never_changes_the_threads():
+    share, applied = CoreShare(None, None), []
+    share.apply = applied.append
+    with share:
+        share.update()
+    assert applied == []
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(usable_cores() < 2, reason="one core: there is nothing to take over")
+@pytest.mark.parametrize("fixed", [False, True], ids=["shared", "--threads 1"])
+def test_the_slower_worker_takes_over_the_idle_workers_cores(make_pair, tmp_path, fixed):
+    toml, log = make_pair(COUNTING, TOML), tmp_path / "log"
+    log.mkdir()
+    extra = ["--threads", "1"] if fixed else []
+    proc = cli("run", toml, "--checks", "backward", "--out", tmp_path / "o", *extra,
+               env={"REPROD_TEST_LOG": str(log), "REPROD_TEST_SLOW_TORCH": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = [line for line in _log(log, "torch") if "grad=True" in line][1:]  # after the set-up's traced forward
+    assert len(steps) == 8
+    counts = [int(line.rsplit("=", 1)[1]) for line in steps]
+    if fixed:
+        assert counts == [1] * 8
+    else:  # paddle's 8 steps take milliseconds: by torch's last step it has nothing left to do
+        assert counts[-1] == usable_cores(), counts
