@@ -8,9 +8,9 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from harness import checkpoints, htmlreport, locate, rules
+from harness import rules
 from harness.artifacts import ArtifactWriter, json_default
 from harness.checks import CHECKS
 from harness.checks.common import finish
@@ -22,6 +22,9 @@ from harness.outdir import OutFolder
 from harness.protocol import SIDES
 from harness.report import Divergence, RunReport
 from harness.session import RunOptions, Session
+
+if TYPE_CHECKING:  # localization, the HTML report and checkpoints load only when a run uses them:
+    from harness import locate  # their imports are on every run's start-up path
 
 
 def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lambda msg: None) -> RunReport:
@@ -52,6 +55,8 @@ def _run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None], *, w
             arbitrate(session, failed, steps, progress)
         if opts.locate or not all(c.passed for c in report.checks):
             progress("locating the first divergence (hooks on every module)")
+            from harness import locate
+
             located = locate.locate(trace_context(session), report.checks, always=opts.locate)
     finally:
         timing = {side: round(session.seconds(side), 3) for side in SIDES}
@@ -64,6 +69,8 @@ def _run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None], *, w
     report.notes += [f"{worker} worker warned: {text}" for text, worker in session.group.warnings.items()]
     report.first_divergence = first_divergence(report.checks)
     if located is not None:
+        from harness import locate
+
         locate.apply(located, report)
     _write_html(session.root_writer, report)
     session.root_writer.report(report)  # last: report.json exists only for a finished run
@@ -109,6 +116,8 @@ def _write_html(writer, report: RunReport) -> None:
     """report.html from the same JSON that report.json holds (so `report DIR --html` rewrites it
     identically). A failure to draw it must not cost the run its report.json: it becomes a note."""
     try:
+        from harness import htmlreport
+
         htmlreport.write_html(writer.out_dir, json.loads(json.dumps(report.to_json(), default=json_default)))
     except Exception as exc:  # noqa: BLE001 - any bug in drawing; the verdict stands without it
         report.notes.append(f"report.html not written: {type(exc).__name__}: {exc}")
@@ -122,6 +131,8 @@ def weight_map(session: Session) -> dict | None:
 
 
 def trace_context(session: Session) -> locate.Context:
+    from harness import locate
+
     session.trace_call_order()
     steps = getattr(session.progress, "steps", None) or (lambda worker, label, done, total: None)
     return locate.Context(cfg=session.cfg, call=session.call, batch=session.data.batch, infos=session.infos,
@@ -150,6 +161,8 @@ def convert_checkpoint(cfg: RunConfig, *, source: Path, target: Path, timeout: f
         try:
             session.start()
             progress(f"converting {source.name}")
+            from harness import checkpoints
+
             return checkpoints.convert(session, source.resolve(), target.resolve())
         finally:
             session.close()
