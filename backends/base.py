@@ -36,6 +36,9 @@ class Runner(StateOps, TraceOps, Primitives):
         self._tracer = None
         self._eval_forward = None  # (initial state, batch, output) of the last forward check
         self.progress = lambda done, total: None  # the worker loop sends these to the coordinator
+        # called between a step's forward, backward and update: the worker may resize the
+        # framework's thread pool there (backends/worker.CoreShare), as at each step's end
+        self.between_kernels = lambda: None
         self._ops = {Op.PING: self.ping, Op.SETUP: self.setup, Op.CALL_ORDER: self.call_order,
                      Op.EXPORT_STATE: self.export_state,
                      Op.IMPORT_STATE: self.import_state, Op.LOAD_STATE: self.load_into_model,
@@ -214,7 +217,9 @@ class Runner(StateOps, TraceOps, Primitives):
                 loss = self.run_loss(self.run_forward(t), t)
                 losses.append(self.scalar(loss))
                 lrs.append(stepper.lr())
+                self.between_kernels()
                 self.backward(loss)
+                self.between_kernels()
                 if i == len(batches) - 1:  # before clipping and the update change them in place
                     grads = self.stash(self.grad_tensors(self.model), worker_owned=False)
                 stepper.step(float(losses[-1]))

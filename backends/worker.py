@@ -199,6 +199,7 @@ def _runner(framework: str, conn, options: dict, cores: CoreShare, progress_type
         cores.update()
 
     runner.progress = progress
+    runner.between_kernels = cores.update
     cores.apply = runner.set_threads
     cores.current = int(options.get("threads") or 1)  # what the thread variables set at import
     cores.update()

@@ -58,13 +58,18 @@ def _log(folder, side) -> list:
     return (folder / side).read_text().splitlines() if (folder / side).exists() else []
 
 
+def _run(toml, folder, *args, **env) -> dict:
+    """A run into folder/o whose pair notes each forward into folder/<side>; its report.json."""
+    folder.mkdir()
+    proc = cli("run", toml, "--out", folder / "o", *args, env={"REPROD_TEST_LOG": str(folder), **env})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return report(folder / "o")
+
+
 @pytest.mark.e2e
 def test_the_loss_check_reuses_the_forward_checks_forward(make_pair, tmp_path):
-    toml, log = make_pair(COUNTING, TOML), tmp_path / "log"
-    log.mkdir()
-    proc = cli("run", toml, "--checks", "forward,loss", "--out", tmp_path / "o", env={"REPROD_TEST_LOG": str(log)})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rep = report(tmp_path / "o")
+    log = tmp_path / "log"
+    rep = _run(make_pair(COUNTING, TOML), log, "--checks", "forward,loss")
     assert [c["name"] for c in rep["checks"]] == ["forward", "loss"] and rep["aligned"]
     # the set-up's traced forward, which pairs the modules, then one for both checks
     assert len(_log(log, "paddle")) == 2
@@ -77,11 +82,7 @@ def test_a_pair_that_converts_its_own_weights_is_traced_only_to_locate(make_pair
     counts: dict = {}
     for name, extra in (("plain", []), ("located", ["--locate"])):
         log = tmp_path / name
-        log.mkdir()
-        proc = cli("run", toml, "--checks", "forward,loss", "--out", tmp_path / name / "o", *extra,
-                   env={"REPROD_TEST_LOG": str(log), "REPROD_TEST_OWN_MAPPING": "1"})
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        rep = report(tmp_path / name / "o")
+        rep = _run(toml, log, "--checks", "forward,loss", *extra, REPROD_TEST_OWN_MAPPING="1")
         assert rep["aligned"] and rep["weight_map"]["custom"] == "torch_to_paddle"
         counts[name] = ["grad=True" in line for line in _log(log, "torch")]
     # the pair converts its weights: no call order is traced for them, and the forward check's
@@ -94,10 +95,8 @@ def test_a_pair_that_converts_its_own_weights_is_traced_only_to_locate(make_pair
 
 @pytest.mark.e2e
 def test_the_loss_check_alone_computes_its_forward(make_pair, tmp_path):
-    toml, log = make_pair(COUNTING, TOML), tmp_path / "log"
-    log.mkdir()
-    proc = cli("run", toml, "--checks", "loss,backward", "--out", tmp_path / "o", env={"REPROD_TEST_LOG": str(log)})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = tmp_path / "log"
+    _run(make_pair(COUNTING, TOML), log, "--checks", "loss,backward")
     assert len(_log(log, "paddle")) == 1 + 1 + 8  # traced forward, the loss, the 8 steps
 
 
@@ -128,12 +127,9 @@ def test_core_share_without_a_budget_never_changes_the_threads():
 @pytest.mark.skipif(usable_cores() < 2, reason="one core: there is nothing to take over")
 @pytest.mark.parametrize("fixed", [False, True], ids=["shared", "--threads 1"])
 def test_the_slower_worker_takes_over_the_idle_workers_cores(make_pair, tmp_path, fixed):
-    toml, log = make_pair(COUNTING, TOML), tmp_path / "log"
-    log.mkdir()
-    extra = ["--threads", "1"] if fixed else []
-    proc = cli("run", toml, "--checks", "backward", "--out", tmp_path / "o", *extra,
-               env={"REPROD_TEST_LOG": str(log), "REPROD_TEST_SLOW_TORCH": "1"})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = tmp_path / "log"
+    _run(make_pair(COUNTING, TOML), log, "--checks", "backward", *(["--threads", "1"] if fixed else []),
+         REPROD_TEST_SLOW_TORCH="1")
     steps = [line for line in _log(log, "torch") if "grad=True" in line][1:]  # after the set-up's traced forward
     assert len(steps) == 8
     counts = [int(line.rsplit("=", 1)[1]) for line in steps]
