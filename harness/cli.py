@@ -195,7 +195,7 @@ def demo(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Artifacts folder.", show_default="artifacts/tiny_transformer"),
     timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
 ):
-    """Run the built-in tiny_transformer pair through every check (about 30 s on a 2-core CPU)."""
+    """Run the built-in tiny_transformer pair through every check (about 5 s on a 2-core CPU)."""
     _execute(config.load_zoo("tiny_transformer"), out_dir=out_dir, timeout=timeout)
 
 
