@@ -153,7 +153,12 @@ def _keys(report: dict) -> str:
 def _facts(report: dict) -> str:
     env = dict(report.get("environment") or {})
     devices = env.pop("devices", {}) or {}
+    threads = env.pop("cpu_threads", None)
     rows = [f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in env.items()]
+    if threads:
+        shared = threads.get("up_to")
+        rows.append(f"<tr><td>cpu threads</td><td>{_e(threads.get('per_worker'))} per worker"
+                    f"{f', up to {_e(shared)} while the other has nothing to do' if shared else ' (fixed)'}</td></tr>")
     rows += [f"<tr><td>device ({_e(k)})</td><td>{_e(v)}</td></tr>" for k, v in devices.items()]
     timing = report.get("timing") or {}
     rows += [f"<tr><td>{_e(k)}</td><td>{_e(v)} s</td></tr>" for k, v in timing.items()]

@@ -42,6 +42,13 @@ def test_the_file_is_self_contained():
     assert "MISALIGNED  transposed: 5 of 6 checks fail" in html
 
 
+@pytest.mark.parametrize("threads,shown", [({"per_worker": 1, "up_to": 2}, "1 per worker, up to 2 while the other has nothing to do"),
+                                           ({"per_worker": 3, "up_to": None}, "3 per worker (fixed)")])
+def test_the_cpu_threads_read_as_a_sentence(threads, shown):
+    report = {**REPORT, "environment": {**REPORT.get("environment", {}), "cpu_threads": threads}}
+    assert f"<td>cpu threads</td><td>{shown}</td>" in build(report, [])
+
+
 def test_report_command_writes_it(tmp_path):
     for f in DATA.iterdir():
         shutil.copy(f, tmp_path / f.name)
