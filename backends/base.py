@@ -17,8 +17,9 @@ from harness import pairfile
 from harness.protocol import Op
 
 NEEDS_NO_MODEL = (Op.SETUP, Op.PING)
-# ops that leave the weights as they are: the eval forward of the forward check stays valid for
-# the loss check on the same batch across them (checks run forward, metric, loss, lr in order)
+# ops across which the forward check's output is kept for the loss check (checks run forward,
+# metric, loss, lr in order); any other op drops it, so no model output is held through training.
+# Whether it still applies is decided by the initial state it came from (Runner._output_of).
 KEEPS_FORWARD = (Op.FORWARD, Op.METRIC, Op.LOSS, Op.LR_SCHEDULE, Op.PING, Op.EXPORT_STATE)
 
 
