@@ -126,31 +126,26 @@ def main(framework: str, conn, options: dict) -> None:
 
 
 class CoreShare:
-    """This worker's part of the CPU: the run's cores divided among the workers busy right now
-    (a counter in shared memory), so when one framework has finished its work the other takes
-    over its cores rather than leaving them idle. Read at the start of each op and at each of its
-    steps; without a budget (threads fixed by the user) the count never changes."""
+    """This worker's part of the CPU: the run's cores divided among the workers that have work now,
+    so when one framework has finished its work the other takes over its cores rather than leaving
+    them idle. `working` is a flag per worker in shared memory: set by the coordinator for every
+    worker of a submission before it sends any request (so none reads the others as idle in the
+    moment before their requests arrive), and by the worker for itself on each request; cleared
+    by the worker only when no request is waiting in its pipe. Read at the start of each op and
+    between its steps; without a budget (threads fixed by the user) the count never changes."""
 
-    def __init__(self, busy, budget: int | None):
-        self.busy, self.budget = busy, budget
+    def __init__(self, working, slot: int, budget: int | None):
+        self.working, self.slot, self.budget = working, slot, budget
         self.apply = lambda n: None  # the runner's set_threads, once the framework is imported
         self.current = 0
 
-    def __enter__(self):
+    def busy(self, now: bool) -> None:
         if self.budget:
-            with self.busy.get_lock():
-                self.busy.value += 1
-            self.update()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.budget:
-            with self.busy.get_lock():
-                self.busy.value -= 1
+            self.working[self.slot] = int(now)
 
     def update(self) -> None:
         if self.budget:
-            n = max(1, self.budget // max(1, self.busy.value))
+            n = max(1, self.budget // max(1, sum(self.working)))
             if n != self.current:
                 self.apply(n)
                 self.current = n
@@ -161,20 +156,24 @@ def serve(framework: str, conn, options: dict) -> None:
 
     warned = _capture_warnings()
     shm_dir, runner = options.get("shm_dir"), None
-    cores = CoreShare(options.get("busy"), options.get("thread_budget"))
+    cores = CoreShare(options.get("working"), options.get("slot", 0), options.get("thread_budget"))
     while True:
         try:
+            if not conn.poll():
+                cores.busy(False)
             msg = conn.recv()
         except (EOFError, OSError):  # coordinator gone
             return
         if msg is None:
             return
         start = time.perf_counter()
+        cores.busy(True)
         try:
-            with cores:
-                if runner is None:
-                    runner = _runner(framework, conn, options, cores, Progress)
-                value = runner.handle(msg.op, unpack(msg.kwargs, keep_handles=False))
+            if runner is None:
+                runner = _runner(framework, conn, options, cores, Progress)
+            else:
+                cores.update()
+            value = runner.handle(msg.op, unpack(msg.kwargs, keep_handles=False))
             check_crossable(value, f"'{msg.op}' returned")
             reply = Reply(pack(value, shm_dir), time.perf_counter() - start, warned[:])
             warned.clear()

@@ -66,12 +66,15 @@ def _main_module_hidden():
 
 
 class _Worker:
-    def __init__(self, ctx, spec: WorkerSpec, shm_dir, busy):
+    def __init__(self, ctx, spec: WorkerSpec, shm_dir, working, slot: int):
         self.name, self.framework = spec.name, spec.framework or spec.name
         self.fault_file = Path(shm_dir) / f"faults-{spec.name}.txt"  # the worker's faulthandler output
         self.conn, child = ctx.Pipe()
-        # busy: how many workers are computing now, which each reads to size its share of the cores
-        options = dict(spec.options, shm_dir=str(shm_dir), fault_file=str(self.fault_file), busy=busy)
+        # working[slot]: whether this worker has work now; each worker reads them all to size its
+        # share of the cores (backends/worker.CoreShare)
+        self.slot = slot
+        options = dict(spec.options, shm_dir=str(shm_dir), fault_file=str(self.fault_file), working=working,
+                       slot=slot)
         self.process = ctx.Process(
             target=_enter,
             args=(spec.entry, self.framework, child, options),
@@ -136,7 +139,7 @@ class WorkerGroup:
         self.specs, self.timeout = specs, timeout
         self.workers: dict[str, _Worker] = {}
         self.shm_dir = None
-        self._busy = None
+        self._working = None
         self.on_progress = None  # (worker name, op, done, total) -> None
         self.warnings: dict = {}  # warning text -> the first worker that raised it
 
@@ -148,10 +151,12 @@ class WorkerGroup:
         ctx = mp.get_context("spawn")  # never fork: CUDA and thread pools do not survive it
         sweep_stale_shm_dirs()
         self.shm_dir = make_shm_dir()
-        self._busy = ctx.Value("i", 0)  # kept: its semaphore must outlive the children's start
+        # every worker has work from its start (its framework's import); kept: its memory must
+        # outlive the children's start
+        self._working = ctx.RawArray("b", [1] * len(self.specs))
         try:
-            for spec in self.specs:
-                self.workers[spec.name] = _Worker(ctx, spec, self.shm_dir, self._busy)
+            for slot, spec in enumerate(self.specs):
+                self.workers[spec.name] = _Worker(ctx, spec, self.shm_dir, self._working, slot)
         except BaseException:
             self.close()
             raise
@@ -167,6 +172,8 @@ class WorkerGroup:
         """label names the work in progress reports (a check's name) instead of the op."""
         packed = [own(self._pack(req.kwargs)) for req in requests.values()]
         submission = Submission(self, requests, packed, timeout=timeout or self.timeout, hint=hint, label=label)
+        for name in requests:  # all marked before any is sent: see backends/worker.CoreShare
+            self._working[self.workers[name].slot] = 1
         for (name, req), kwargs in zip(requests.items(), packed):
             worker = self.workers[name]
             if not worker.inflight:

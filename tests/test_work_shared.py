@@ -2,11 +2,15 @@
 the same batch, and a worker whose counterpart has nothing left to do takes over its cores
 (backends/worker.CoreShare), unless --threads fixes the count."""
 
+import collections
+import types
+
 import multiprocess as mp
 import pytest
 
 from backends.worker import CoreShare
 from conftest import cli, report
+from harness.protocol import Op, Request
 from harness.session import usable_cores
 
 COUNTING = '''
@@ -100,26 +104,48 @@ def test_the_loss_check_alone_computes_its_forward(make_pair, tmp_path):
     assert len(_log(log, "paddle")) == 1 + 1 + 8  # traced forward, the loss, the 8 steps
 
 
-def test_core_share_divides_the_budget_among_the_busy_workers():
-    busy, applied = mp.get_context("spawn").Value("i", 0), {"a": [], "b": []}
-    a, b = CoreShare(busy, 4), CoreShare(busy, 4)
+def test_core_share_divides_the_budget_among_the_workers_with_work():
+    working, applied = mp.get_context("spawn").RawArray("b", [0, 0]), {"a": [], "b": []}
+    a, b = CoreShare(working, 0, 4), CoreShare(working, 1, 4)
     a.apply, b.apply = applied["a"].append, applied["b"].append
-    with a:
-        assert applied["a"] == [4]  # alone: every core
-        with b:
-            a.update()
-            assert applied == {"a": [4, 2], "b": [2]}
-        a.update()
-        a.update()
-        assert applied["a"] == [4, 2, 4]  # b done: its cores back, applied once
-    assert busy.value == 0
+    a.busy(True)
+    a.update()
+    assert applied["a"] == [4]  # alone: every core
+    b.busy(True)
+    a.update()
+    b.update()
+    assert applied == {"a": [4, 2], "b": [2]}
+    b.busy(False)
+    a.update()
+    a.update()
+    assert applied["a"] == [4, 2, 4]  # b done: its cores back, applied once
+
+
+def test_a_submission_marks_every_worker_before_any_request_is_sent():
+    """Both sides' requests of one submission: neither worker may read the other as idle in the
+    moment before the other's request arrives (it would size its pool for every core)."""
+    from harness.process import WorkerGroup, WorkerSpec
+
+    group = WorkerGroup([WorkerSpec("a", {}), WorkerSpec("b", {})], timeout=5.0)
+    seen = []
+
+    class Outbox:
+        def put(self, msg):
+            seen.append(list(group._working))
+
+    group._working = mp.get_context("spawn").RawArray("b", [0, 0])
+    group.workers = {name: types.SimpleNamespace(slot=i, inflight=collections.deque(), outbox=Outbox(),
+                                                 active_since=0.0)
+                     for i, name in enumerate("ab")}
+    group.submit({"a": Request(Op.PING, {}), "b": Request(Op.PING, {})})
+    assert seen == [[1, 1], [1, 1]]
 
 
 def test_core_share_without_a_budget_never_changes_the_threads():
-    share, applied = CoreShare(None, None), []
+    share, applied = CoreShare(None, 0, None), []
     share.apply = applied.append
-    with share:
-        share.update()
+    share.busy(True)
+    share.update()
     assert applied == []
 
 
