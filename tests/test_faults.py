@@ -670,9 +670,12 @@ def test_an_output_that_cannot_cross_names_key_function_and_type(pair, tmp_path,
 
 
 def _start(pair, out, fault, tag):
+    # Ctrl-C as at a terminal even when pytest itself runs in the background of a script, where
+    # the shell ignores SIGINT for it and its children, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(pair), "--out", str(out), "--checks", "forward"],
                             cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env=dict(os.environ, REPROD_TEST_TAG=tag, REPROD_FAULT=fault, PYTHONUNBUFFERED="1"))
+                            env=dict(os.environ, REPROD_TEST_TAG=tag, REPROD_FAULT=fault, PYTHONUNBUFFERED="1"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stderr:  # the progress line: both workers are up and paddle is in its hang (the
         if "tracing one forward" in line:  # set-up's forward, which pairs the modules, calls forward_paddle)
             break
