@@ -91,6 +91,11 @@ def _execute(cfg, *, out_dir: Optional[Path], timeout: float, startup_timeout: f
              quiet: bool = False, verbose: bool = False, benchmark: Optional[Path] = None,
              weights: Optional[Path] = None, locate: bool = False, layout=None, dp_equivalence: bool = False,
              save_tensors: bool = False, arbitrate: bool = True, threads: Optional[int] = None):
+    from multiprocess import resource_tracker
+
+    # the process multiprocess starts beside the first worker, started now on the core this
+    # start-up leaves idle rather than beside the two workers' own start
+    resource_tracker.ensure_running()
     from harness import api, coordinator
 
     opts = api.options(cfg, out=out_dir, timeout=timeout, startup_timeout=startup_timeout, device=device,

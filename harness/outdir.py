@@ -14,6 +14,7 @@ import fcntl
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 from harness.errors import UsageError
@@ -21,6 +22,7 @@ from harness.errors import UsageError
 # files that only a reprod-harness artifacts folder holds: a folder with one of them (or an empty
 # one) may be replaced as a whole; any other folder is the user's and is never touched
 OWN_FILES = ("report.json", "weight_map.txt")
+HOLDER_WRITE_GRACE_S = 0.5  # how long a lock may show no pid after its holder took it
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
@@ -125,7 +127,7 @@ class OutFolder:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                holder = _holder(fd)
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise UsageError(f"--out {self.path}: cannot lock {path}: {exc.strerror}") from None
@@ -159,6 +161,15 @@ class OutFolder:
                 leftover.unlink()
             else:
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _holder(fd: int) -> str:
+    """The pid in a lock another run holds. It writes it just after it locks: read again for a
+    moment when it is not there yet."""
+    deadline = time.monotonic() + HOLDER_WRITE_GRACE_S
+    while not (text := os.pread(fd, 32, 0).decode(errors="replace").strip()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return text or "unknown"
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -252,11 +252,14 @@ class WorkerGroup:
         in it (gloo's uncaught IoException: SIGABRT), at about the moment the peer's death shows:
         the dead peer is the cause, whichever was seen first, and it is named before the peer."""
         peers = [w for w in busy if w is not failed and w.framework == failed.framework]
-        if not peers or not (err.exc_type is not None or _aborted(failed)):
-            return err  # no peer, or a death of its own (a segfault, an exit, a kill)
-        deadline = time.monotonic() + PEER_DEATH_GRACE_S
-        while time.monotonic() < deadline and not all(w.conn.poll() or not w.process.is_alive() for w in peers):
-            wait([w.process.sentinel for w in peers] + [w.conn for w in peers], timeout=0.05)
+        if not peers:
+            return err
+        self._await_peers(peers)
+        if err.exc_type is None and not _aborted(failed):  # a death of its own (a segfault, an exit, a kill):
+            follow = self._peer_failure(peers, op)  # the cause, whichever of it and a peer's failure came first
+            if follow is not None:
+                err.remote_traceback = _after(err, err.remote_traceback, follow)
+            return err
         for w in peers:
             if w.process.sentinel in wait([w.process.sentinel], timeout=0):
                 # the sentinel shows as the dying child closes its files, a moment before it can
@@ -269,10 +272,27 @@ class WorkerGroup:
             try:
                 self._raise_dead(w, op)
             except WorkerError as cause:
-                stack = cause.remote_traceback or ""
-                cause.remote_traceback = f"{cause} first; {stack}after it, {err}:\n{err.remote_traceback or ''}"
+                cause.remote_traceback = _after(cause, cause.remote_traceback, err)
                 return cause
         return err
+
+    @staticmethod
+    def _await_peers(peers: list) -> None:
+        """Until each peer has either died or has a message waiting, for PEER_DEATH_GRACE_S at most."""
+        deadline = time.monotonic() + PEER_DEATH_GRACE_S
+        while time.monotonic() < deadline and not all(w.conn.poll() or not w.process.is_alive() for w in peers):
+            wait([w.process.sentinel for w in peers] + [w.conn for w in peers], timeout=0.05)
+
+    def _peer_failure(self, peers: list, op: str) -> WorkerError | None:
+        """The first failure a peer reported (its collective, broken by the death), if any did."""
+        for w in peers:
+            try:
+                while w.process.is_alive() and w.conn.poll():  # past its progress reports
+                    self._receive(w, op)
+            except WorkerError as failure:
+                if failure.exc_type is not None:
+                    return failure
+        return None
 
     @staticmethod
     def _has_reply(worker: _Worker) -> bool:
@@ -319,6 +339,11 @@ class WorkerGroup:
         if self.shm_dir:
             shutil.rmtree(self.shm_dir, ignore_errors=True)
             self.shm_dir = None
+
+
+def _after(cause: WorkerError, stack: str | None, then: WorkerError) -> str:
+    """The cause's traceback, and what failed after it."""
+    return f"{cause} first; {stack or ''}after it, {then}:\n{then.remote_traceback or ''}"
 
 
 def _aborted(worker: _Worker) -> bool:

@@ -16,7 +16,9 @@ def main(framework, conn, options):
     while conn.recv().op is Op.PING:
         conn.send(Reply(None, 0.0))
     behaviour = options["behaviour"]
-    if behaviour == "peer_error":  # a rank whose collective failed because its peer died
+    if behaviour in ("peer_error", "peer_error_late"):  # a rank whose collective failed because its peer died
+        if behaviour == "peer_error_late":  # ... seen only after the peer's death
+            time.sleep(0.3)
         conn.send(Failure("RuntimeError", "Connection closed by peer", "Traceback ... peer\n"))
         time.sleep(30)
     elif behaviour == "die_soon":  # dies at once; its peer's error may still be read first

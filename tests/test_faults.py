@@ -32,7 +32,7 @@ from harness.artifacts import ArtifactWriter, atomic_write
 from harness.checks.common import judge
 from harness.cli import app
 from harness.errors import OutputError, UsageError, WorkerError
-from harness.outdir import OutFolder
+from harness.outdir import OutFolder, lock_path
 from harness.safeload import load_npy_dict
 from harness.tolerance import ToleranceConfig
 
@@ -200,6 +200,24 @@ def test_a_second_run_on_a_locked_folder_is_refused_naming_the_holder(tmp_path):
     with OutFolder(out) as again:  # released: the next run gets it
         assert again.staging.is_dir()
     assert_only(tmp_path)
+
+
+def test_a_lock_taken_a_moment_ago_still_names_its_holder(tmp_path):
+    """The holder writes its pid just after it locks: a run refused in between waits for it."""
+    import fcntl
+    import threading
+
+    out = tmp_path / "out"
+    fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a holder that has not written its pid yet
+    writes = threading.Timer(0.1, os.write, (fd, b"4242\n"))
+    writes.start()
+    try:
+        with pytest.raises(UsageError, match=r"another run is writing there \(pid 4242, lock "):
+            OutFolder(out).__enter__()
+    finally:
+        writes.join()
+        os.close(fd)
 
 
 def test_a_failed_run_leaves_the_previous_set_and_a_finished_one_replaces_it(tmp_path):
@@ -420,8 +438,9 @@ def test_full_shared_memory_is_said_as_such_not_as_a_dead_worker(full_disk, monk
 
 
 @pytest.mark.e2e
-def test_a_dead_rank_is_named_before_its_peer():
-    err = _train_all(_fake_group({"torch": "peer_error", "torch.1": "die_soon", "paddle": "sleep"}))
+@pytest.mark.parametrize("peer", ["peer_error", "peer_error_late"], ids=["either first", "death first"])
+def test_a_dead_rank_is_named_before_its_peer(peer):
+    err = _train_all(_fake_group({"torch": peer, "torch.1": "die_soon", "paddle": "sleep"}))
     assert err.worker == "torch.1"
     assert err.remote_traceback.startswith("torch.1 worker: died during 'train' (exit code 9) first;")
     assert err.remote_traceback.index("torch.1") < err.remote_traceback.index("Connection closed by peer")
