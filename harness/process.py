@@ -258,7 +258,7 @@ class WorkerGroup:
         if err.exc_type is None and not _aborted(failed):  # a death of its own (a segfault, an exit, a kill):
             follow = self._peer_failure(peers, op)  # the cause, whichever of it and a peer's failure came first
             if follow is not None:
-                err.remote_traceback = _after(err, err.remote_traceback, follow)
+                err.remote_traceback = _after(err, follow)
             return err
         for w in peers:
             if w.process.sentinel in wait([w.process.sentinel], timeout=0):
@@ -272,7 +272,7 @@ class WorkerGroup:
             try:
                 self._raise_dead(w, op)
             except WorkerError as cause:
-                cause.remote_traceback = _after(cause, cause.remote_traceback, err)
+                cause.remote_traceback = _after(cause, err)
                 return cause
         return err
 
@@ -341,9 +341,9 @@ class WorkerGroup:
             self.shm_dir = None
 
 
-def _after(cause: WorkerError, stack: str | None, then: WorkerError) -> str:
+def _after(cause: WorkerError, then: WorkerError) -> str:
     """The cause's traceback, and what failed after it."""
-    return f"{cause} first; {stack or ''}after it, {then}:\n{then.remote_traceback or ''}"
+    return f"{cause} first; {cause.remote_traceback or ''}after it, {then}:\n{then.remote_traceback or ''}"
 
 
 def _aborted(worker: _Worker) -> bool:
