@@ -160,26 +160,32 @@ def transport(toml: Path) -> dict:
 def encoder(pair_dir: Path, repeats: int) -> dict:
     """The encoder benchmark: forward, loss and 10 AdamW steps, three ways, in `repeats` rounds;
     each way's best round (wall times on a shared machine only ever grow by noise), and every
-    round's times as measured."""
-    rounds = {"harness": [], "solo2": [], "manual": []}
-    for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as out:  # timed alone: no sampler beside it
-            start = time.perf_counter()
+    round's times as measured. Each is timed alone: no sampler beside it."""
+
+    def harness_run():
+        with tempfile.TemporaryDirectory() as out:
             subprocess.run([sys.executable, "-m", "harness", "run", str(pair_dir / "bench.toml"), "--checks",
                             "forward,loss,backward", "--out", out, "--quiet"], check=True, capture_output=True)
-            rounds["harness"].append(round(time.perf_counter() - start, 2))
-        start = time.perf_counter()
+
+    def solo2():
         procs = [subprocess.Popen([sys.executable, str(HERE / "manual" / "solo.py"), str(pair_dir / "pair.py"), fw],
                                   cwd=HERE / "manual", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for fw in ("torch", "paddle")]
         if any(p.wait() for p in procs):
             raise SystemExit("a plain encoder script failed")
-        rounds["solo2"].append(round(time.perf_counter() - start, 2))
+
+    def manual():
         with tempfile.TemporaryDirectory() as work:
-            start = time.perf_counter()
             subprocess.run(["bash", str(HERE / "manual" / "manual.sh"), str(pair_dir / "pair.py"), work], check=True,
                            env=dict(os.environ, PY=sys.executable), capture_output=True)
-            rounds["manual"].append(round(time.perf_counter() - start, 2))
+
+    ways = {"harness": harness_run, "solo2": solo2, "manual": manual}
+    rounds = {way: [] for way in ways}
+    for _ in range(repeats):
+        for way, run in ways.items():
+            start = time.perf_counter()
+            run()
+            rounds[way].append(round(time.perf_counter() - start, 2))
     return {**{way: min(times) for way, times in rounds.items()}, "rounds": rounds}
 
 
