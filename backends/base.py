@@ -1,10 +1,9 @@
-"""The worker side of the protocol: what each op of harness.protocol.Op does, written once over the
+"""The worker side of the protocol: what each op of harness.workers.protocol.Op does, written once over the
 framework primitives (backends/primitives.py), so the two sides cannot drift apart. Nothing here
 imports a framework."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,9 @@ from backends.metrics import evaluate
 from backends.primitives import Primitives
 from backends.state import StateOps
 from backends.trace import TraceOps
-from harness import pairfile
-from harness.protocol import Op
+from backends.training import TrainOps
+from harness.pair import loader
+from harness.workers.protocol import Op
 
 NEEDS_NO_MODEL = (Op.SETUP, Op.PING)
 # ops across which the forward check's output is kept for the loss check (checks run forward,
@@ -23,7 +23,7 @@ NEEDS_NO_MODEL = (Op.SETUP, Op.PING)
 KEEPS_FORWARD = (Op.FORWARD, Op.METRIC, Op.LOSS, Op.LR_SCHEDULE, Op.PING, Op.EXPORT_STATE)
 
 
-class Runner(StateOps, TraceOps, Primitives):
+class Runner(StateOps, TraceOps, TrainOps, Primitives):
     def __init__(self, options: dict):
         self.options = options
         self.cfg: dict = {}
@@ -106,7 +106,7 @@ class Runner(StateOps, TraceOps, Primitives):
         self.cfg = cfg
         self.use_precision(precision)
         path = Path(cfg["pair"])
-        self.pair = pairfile.load(path, keep=self.framework, where=f"{self.framework} worker")
+        self.pair = loader.load(path, keep=self.framework, where=f"{self.framework} worker")
         build = self.pair_fn("build")
         if build is None:
             raise ValueError(f"{path} defines no build_{self.framework}")
@@ -181,55 +181,6 @@ class Runner(StateOps, TraceOps, Primitives):
             lrs.append(stepper.lr())
             stepper.advance(metrics[i] if metrics else None)
         return {"lr": np.asarray(lrs, dtype=np.float64)}
-
-    # ---------------------------------------------------------------- training
-    def train(self, batches: list, mode: str, total_steps: int, overrides: dict | None = None,
-              eval_batches: list | None = None, parallel: bool = False) -> dict:
-        """Steps from the initial weights; per-step loss and lr, final params and last grads, and
-        with eval_batches the metric of the trained model. parallel: this process is one rank of
-        a DataParallel group and batches are its shards (the framework averages the gradients)."""
-        if parallel and self._parallel is None:
-            self._parallel = self.data_parallel(self.model)
-        self._forward_model = self._parallel if parallel else None
-        try:
-            result, grads = self._steps(batches, mode, self._config(overrides), total_steps)
-        finally:
-            self._forward_model = None
-        if eval_batches is None:
-            result.update(params=self.export(self.param_tensors(self.model)), grads=grads)
-        else:
-            trainable = set(self.param_tensors(self.model))
-            buffers = {k: t for k, t in self.state_tensors(self.model).items() if k not in trainable}
-            result["buffers"] = self.snapshot(buffers)
-            result["metric"] = self._evaluate(eval_batches, self.cfg["metric"])
-        return result
-
-    def _steps(self, batches: list, mode: str, cfg: dict, total_steps: int) -> tuple:
-        self._restore()
-        self._dirty = True
-        self.set_train(self.model, mode == "train")
-        if mode != "train":
-            self.allow_backward_in_eval(self.model)
-        stepper = self.make_stepper(self.model, cfg, total_steps)
-        losses, lrs, grads = [], [], {}
-        with self.dropout_off(self.model) if mode == "train" else contextlib.nullcontext():
-            for i, batch in enumerate(batches):
-                t = self.tensors(batch)
-                loss = self.run_loss(self.run_forward(t), t)
-                losses.append(self.scalar(loss))
-                lrs.append(stepper.lr())
-                self.between_kernels()
-                self.backward(loss)
-                self.between_kernels()
-                if i == len(batches) - 1:  # before clipping and the update change them in place
-                    grads = self.stash(self.grad_tensors(self.model), worker_owned=False)
-                stepper.step(float(losses[-1]))
-                stepper.zero_grad()
-                self.progress(i + 1, len(batches))
-        result = {"loss": np.stack(losses) if losses else np.zeros(0, np.float32), "lr": np.asarray(lrs, np.float64)}
-        return result, grads
-
-    # ---------------------------------------------------------------- localization
 
 
 def _same_batch(a: dict, b: dict) -> bool:

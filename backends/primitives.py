@@ -10,7 +10,7 @@ import functools
 
 import numpy as np
 
-from harness.protocol import Deferred, write_shared
+from harness.workers.protocol import Deferred, write_shared
 
 TRACE_SHM_MIN_BYTES = 64 << 10
 # attributes that hold the probability an attention module passes to a functional dropout:
@@ -19,7 +19,7 @@ FUNCTIONAL_DROPOUT = ("dropout", "dropout_p", "dropout_prob", "attention_dropout
 
 
 def dropout_site(module) -> dict | None:
-    """Where a module drops out, for pairing the dropouts of the two sides (harness/dropouts.py):
+    """Where a module drops out, for pairing the dropouts of the two sides (harness/mapping/dropouts.py):
     a Dropout module's p and mode, or the float probability of a functional dropout it calls."""
     if "Dropout" in type(module).__name__:
         return {"p": float(getattr(module, "p", 0.0) or 0.0), "functional": False,

@@ -14,7 +14,7 @@ import contextlib
 def entered_modules(runner, model, run) -> list:
     """The structured name of every module call in entry order (parents before the children
     they call; a shared module repeats per call), while run() computes one forward. Names
-    only: this runs at set-up for the weight mapping (harness/pairing.py), so nothing is copied."""
+    only: this runs at set-up for the weight mapping (harness/mapping/pairing.py), so nothing is copied."""
     names: list = []
     removers: list = []
     for name, module in runner.named_modules(model):
@@ -144,7 +144,7 @@ class TraceOps:
 
     def call_order(self, batch: dict) -> dict:
         """The modules one eval-mode forward of `batch` calls, in call order: what pairs a port's
-        modules with the reference's (harness/pairing.py). Grad stays enabled because under
+        modules with the reference's (harness/mapping/pairing.py). Grad stays enabled because under
         no_grad torch's TransformerEncoderLayer takes a fused path that calls none of its
         submodules. A forward that raises gives no order (the mapping says so) rather than
         failing here: the forward check reports that error where it belongs."""

@@ -113,9 +113,9 @@ def main(framework: str, conn, options: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     enable_fault_reports(options.get("fault_file"))
     configure_environment(options)
-    from harness import pairfile, stubs
+    from harness.pair import loader, stubs
 
-    stubs.block(pairfile.blocked_roots(framework), f"{framework} worker")
+    stubs.block(loader.blocked_roots(framework), f"{framework} worker")
     serve(framework, conn, options)
     # Skip the interpreter's teardown: the frameworks' destructors and atexit hooks take up to a
     # second at every close and serve nothing here (the coordinator removes what this worker made)
@@ -152,7 +152,7 @@ class CoreShare:
 
 
 def serve(framework: str, conn, options: dict) -> None:
-    from harness.protocol import Failure, Progress, Reply, pack, unpack
+    from harness.workers.protocol import Failure, Progress, Reply, pack, unpack
 
     warned = _capture_warnings()
     shm_dir, runner = options.get("shm_dir"), None
@@ -216,7 +216,7 @@ def check_crossable(value, where: str) -> None:
     imports torch into the coordinator."""
     import numpy as np
 
-    from harness.protocol import Deferred, SharedArray  # handles: arrays in shared memory, or made as sent
+    from harness.workers.protocol import Deferred, SharedArray  # handles: arrays in shared memory, or made as sent
 
     if isinstance(value, (np.ndarray, np.generic)):
         if value.dtype.hasobject:

@@ -135,12 +135,12 @@ def transport(toml: Path) -> dict:
     """torch's whole state dict on to the paddle worker, as the harness moves weights: the torch
     worker keeps its state in shared memory (written once, when its weights are set), the
     coordinator passes the handles on without reading them, the paddle worker reads every byte."""
-    from harness import config
-    from harness.protocol import Op, nbytes
+    from harness.config import parse
     from harness.session import RunOptions, Session
+    from harness.workers.protocol import Op, nbytes
 
     with tempfile.TemporaryDirectory() as out:
-        session = Session(config.load(toml), RunOptions(out_dir=Path(out)))
+        session = Session(parse.load(toml), RunOptions(out_dir=Path(out)))
         try:
             session.start()
             best = None

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import config, protocol
-from harness.protocol import SIDES, Op, Request
+from harness.config import parse
 from harness.session import RunOptions, Session
+from harness.workers import protocol
+from harness.workers.protocol import SIDES, Op, Request
 
 
 def _train(session: Session, iters: int, together: bool) -> float:
@@ -51,7 +52,7 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=64)
     args = ap.parse_args()
 
-    cfg = config.load_zoo(args.zoo)
+    cfg = parse.load_zoo(args.zoo)
     with tempfile.TemporaryDirectory() as tmp:
         session = Session(cfg, RunOptions(out_dir=Path(tmp)), progress=lambda m: None)
         try:

@@ -26,15 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from backends.worker import configure_environment
-from harness import config, distributed, keys, rules
-from harness.data import BatchSource
-from harness.diff import CheckResult, compare_dicts, fmt
+from harness.config import parse
 from harness.errors import WorkerError
-from harness.keys import Kind
-from harness.process import WorkerGroup, WorkerSpec
-from harness.protocol import SHM_MIN_BYTES, Op, Request, SharedArray, nbytes
+from harness.pair.batches import BatchSource
 from harness.session import ADAPTIVE
-from harness.tolerance import Tolerance
+from harness.verdict import keys, rules
+from harness.verdict.diff import CheckResult, compare_dicts, fmt
+from harness.verdict.keys import Kind
+from harness.verdict.tolerance import Tolerance
+from harness.workers import ranks
+from harness.workers.process import WorkerGroup, WorkerSpec
+from harness.workers.protocol import SHM_MIN_BYTES, Op, Request, SharedArray, nbytes
 
 # Tensors above the 1 MiB shared-memory threshold in weights, parameters and gradients.
 PAIR = Path(__file__).resolve().parents[1] / "tests" / "pairs" / "wide" / "pair.toml"
@@ -277,11 +279,11 @@ def nccl(cfg, data: BatchSource, count: int):
     if n < 2:
         yield "SKIP", "nccl", f"{count} cards but a batch of {rows} rows splits evenly over none of 2..{count} ranks"
         return
-    layout = distributed.Layout(nprocs=n, devices=tuple(range(n)))
-    distributed.validate(layout, rows)
-    ports = distributed.free_ports(1 + n)
+    layout = ranks.Layout(nprocs=n, devices=tuple(range(n)))
+    ranks.validate(layout, rows)
+    ports = ranks.free_ports(1 + n)
     names = ["torch"] + [f"torch.{r}" for r in range(1, n)]
-    specs = [WorkerSpec(name, {"threads": 1, "device": "gpu", "env": distributed.rank_env("torch", r, layout, ports)},
+    specs = [WorkerSpec(name, {"threads": 1, "device": "gpu", "env": ranks.rank_env("torch", r, layout, ports)},
                         framework="torch") for r, name in enumerate(names)]
     group = WorkerGroup(specs, OP_TIMEOUT_S)
     try:
@@ -299,7 +301,7 @@ def ranks_in_sync(group: WorkerGroup, cfg, data: BatchSource, layout) -> tuple:
     state = group.call({names[0]: Request(Op.EXPORT_STATE)})[names[0]]
     group.call({name: Request(Op.LOAD_STATE, {"state": state}) for name in names[1:]})
     batches = data.batches(range(cfg.train.iters))
-    out = group.call({name: Request(Op.TRAIN, {"batches": [distributed.shard(b, r, n) for b in batches],
+    out = group.call({name: Request(Op.TRAIN, {"batches": [ranks.shard(b, r, n) for b in batches],
                                                "mode": "eval", "parallel": True, "total_steps": cfg.total_steps})
                       for r, name in enumerate(names)})
     first = keys.named(Kind.PARAM, out[names[0]]["params"])
@@ -319,7 +321,7 @@ def main(argv: list | None = None) -> int:
     # The in-process Runner gets a worker's environment (CUBLAS_WORKSPACE_CONFIG for deterministic
     # cuBLAS, one thread), set before torch is imported, as the worker sets it.
     configure_environment({"threads": 1})
-    cfg = config.load(PAIR)
+    cfg = parse.load(PAIR)
     data = BatchSource(cfg)
     # made before this process imports torch: BatchSource keeps the frameworks from make_batch by
     # taking them out of sys.modules for the call, which is simplest while none is loaded

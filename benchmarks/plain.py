@@ -113,9 +113,9 @@ def _train(fw, batches, training: bool, total: int):
 
 
 def main() -> None:
-    from harness import config
+    from harness.config import parse
 
-    cfg = config.load(sys.argv[1])
+    cfg = parse.load(sys.argv[1])
     pair = _pair(cfg)
     start = time.perf_counter()
     fw = (Torch if sys.argv[2] == "torch" else Paddle)(pair, cfg)

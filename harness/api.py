@@ -4,7 +4,7 @@
     report = check("pair.toml", checks=["forward", "loss"], out="artifacts/my-model")
     assert report.aligned, report.text()
 
-It returns the RunReport (harness/report.py: `aligned`, `checks`, `first_divergence`, `to_json()`,
+It returns the RunReport (harness/report/runreport.py: `aligned`, `checks`, `first_divergence`, `to_json()`,
 `text()`) and raises UsageError for a bad config, pair or argument (the CLI's exit 2) and
 WorkerError when a worker raises, dies or times out (exit 3). Nothing is printed unless a
 `progress` callable is given. The pytest plugin (harness/pytest_plugin.py) is built on it."""
@@ -21,14 +21,14 @@ from harness.errors import UsageError
 def load(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks: Iterable[str] | str | None = None,
          iters: int | None = None):
     """The run's config: a TOML file or a zoo pair, with the checks and backward steps chosen."""
-    from harness import config
+    from harness.config import parse
 
     if (pair_toml is None) == (zoo is None):
         raise UsageError("give exactly one of a pair TOML or zoo=NAME (see `reprod-harness zoo`)")
-    cfg = config.load_zoo(zoo) if zoo else config.load(pair_toml)
+    cfg = parse.load_zoo(zoo) if zoo else parse.load(pair_toml)
     if checks:
         listed = checks if isinstance(checks, str) else list(checks)
-        cfg = cfg.replace(checks=config.parse_checks(listed, lambda m: UsageError(f"checks: {m}")))
+        cfg = cfg.replace(checks=parse.parse_checks(listed, lambda m: UsageError(f"checks: {m}")))
     if iters is not None:
         if iters < 1:
             raise UsageError(f"iters: must be >= 1, got {iters}")
@@ -42,7 +42,7 @@ def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, start
             dp_equivalence: bool = False, save_tensors: bool = False, arbitrate: bool = True,
             threads: int | None = None):
     """RunOptions, every argument checked before any worker starts (a usage error costs nothing)."""
-    from harness import checkpoints
+    from harness.mapping import checkpoints
     from harness.session import RunOptions
 
     if device not in ("auto", "cpu", "gpu"):
@@ -53,7 +53,7 @@ def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, start
             raise UsageError(f"--benchmark: {benchmark}: file not found")
         if "train" not in cfg.checks:
             raise UsageError("--benchmark compares the train check's final metric: add train to the checks")
-        from harness.compare import load_side
+        from harness.report.compare import load_side
 
         load_side(benchmark)  # a file that is unsafe or no reprod_log file is refused before any worker starts
     if threads is not None and threads < 1:
@@ -78,7 +78,7 @@ def check(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks
     """Run the checks of a pair (a TOML path, or zoo=NAME) and write the artifacts to `out`
     (default artifacts/<name>); returns the RunReport, aligned or not."""
     from harness import coordinator
-    from harness.distributed import Layout
+    from harness.workers.ranks import Layout
 
     cfg = load(pair_toml, zoo=zoo, checks=checks, iters=iters)
     if nprocs is not None and nprocs < 1:

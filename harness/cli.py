@@ -15,9 +15,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from harness import __version__, config
+from harness import __version__
+from harness.config import parse
 from harness.errors import HarnessError, UsageError, WorkerError
-from harness.progress import Progress
+from harness.report.progress import Progress
 
 app = typer.Typer(
     name="reprod-harness",
@@ -110,20 +111,27 @@ def _execute(cfg, *, out_dir: Optional[Path], timeout: float, startup_timeout: f
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     else:
-        from harness.render import print_report
+        from harness.report.console import print_report
 
         print_report(out, data, str(opts.out_dir), verbose=verbose, quiet=quiet)
     raise typer.Exit(EXIT_ALIGNED if report.aligned else EXIT_MISALIGNED)
 
 
-def _resolve(pair_toml: Optional[Path], zoo: Optional[str]):
+def _resolve(pair_toml: Optional[Path], zoo: Optional[str], *, checks: Optional[str] = None,
+             iters: Optional[int] = None):
+    """The run's config, with --checks and --iters applied."""
     if (pair_toml is None) == (zoo is None):
         raise UsageError("give exactly one of PAIR_TOML or --zoo NAME (see `reprod-harness zoo`)")
-    return config.load_zoo(zoo) if zoo else config.load(pair_toml)
+    cfg = parse.load_zoo(zoo) if zoo else parse.load(pair_toml)
+    if checks:
+        cfg = cfg.replace(checks=parse.parse_checks(checks, lambda m: UsageError(f"--checks: {m}")))
+    if iters:
+        cfg = cfg.replace(train=dataclasses.replace(cfg.train, iters=iters))
+    return cfg
 
 
 def _layout(cfg, *, nprocs, devices, placement, nnodes, node_rank, master, ips):
-    from harness.distributed import Layout
+    from harness.workers.ranks import Layout
 
     try:
         device_ids = tuple(int(d) for d in devices.split(",")) if devices else ()
@@ -180,13 +188,9 @@ def run(
       reprod-harness run pair.toml --json > report.json
       reprod-harness run pair.toml --nprocs 2 --dp-equivalence
     """
-    cfg = _resolve(pair_toml, zoo)
+    cfg = _resolve(pair_toml, zoo, checks=checks, iters=iters)
     if device not in ("auto", "cpu", "gpu"):
         raise UsageError(f"--device: expected auto, cpu or gpu, got '{device}'")
-    if checks:
-        cfg = cfg.replace(checks=config.parse_checks(checks, lambda m: UsageError(f"--checks: {m}")))
-    if iters:
-        cfg = cfg.replace(train=dataclasses.replace(cfg.train, iters=iters))
     layout = _layout(cfg, nprocs=nprocs, devices=devices, placement=placement, nnodes=nnodes, node_rank=node_rank,
                      master=master, ips=ips)
     _execute(cfg, out_dir=out_dir, timeout=timeout, startup_timeout=startup_timeout, device=device, as_json=as_json,
@@ -201,7 +205,7 @@ def demo(
     timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
 ):
     """Run the built-in tiny_transformer pair through every check (about 5 s on a 2-core CPU)."""
-    _execute(config.load_zoo("tiny_transformer"), out_dir=out_dir, timeout=timeout)
+    _execute(parse.load_zoo("tiny_transformer"), out_dir=out_dir, timeout=timeout)
 
 
 @app.command()
@@ -221,11 +225,12 @@ def convert(
       reprod-harness convert --pair pair.toml --torch-weights model.pt --out model.pdparams
       reprod-harness convert --pair pair.toml --paddle-weights model.pdparams --out model.pt
     """
-    from harness import checkpoints, coordinator
+    from harness import coordinator
+    from harness.mapping import checkpoints
 
     source = checkpoints.validate_conversion(torch_weights=torch_weights, paddle_weights=paddle_weights,
                                              target=out_path)
-    cfg = config.load(pair_toml)
+    cfg = parse.load(pair_toml)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds like Ctrl-C: the workers are stopped
     with Progress(err, False) as progress:
         side = coordinator.convert_checkpoint(cfg, source=source, target=out_path, timeout=timeout,
@@ -247,7 +252,7 @@ def init(
     Example:
       reprod-harness init my_port && reprod-harness run my_port/pair.toml
     """
-    templates = config.templates_dir()  # the starter pair imports torch and paddle, so it lives in backends/
+    templates = parse.templates_dir()  # the starter pair imports torch and paddle, so it lives in backends/
     targets = [directory / name for name in ("pair.toml", "pair.py")]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
@@ -267,8 +272,8 @@ def zoo():
     """List the built-in model pairs (run one with `reprod-harness run --zoo NAME`)."""
     import ast
 
-    for name in config.zoo_names():
-        doc = ast.get_docstring(ast.parse((config.zoo_dir() / name / "pair.py").read_text())) or ""
+    for name in parse.zoo_names():
+        doc = ast.get_docstring(ast.parse((parse.zoo_dir() / name / "pair.py").read_text())) or ""
         summary = doc.split(":", 1)[-1].strip().splitlines()[0] if doc else ""
         out.print(f"[bold]{name:18}[/] {summary}", highlight=False)
 
@@ -290,8 +295,8 @@ def compare(
     Example:
       reprod-harness compare forward_torch.npy forward_paddle.npy --log forward_diff.log
     """
-    from harness.compare import compare_files
-    from harness.render import key_table
+    from harness.report.compare import compare_files
+    from harness.report.console import key_table
 
     result = compare_files(reference, port, threshold=threshold, max_threshold=max_threshold, log=log,
                            allow_nan=allow_nan)
@@ -321,8 +326,8 @@ def report_cmd(
       reprod-harness report artifacts/my-model
       reprod-harness report artifacts/my-model --html   # writes its report.html
     """
-    from harness.render import print_report
-    from harness.report import read_report
+    from harness.report.console import print_report
+    from harness.report.runreport import read_report
 
     path = run_dir / "report.json" if run_dir.is_dir() else run_dir
     if not path.is_file():
@@ -332,7 +337,7 @@ def report_cmd(
     except (ValueError, OSError) as exc:
         raise UsageError(f"{path}: cannot read the report: {exc}") from None
     if html:
-        from harness.htmlreport import write_html
+        from harness.report.html import write_html
 
         out.print(f"wrote {escape(str(write_html(path.parent, data)))}", highlight=False, soft_wrap=True)
     elif as_json:
@@ -353,7 +358,7 @@ def doctor():
     out.print(f"reprod-harness {__version__}")
     out.print(f"python         {platform.python_version()} ({sys.executable})")
     out.print(f"numpy          {numpy.__version__}")
-    from harness.doctor import INSTALL_HINT, describe, probe
+    from harness.workers.doctor import INSTALL_HINT, describe, probe
 
     missing = []
     for fw in ("torch", "paddle"):

@@ -10,18 +10,18 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from harness import rules
-from harness.artifacts import ArtifactWriter, json_default
 from harness.checks import CHECKS
 from harness.checks.common import finish
 from harness.checks.parallel import dp_equivalence
-from harness.config import RunConfig
+from harness.config.schema import RunConfig
 from harness.errors import UsageError, WorkerError
-from harness.keys import Kind
-from harness.outdir import OutFolder
-from harness.protocol import SIDES
-from harness.report import Divergence, RunReport
-from harness.session import RunOptions, Session
+from harness.report.artifacts import ArtifactWriter, json_default
+from harness.report.runreport import Divergence, RunReport
+from harness.safety.outdir import OutFolder
+from harness.session import RunOptions, Session, environment
+from harness.verdict import rules
+from harness.verdict.keys import Kind
+from harness.workers.protocol import SIDES
 
 if TYPE_CHECKING:  # localization, the HTML report and checkpoints load only when a run uses them:
     from harness import locate  # their imports are on every run's start-up path
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # localization, the HTML report and checkpoints load only whe
 
 def run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lambda msg: None) -> RunReport:
     """The whole run into opts.out_dir: locked for the run, written in a staging folder beside it
-    that replaces it only once report.json is written (harness/outdir.py)."""
+    that replaces it only once report.json is written (harness/safety/outdir.py)."""
     unsupported = [c for c in cfg.checks if c not in CHECKS]
     if unsupported:
         raise UsageError(f"{cfg.source}: checks {unsupported} are not available in this version")
@@ -61,7 +61,7 @@ def _run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None], *, w
     finally:
         timing = {side: round(session.seconds(side), 3) for side in SIDES}
         session.close()
-    report.environment = session.environment()
+    report.environment = environment(session)
     report.weight_map = weight_map(session)
     report.notes += session.plan.notes if session.plan else []
     report.timing = {"wall_s": round(time.perf_counter() - started, 3),
@@ -92,7 +92,7 @@ def run_checks(session: Session, steps: dict, progress: Callable[[str], None]) -
 
 
 def arbitrate(session: Session, failed: list, steps: dict, progress: Callable[[str], None]) -> None:
-    """float64 arbitration (harness/rules.py): the failed checks again, both models in float64
+    """float64 arbitration (harness/verdict/rules.py): the failed checks again, both models in float64
     from the same weights and batches; their keys are then decided there. Where float64 cannot
     run, float32's own rules stand, and the report says so."""
     if not session.options.arbitrate:
@@ -116,9 +116,9 @@ def _write_html(writer, report: RunReport) -> None:
     """report.html from the same JSON that report.json holds (so `report DIR --html` rewrites it
     identically). A failure to draw it must not cost the run its report.json: it becomes a note."""
     try:
-        from harness import htmlreport
+        from harness.report import html
 
-        htmlreport.write_html(writer.out_dir, json.loads(json.dumps(report.to_json(), default=json_default)))
+        html.write_html(writer.out_dir, json.loads(json.dumps(report.to_json(), default=json_default)))
     except Exception as exc:  # noqa: BLE001 - any bug in drawing; the verdict stands without it
         report.notes.append(f"report.html not written: {type(exc).__name__}: {exc}")
 def weight_map(session: Session) -> dict | None:
@@ -161,7 +161,7 @@ def convert_checkpoint(cfg: RunConfig, *, source: Path, target: Path, timeout: f
         try:
             session.start()
             progress(f"converting {source.name}")
-            from harness import checkpoints
+            from harness.mapping import checkpoints
 
             return checkpoints.convert(session, source.resolve(), target.resolve())
         finally:

@@ -11,13 +11,15 @@ from typing import Callable
 
 import numpy as np
 
-from harness import checkpoints, distributed, weights
-from harness.artifacts import ArtifactWriter
-from harness.config import RunConfig, mapping_error
-from harness.data import BatchSource
+from harness.config.parse import mapping_error
+from harness.config.schema import RunConfig
 from harness.errors import UsageError
-from harness.process import WorkerGroup, WorkerSpec
-from harness.protocol import SIDES, Op, Request
+from harness.mapping import checkpoints, weights
+from harness.pair.batches import BatchSource
+from harness.report.artifacts import ArtifactWriter
+from harness.workers import ranks
+from harness.workers.process import WorkerGroup, WorkerSpec
+from harness.workers.protocol import SIDES, Op, Request
 
 STARTUP_HINT = ("start-up: spawn, framework import, the pair's build, joining the ranks; "
                 "raise --startup-timeout if that is just slow")
@@ -33,7 +35,7 @@ class RunOptions:
     threads: int | None = None  # per worker; None: half the cores each
     benchmark: Path | None = None  # reprod_log .npy with the metric the paddle run must reach
     weights: Path | None = None  # start both models from this checkpoint (.pt / .pdparams)
-    layout: distributed.Layout | None = None  # None: [distributed] of the config
+    layout: ranks.Layout | None = None  # None: [distributed] of the config
     dp_equivalence: bool = False
     locate: bool = False  # trace every module even when all checks pass (they always are on a failure)
     save_tensors: bool = False  # full parameter and gradient dumps whatever their size
@@ -48,6 +50,23 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
 
 
+def worker_specs(opts: RunOptions, layout: ranks.Layout, names: dict) -> list:
+    """A worker per framework (per rank of each, `names`), with its threads, device and environment."""
+    threads = worker_threads(opts.threads) if layout.nprocs == 1 else max(1, worker_threads(opts.threads) // layout.nprocs)
+    ports = ranks.free_ports(1 + layout.world) if layout.world > 1 else []
+    device = opts.device if not layout.devices else "gpu"
+    # threads not fixed by the user: the busy workers share every core (backends/worker.CoreShare)
+    budget = None if opts.threads else usable_cores()
+    specs = []
+    for side in SIDES:
+        for r, name in enumerate(names[side]):
+            env = (ranks.rank_env(side, r, layout, ports) if layout.world > 1
+                   else ranks.device_env(side, r, layout))
+            specs.append(WorkerSpec(name, {"threads": threads, "thread_budget": budget, "device": device, "env": env},
+                                    framework=side))
+    return specs
+
+
 class Session:
     """Both workers up, weights shared, then any sequence of checks (harness/checks/)."""
 
@@ -60,30 +79,14 @@ class Session:
         self.initial_torch: dict = {}
         self.precision = "float32"
         self.infos: dict = {}
-        self.layout = opts.layout or distributed.Layout(nprocs=cfg.distributed.nprocs, backend=cfg.distributed.backend)
-        distributed.validate(self.layout)
+        self.layout = opts.layout or ranks.Layout(nprocs=cfg.distributed.nprocs, backend=cfg.distributed.backend)
+        ranks.validate(self.layout)
         n = self.layout.nprocs
         # rank 0 of each framework is named after it, so every single-process check runs there
         self.ranks = {side: [side] + [f"{side}.{r}" for r in range(1, n)] for side in SIDES}
-        self.group = WorkerGroup(self._specs(), opts.timeout)
+        self.group = WorkerGroup(worker_specs(opts, self.layout, self.ranks), opts.timeout)
         self.group.on_progress = getattr(progress, "steps", None)  # per-step counts, when the display shows them
         self._starting, self._joined = False, False
-
-    def _specs(self) -> list:
-        opts, layout = self.options, self.layout
-        threads = worker_threads(opts.threads) if layout.nprocs == 1 else max(1, worker_threads(opts.threads) // layout.nprocs)
-        ports = distributed.free_ports(1 + layout.world) if layout.world > 1 else []
-        device = opts.device if not layout.devices else "gpu"
-        # threads not fixed by the user: the busy workers share every core (backends/worker.CoreShare)
-        budget = None if opts.threads else usable_cores()
-        specs = []
-        for side in SIDES:
-            for r, name in enumerate(self.ranks[side]):
-                env = (distributed.rank_env(side, r, layout, ports) if layout.world > 1
-                       else distributed.device_env(side, r, layout))
-                specs.append(WorkerSpec(name, {"threads": threads, "thread_budget": budget, "device": device, "env": env},
-                                        framework=side))
-        return specs
 
     # ------------------------------------------------------------------ calling workers
     def call(self, requests: dict) -> dict:
@@ -155,7 +158,7 @@ class Session:
         self.plan = None
         batch = self.data.batch(0)
         if self.layout.world > 1:
-            distributed.validate(self.layout, next(iter(batch.values())).shape[0])
+            ranks.validate(self.layout, next(iter(batch.values())).shape[0])
         setup = {"cfg": self.cfg.to_wire(), "precision": self.precision}
         built = self.submit({name: Request(Op.SETUP, setup) for name in self.group.names})
         # sent at once, so each side traces as soon as it is built rather than when both are. A
@@ -242,7 +245,7 @@ class Session:
         return self.infos["torch"]["custom_optimizer"] or self.infos["paddle"]["custom_optimizer"]
 
     def adaptive(self, overrides: dict | None = None) -> bool:
-        """Adam-type updates: noise-driven elements move by lr (harness/rules.py)."""
+        """Adam-type updates: noise-driven elements move by lr (harness/verdict/rules.py)."""
         if self.custom_optimizer:
             return True
         return (overrides or {}).get("optimizer", {}).get("name", self.cfg.optimizer.name) in ADAPTIVE
@@ -258,12 +261,14 @@ class Session:
             return {}, {}
         return torch_arrays, self.plan.paddle_to_torch_names(paddle_arrays)
 
-    def environment(self) -> dict:
-        env = {"python": platform.python_version(), "numpy": np.__version__}
-        for side in SIDES:
-            env[side] = self.infos.get(side, {}).get("version")
-        env["devices"] = {side: self.infos.get(side, {}).get("device") for side in SIDES}
-        spec = self.group.specs[0].options
-        # up_to: the threads a worker takes while the others have nothing to do (None: fixed)
-        env["cpu_threads"] = {"per_worker": spec["threads"], "up_to": spec["thread_budget"]}
-        return env
+
+def environment(session: Session) -> dict:
+    """report.json's environment: versions, devices and the cpu threads each worker had."""
+    env = {"python": platform.python_version(), "numpy": np.__version__}
+    for side in SIDES:
+        env[side] = session.infos.get(side, {}).get("version")
+    env["devices"] = {side: session.infos.get(side, {}).get("device") for side in SIDES}
+    spec = session.group.specs[0].options
+    # up_to: the threads a worker takes while the others have nothing to do (None: fixed)
+    env["cpu_threads"] = {"per_worker": spec["threads"], "up_to": spec["thread_budget"]}
+    return env

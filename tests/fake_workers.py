@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from backends.worker import enable_fault_reports
-from harness.protocol import Failure, Op, Reply
+from harness.workers.protocol import Failure, Op, Reply
 
 
 def main(framework, conn, options):

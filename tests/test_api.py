@@ -11,7 +11,7 @@ import pytest
 
 from conftest import PAIRS, ROOT
 from harness import UsageError, WorkerError, check
-from harness.report import RunReport
+from harness.report.runreport import RunReport
 
 BROKEN_PADDLE = """
 import numpy as np

@@ -6,13 +6,13 @@ float64."""
 
 import numpy as np
 import pytest
+from test_locate import CNN
 
 from conftest import PAIRS, check, cli, report
-from test_locate import CNN
-from harness import rules
-from harness.diff import compare_dicts
-from harness.keys import Key, Kind
-from harness.tolerance import ToleranceConfig
+from harness.verdict import rules
+from harness.verdict.diff import compare_dicts
+from harness.verdict.keys import Key, Kind
+from harness.verdict.tolerance import ToleranceConfig
 
 ROUNDOFF = PAIRS / "roundoff" / "pair.toml"
 

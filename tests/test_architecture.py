@@ -1,8 +1,11 @@
 """The rules of the house, checked: the coordinator never loads a framework nor runs backends
-code, harness/ has no import cycle, backends/ use only harness's framework-free leaves, each
-worker loads exactly one framework, and a backend missing a primitive fails at start-up."""
+code; harness/ is a set of rooms, each saying in its docstring what it holds and which rooms it
+may import, and imports go only that way (no cycle, between rooms or modules); backends/ use only
+harness's framework-free leaves; each worker loads exactly one framework; a backend missing a
+primitive fails at start-up."""
 
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -11,13 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import protocol, stubs
+from harness.pair import stubs
+from harness.workers import protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORK_MODULES = ("torch", "paddle", "reprod_log")
 # what backends/ may import from harness/: framework-free leaves with no dependency on a run
-BACKEND_MAY_IMPORT = {"harness.protocol", "harness.pairfile", "harness.stubs", "harness.optim_table",
-                      "harness.safeload"}
+BACKEND_MAY_IMPORT = {"harness.workers.protocol", "harness.pair.loader", "harness.pair.stubs",
+                      "harness.config.optim_table", "harness.safety.safeload"}
+# the modules at the top of harness/: the run itself (they may import any room) and its errors
+TOP_LEVEL = {"harness", "harness.__main__", "harness.api", "harness.cli", "harness.coordinator",
+             "harness.errors", "harness.pytest_plugin", "harness.session"}
 
 
 def _module_name(path: Path) -> str:
@@ -32,12 +39,13 @@ def _imports(path: Path, known: set) -> set:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
-            for alias in node.names:  # `from harness import keys` imports the module harness.keys
+            for alias in node.names:  # `from harness.verdict import keys` imports harness.verdict.keys
                 sub = f"{node.module}.{alias.name}"
                 found.add(sub if sub in known else node.module)
     return found
 
 
+@functools.cache
 def _graph(package: str) -> dict:
     files = {_module_name(p): p for p in (ROOT / package).rglob("*.py")}
     known = set(files) | {_module_name(p) for p in (ROOT / "harness").rglob("*.py")}
@@ -75,6 +83,67 @@ def test_no_import_cycle_inside_harness():
     assert _cycle(_graph("harness")) is None, " -> ".join(_cycle(_graph("harness")))
 
 
+def _room_of(module: str) -> str:
+    """harness.verdict.diff -> harness.verdict; a top-level module is a room of its own."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+@functools.cache
+def _rooms() -> dict:
+    """Room -> (its docstring, the rooms and modules it declares it may import)."""
+    rooms = {}
+    for init in sorted((ROOT / "harness").glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        declared = doc.split("May import:", 1)[1] if "May import:" in doc else None
+        allowed = set() if declared is None else {w.strip(" ,.\n") for w in declared.replace(",", " ").split()
+                                                   if w.startswith("harness")}
+        rooms[_module_name(init)] = (doc, allowed if declared is not None else None)
+    return rooms
+
+
+def test_harness_is_a_few_rooms_and_the_run_at_the_top():
+    names = {p.name for p in (ROOT / "harness").iterdir() if p.name != "__pycache__"}
+    rooms = {n for n in names if (ROOT / "harness" / n / "__init__.py").is_file()}
+    modules = {f"harness.{n[:-3]}" for n in names if n.endswith(".py") and n != "__init__.py"}
+    assert modules | {"harness"} == TOP_LEVEL, "a module at the top of harness/ belongs in a room"
+    assert len(rooms) <= 10 and not names - rooms - {f"{m.split('.')[-1]}.py" for m in modules} - {"__init__.py"}
+
+
+def test_each_room_says_what_it_holds_and_what_it_may_import():
+    for room, (doc, allowed) in _rooms().items():
+        assert allowed is not None, f"{room}/__init__.py: its docstring must end with 'May import: ...'"
+        folder = ROOT / room.replace(".", "/")
+        unnamed = [p.name for p in folder.glob("*.py") if p.name != "__init__.py" and p.name not in doc]
+        assert not unnamed, f"{room}/__init__.py does not say what {unnamed} hold"
+        unknown = {a for a in allowed if _room_of(a) not in _rooms() and a not in TOP_LEVEL}
+        assert not unknown, f"{room} may import {sorted(unknown)}, which is no room"
+
+
+def test_rooms_import_only_what_they_declare():
+    rooms = _rooms()
+    for module, imported in _graph("harness").items():
+        room = _room_of(module)
+        if room not in rooms:
+            continue  # the run at the top may import any room
+        allowed = rooms[room][1] | {room}
+        bad = {m for m in imported if m.startswith("harness.") or m == "harness"} - {
+            m for m in imported if _room_of(m) in allowed or m in allowed}
+        assert not bad, f"{module} imports {sorted(bad)}; {room} may import only {sorted(allowed - {room})}"
+
+
+def test_the_rooms_import_in_one_direction():
+    declared = {room: {_room_of(a) for a in allowed} - {room} for room, (_, allowed) in _rooms().items()}
+    assert _cycle(declared) is None, " -> ".join(_cycle(declared))
+
+
+def test_the_leaves_backends_import_stay_framework_free_leaves():
+    graph = _graph("harness")
+    for leaf in BACKEND_MAY_IMPORT:
+        reach = {m for m in graph[leaf] if m.startswith("harness.")}
+        assert reach <= BACKEND_MAY_IMPORT | {"harness.errors"} | set(_rooms()), f"{leaf} imports {sorted(reach)}"
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
@@ -95,9 +164,10 @@ def test_backends_use_only_harness_leaves():
 def test_coordinator_imports_no_framework_and_no_backends_code():
     code = (
         "import sys, json\n"
-        "import harness.cli, harness.coordinator, harness.diff, harness.report, harness.config, harness.weights\n"
-        "from harness.data import BatchSource\n"
-        "from harness.config import load_zoo\n"
+        "import harness.cli, harness.coordinator, harness.verdict.diff, harness.report.runreport\n"
+        "import harness.config.schema, harness.mapping.weights\n"
+        "from harness.pair.batches import BatchSource\n"
+        "from harness.config.parse import load_zoo\n"
         "cfg = load_zoo('tiny_transformer'); BatchSource(cfg).batch(0)\n"  # loads the pair module
         "mods = [m for m in sys.modules if not getattr(sys.modules[m], '__reprod_stub__', False)]\n"
         "print(json.dumps(sorted(m for m in mods if m.split('.')[0] in %r)))"
@@ -208,3 +278,16 @@ def test_deferred_arrays_are_made_one_at_a_time(tmp_path):
     packed = protocol.pack({f"t{i}": protocol.Deferred(lambda i=i: make(i)) for i in range(3)}, tmp_path)
     assert made == [0, 1, 2] and all(isinstance(v, protocol.SharedArray) for v in packed.values())
     assert float(np.asarray(packed["t2"]).max()) == 2.0
+
+
+def test_no_class_over_200_lines_and_no_function_over_50():
+    """Sizes a reader can hold in mind; a longer one is several things that want names."""
+    long = []
+    for path in sorted([*(ROOT / "harness").rglob("*.py"), *(ROOT / "backends").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            size = node.end_lineno - node.lineno + 1 if hasattr(node, "end_lineno") else 0
+            limit = 200 if isinstance(node, ast.ClassDef) else 50 if isinstance(
+                node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+            if limit and size > limit:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({size} lines)")
+    assert not long, "over the limit: " + "; ".join(long)

@@ -5,8 +5,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import cli, report
-from harness import config
 from harness.cli import app
+from harness.config import parse, schema
 from harness.errors import ConfigError
 
 runner = CliRunner()
@@ -34,7 +34,7 @@ def _toml(tmp_path, body: str):
 ])
 def test_config_errors_name_file_key_and_line(tmp_path, body, needle):
     with pytest.raises(ConfigError) as info:
-        config.load(_toml(tmp_path, body))
+        parse.load(_toml(tmp_path, body))
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
@@ -48,7 +48,7 @@ def test_config_errors_name_file_key_and_line(tmp_path, body, needle):
 ])
 def test_config_errors_point_at_the_keys_own_line(tmp_path, body, needle):
     with pytest.raises(ConfigError) as info:
-        config.load(_toml(tmp_path, body))
+        parse.load(_toml(tmp_path, body))
     assert needle in str(info.value), str(info.value)
 
 
@@ -69,7 +69,7 @@ def test_config_errors_point_at_the_keys_own_line(tmp_path, body, needle):
 ])
 def test_did_you_mean_ignores_case_and_knows_other_spellings(tmp_path, body, hint):
     with pytest.raises(ConfigError) as info:
-        config.load(_toml(tmp_path, body))
+        parse.load(_toml(tmp_path, body))
     assert hint in str(info.value), str(info.value)
 
 
@@ -78,7 +78,7 @@ def _template_lines():
     import re
 
     section, rows = "", []
-    for raw in (config.templates_dir() / "pair.toml").read_text().splitlines():
+    for raw in (parse.templates_dir() / "pair.toml").read_text().splitlines():
         header = re.match(r"^\[(\w+)\]", raw)
         if header:
             section = header.group(1)
@@ -91,20 +91,21 @@ def _template_lines():
 
 def test_init_writes_every_section_and_option_with_its_default():
     import dataclasses
+
     import tomllib
 
-    from harness.tolerance import ToleranceConfig
+    from harness.verdict.tolerance import ToleranceConfig
 
     rows = _template_lines()
     written = {(sec, key) for sec, key, *_ in rows}
-    for sec, cls in config.SECTIONS.items():
+    for sec, cls in schema.SECTIONS.items():
         for f in dataclasses.fields(cls):
             assert (sec, f.name) in written, f"init's pair.toml lacks [{sec}] {f.name}"
-    for check in config.CHECKS:
+    for check in schema.CHECKS:
         assert ("tolerance", check) in written
     assert {("", "name"), ("", "pair"), ("", "checks")} <= written
     for sec, key, value, comment, commented in rows:
-        cls = config.SECTIONS.get(sec)
+        cls = schema.SECTIONS.get(sec)
         field = next((f for f in dataclasses.fields(cls) if f.name == key), None) if cls else None
         if field is None:
             continue
@@ -116,7 +117,7 @@ def test_init_writes_every_section_and_option_with_its_default():
             assert commented or "default" not in comment, (sec, key)
     tol = ToleranceConfig()
     for sec, key, value, _, _ in rows:
-        if sec == "tolerance" and key in config.CHECKS:
+        if sec == "tolerance" and key in schema.CHECKS:
             expected = getattr(tol, key)
             assert tomllib.loads(f"v = {value}")["v"] == (expected.rtol if expected.rtol else expected.mean), key
 
@@ -125,13 +126,13 @@ def test_init_template_is_a_valid_config(tmp_path):
     from typer.testing import CliRunner as Runner
 
     assert Runner().invoke(app, ["init", str(tmp_path / "p")]).exit_code == 0
-    cfg = config.load(tmp_path / "p" / "pair.toml")
+    cfg = parse.load(tmp_path / "p" / "pair.toml")
     assert cfg.optimizer.name == "adamw" and cfg.distributed.nprocs == 1 and cfg.tolerance.train.rtol == 0.0015
 
 
 def test_defaults_follow_design(tmp_path):
-    cfg = config.load(_toml(tmp_path, ""))
-    assert cfg.name == tmp_path.name and cfg.checks == config.CHECKS
+    cfg = parse.load(_toml(tmp_path, ""))
+    assert cfg.name == tmp_path.name and cfg.checks == schema.CHECKS
     assert cfg.data.seed == 0 and cfg.data.eval_batches == 4 and cfg.loss.kind == "cross_entropy"
     assert cfg.tolerance.forward.mean == 1e-6 and cfg.tolerance.lr.mean == 1e-9 and cfg.tolerance.train.rtol == 0.0015
     assert cfg.distributed.nprocs == 1 and cfg.distributed.backend == "auto"
@@ -179,7 +180,7 @@ def test_convert_round_trip_and_run_from_a_paddle_checkpoint(tmp_path):
     torch.manual_seed(3)
     original = build_torch().state_dict()
     torch.save(original, tmp_path / "w.pt")
-    pair = config.zoo_dir() / "cnn" / "pair.toml"
+    pair = parse.zoo_dir() / "cnn" / "pair.toml"
     assert cli("convert", "--pair", pair, "--torch-weights", tmp_path / "w.pt", "--out", tmp_path / "w.pdparams").returncode == 0
     proc = cli("convert", "--pair", pair, "--paddle-weights", tmp_path / "w.pdparams", "--out", tmp_path / "back.pt")
     assert proc.returncode == 0, proc.stderr

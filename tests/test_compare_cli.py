@@ -7,7 +7,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.artifacts import save_npy
+from harness.report.artifacts import save_npy
 
 runner = CliRunner()
 

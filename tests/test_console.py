@@ -9,8 +9,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness import summary
-from harness.render import as_text, print_report
+from harness.report import summary
+from harness.report.console import as_text, print_report
 
 DATA = Path(__file__).resolve().parent / "data" / "transposed"
 REPORT = json.loads((DATA / "report.json").read_text())

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from harness.diff import compare_arrays, compare_dicts
-from harness.tolerance import Tolerance, ToleranceConfig
+from harness.verdict.diff import compare_arrays, compare_dicts
+from harness.verdict.tolerance import Tolerance, ToleranceConfig
 
 TOL = Tolerance(1e-6)
 
@@ -117,7 +117,7 @@ def test_float32_rounding_floor_scales_with_the_values():
 
 def test_large_arrays_are_judged_chunk_by_chunk_with_exact_positions():
     """Statistics over several chunks (bounded memory) name the same place a whole-array pass would."""
-    from harness.diff import CHUNK
+    from harness.verdict.diff import CHUNK
 
     n = 2 * CHUNK + 7
     a = np.zeros((n,), np.float32)

@@ -8,8 +8,8 @@ from hypothesis import assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
-from harness.diff import compare_arrays  # noqa: E402
-from harness.tolerance import Tolerance  # noqa: E402
+from harness.verdict.diff import compare_arrays  # noqa: E402
+from harness.verdict.tolerance import Tolerance  # noqa: E402
 
 TOL = Tolerance(1e-6)
 finite = hnp.arrays(

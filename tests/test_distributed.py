@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 
 from conftest import check, cli, pair_folder, report, tagged_processes
-from harness import config
 from harness.checks.common import judge
 from harness.checks.parallel import dp_equivalence
 from harness.checks.training import backward
+from harness.config import parse, schema
 from harness.coordinator import first_divergence
-from harness.distributed import Layout, rank_env, shard, validate
 from harness.errors import UsageError, WorkerError
-from harness.keys import Key, Kind
-from harness.process import WorkerGroup, WorkerSpec
-from harness.protocol import Op, Request
-from harness.rules import Evidence
 from harness.session import RunOptions, Session
+from harness.verdict.keys import Key, Kind
+from harness.verdict.rules import Evidence
+from harness.workers.process import WorkerGroup, WorkerSpec
+from harness.workers.protocol import Op, Request
+from harness.workers.ranks import Layout, rank_env, shard, validate
 
 
 def test_shards_are_contiguous_like_distributed_batch_sampler():
@@ -153,7 +153,7 @@ def test_two_nodes_on_one_machine_synchronize(tmp_path):
     import sys
 
     from conftest import ROOT
-    from harness.distributed import free_ports
+    from harness.workers.ranks import free_ports
 
     port = free_ports(1)[0]
     procs = [
@@ -174,7 +174,7 @@ def test_two_nodes_on_one_machine_synchronize(tmp_path):
 
 
 def test_single_process_run_on_a_chosen_card():
-    from harness.distributed import device_env
+    from harness.workers.ranks import device_env
 
     assert device_env("paddle", 0, Layout(devices=(3,))) == {"CUDA_VISIBLE_DEVICES": "3"}
     assert device_env("paddle", 0, Layout(devices=(0, 1), placement="split")) == {"CUDA_VISIBLE_DEVICES": "1"}
@@ -199,13 +199,13 @@ def _losses(rank0_step0, rank0_step1, mean_step1):
 def test_rank_losses_after_step_0_judged_against_their_change():
     ref = _losses(2.0, 1.5, 1.5)
     near = _losses(2.0, 1.5 + 2e-5, 1.5 + 2e-5)
-    result = judge("backward", ref, near, config.ToleranceConfig(), Evidence(adaptive=True))
+    result = judge("backward", ref, near, schema.ToleranceConfig(), Evidence(adaptive=True))
     verdict = {k.key: (k.passed, k.rule) for k in result.keys}
     assert verdict == {"rank0:loss_0": (True, ""), "rank0:loss_1": (True, "rank_loss_drift"),
                        "loss_1": (False, "")}  # averaged: still strict
-    assert not judge("backward", ref, near, config.ToleranceConfig(), Evidence(adaptive=False)).keys[1].passed
+    assert not judge("backward", ref, near, schema.ToleranceConfig(), Evidence(adaptive=False)).keys[1].passed
     far = _losses(2.0 + 2e-5, 1.5 + 1e-3, 1.5 + 2e-5)
-    result = judge("backward", ref, far, config.ToleranceConfig(), Evidence(adaptive=True))
+    result = judge("backward", ref, far, schema.ToleranceConfig(), Evidence(adaptive=True))
     assert not any(k.passed for k in result.keys)  # step 0 strict; 1e-3 is past 1e-4 of the 0.5 change
     assert first_divergence([result]).step == 0
 
@@ -234,7 +234,7 @@ def dp_session(tmp_path_factory):
     pairs = {name: pair_folder(root, name, *spec) for name, spec in
              (("transformer_adamw", TRANSFORMER_ADAMW), ("bypass", BYPASS), ("cnn_train_mode", CNN_TRAIN_MODE),
               ("dpbug", (DP_ONLY_BUG, '[data]\ninputs = ["x"]\n[loss]\nkind = "pair"\n')))}
-    first = config.load(pairs["transformer_adamw"])
+    first = parse.load(pairs["transformer_adamw"])
     s = Session(first, RunOptions(out_dir=tmp_path_factory.mktemp("dp_out"), layout=Layout(nprocs=2), timeout=300),
                 progress=lambda m: None)
     s.start()
@@ -245,7 +245,7 @@ def dp_session(tmp_path_factory):
 def _use(dp, name):
     """The same four workers, the next pair: both models rebuilt."""
     session, pairs = dp
-    session.use(config.load(pairs[name]))
+    session.use(parse.load(pairs[name]))
     return session
 
 

@@ -27,16 +27,20 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import ROOT, cli, tagged_processes
-from harness import config, keys, picklescan, plot, protocol
-from harness.artifacts import ArtifactWriter, atomic_write
 from harness.checks.common import judge
 from harness.cli import app
+from harness.config import parse
 from harness.errors import OutputError, UsageError, WorkerError
-from harness.outdir import OutFolder, lock_path
-from harness.safeload import load_npy_dict
-from harness.tolerance import ToleranceConfig
+from harness.report import plot
+from harness.report.artifacts import ArtifactWriter, atomic_write
+from harness.safety import picklescan
+from harness.safety.outdir import OutFolder, lock_path
+from harness.safety.safeload import load_npy_dict
+from harness.verdict import keys
+from harness.verdict.tolerance import ToleranceConfig
+from harness.workers import protocol
 
-MLP_TOML = config.zoo_dir() / "mlp" / "pair.toml"
+MLP_TOML = parse.zoo_dir() / "mlp" / "pair.toml"
 
 
 class Payload:
@@ -385,8 +389,8 @@ def test_stale_shared_memory_folders_are_swept(tmp_path):
 # ---------------------------------------------------------------------------- fake workers
 
 def _fake_group(behaviours: dict, timeout: float = 20):
-    from harness.process import WorkerGroup, WorkerSpec
-    from harness.protocol import Op, Request
+    from harness.workers.process import WorkerGroup, WorkerSpec
+    from harness.workers.protocol import Op, Request
 
     specs = [WorkerSpec(name, {"behaviour": b}, framework=name.split(".")[0], entry="fake_workers")
              for name, b in behaviours.items()]
@@ -397,7 +401,7 @@ def _fake_group(behaviours: dict, timeout: float = 20):
 
 
 def _train_all(group, **kwargs):
-    from harness.protocol import Op, Request
+    from harness.workers.protocol import Op, Request
 
     try:
         with pytest.raises(WorkerError) as info:
@@ -421,8 +425,8 @@ def test_a_timeout_blames_only_the_silent_worker_and_shows_where_it_was(monkeypa
 
 @pytest.mark.e2e
 def test_full_shared_memory_is_said_as_such_not_as_a_dead_worker(full_disk, monkeypatch):
-    from harness import process
-    from harness.protocol import Op, Request
+    from harness.workers import process
+    from harness.workers.protocol import Op, Request
 
     monkeypatch.setattr(process, "make_shm_dir", lambda: Path(tempfile.mkdtemp(dir=full_disk)))
     group = _fake_group({"torch": "answer"})

@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import PAIRS, ROOT, cli
-from harness import curves
 from harness.cli import app
-from harness.htmlreport import build, write_html
+from harness.report import curves
+from harness.report.html import build, write_html
 
 DATA = Path(__file__).resolve().parent / "data" / "transposed"
 REPORT = json.loads((DATA / "report.json").read_text())

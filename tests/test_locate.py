@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import cli, pair_folder, report
-from harness import config, locate
+from harness import locate
 from harness.checks import CHECKS
+from harness.config import parse
 from harness.coordinator import trace_context
 from harness.session import RunOptions, Session
-from harness.tolerance import Tolerance
+from harness.verdict.tolerance import Tolerance
 
 # Embedding -> Linear -> 2 residual blocks (LayerNorm, Linear, GELU) -> head. The torch side is the
 # reference; BUG changes only the paddle side. Small initial weights keep LayerNorm's input
@@ -244,7 +245,7 @@ def cnn_pair(tmp_path, bug: str):
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     first = transformer_pair(tmp_path_factory.mktemp("first"), "none")
-    s = Session(config.load(first), RunOptions(out_dir=tmp_path_factory.mktemp("out")), progress=lambda m: None)
+    s = Session(parse.load(first), RunOptions(out_dir=tmp_path_factory.mktemp("out")), progress=lambda m: None)
     s.start()
     yield s
     s.close()
@@ -252,7 +253,7 @@ def session(tmp_path_factory):
 
 def run_and_locate(session, toml, checks):
     """The same workers, the next pair: rebuild both models, run the checks, then localize."""
-    session.use(config.load(toml).replace(checks=tuple(checks)))
+    session.use(parse.load(toml).replace(checks=tuple(checks)))
     results = [CHECKS[name](session) for name in checks]
     return results, locate.locate(trace_context(session), results, always=True)
 

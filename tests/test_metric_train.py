@@ -5,9 +5,9 @@ import pytest
 
 from backends.metrics import count_metric
 from conftest import check, cli, report
-from harness import config
-from harness.artifacts import save_npy
 from harness.checks import outputs, training
+from harness.config import parse
+from harness.report.artifacts import save_npy
 from harness.session import RunOptions, Session
 
 
@@ -24,7 +24,7 @@ def test_count_metric_by_hand():
 
 @pytest.fixture(scope="module")
 def mlp_session(tmp_path_factory):
-    s = Session(config.load_zoo("mlp"), RunOptions(out_dir=tmp_path_factory.mktemp("m")), progress=lambda m: None)
+    s = Session(parse.load_zoo("mlp"), RunOptions(out_dir=tmp_path_factory.mktemp("m")), progress=lambda m: None)
     s.start()
     yield s
     s.close()

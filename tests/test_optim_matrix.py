@@ -5,11 +5,11 @@ import itertools
 
 import pytest
 
-from harness import config
 from harness.checks import outputs, training
-from harness.optim_table import OPTIMIZERS, SCHEDULERS
-from harness.protocol import Op
+from harness.config import parse
+from harness.config.optim_table import OPTIMIZERS, SCHEDULERS
 from harness.session import RunOptions, Session
+from harness.workers.protocol import Op
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,7 @@ def _valid(opt: str, decay: str) -> bool:
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    cfg = config.load_zoo("tiny_transformer")
+    cfg = parse.load_zoo("tiny_transformer")
     cfg = cfg.replace(train=cfg.train.__class__(iters=5, train_iters=5, mode="eval"))
     s = Session(cfg, RunOptions(out_dir=tmp_path_factory.mktemp("matrix")), progress=lambda m: None)
     s.start()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import cli, check, report
+from conftest import check, cli, report
 
 pytestmark = pytest.mark.e2e  # every test here starts workers
 

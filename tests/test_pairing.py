@@ -1,4 +1,4 @@
-"""Module pairing for the weight plan (harness/pairing.py, harness/dropouts.py), pure: module
+"""Module pairing for the weight plan (harness/mapping/pairing.py, harness/mapping/dropouts.py), pure: module
 tables and call orders as the workers report them, written by hand or recorded from real pairs."""
 
 import json
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import config
+from harness.config import parse
 from harness.errors import ConfigError, UsageError
-from harness.weights import RenameError, plan
+from harness.mapping.weights import RenameError, plan
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "mapping"
 
@@ -165,10 +165,10 @@ def test_an_extra_paddle_module_is_named_from_its_side():
 def test_mapping_table_in_the_toml(tmp_path):
     (tmp_path / "pair.py").write_text("")
     text = 'pair = "pair.py"\n[mapping]\n"conv1" = "block_a"\nencoder.layer = "enc.layers"\n'
-    cfg = config.parse(text, tmp_path / "pair.toml")
+    cfg = parse.parse(text, tmp_path / "pair.toml")
     assert cfg.mapping == {"conv1": "block_a", "encoder.layer": "enc.layers"}
     (tmp_path / "pair.toml").write_text(text)
-    err = config.mapping_error(cfg, "encoder.layer", "[mapping] \"encoder.layer\": no module")
+    err = parse.mapping_error(cfg, "encoder.layer", "[mapping] \"encoder.layer\": no module")
     assert str(err).startswith(f"{tmp_path / 'pair.toml'}:4: mapping.\"encoder.layer\": ")
 
 
@@ -181,13 +181,13 @@ def test_mapping_table_in_the_toml(tmp_path):
 def test_mapping_table_errors_point_at_the_line(tmp_path, body, message):
     (tmp_path / "pair.py").write_text("")
     with pytest.raises(ConfigError, match=rf"pair.toml:\d+: mapping.*{message}"):
-        config.parse(f'pair = "pair.py"\n[mapping]\n{body}\n', tmp_path / "pair.toml")
+        parse.parse(f'pair = "pair.py"\n[mapping]\n{body}\n', tmp_path / "pair.toml")
 
 
 def test_mapping_key_suggestion_for_a_misspelt_table(tmp_path):
     (tmp_path / "pair.py").write_text("")
     with pytest.raises(ConfigError, match=r"unknown key 'maping' \(did you mean 'mapping'\?\)"):
-        config.parse('pair = "pair.py"\n[maping]\n"a" = "b"\n', tmp_path / "pair.toml")
+        parse.parse('pair = "pair.py"\n[maping]\n"a" = "b"\n', tmp_path / "pair.toml")
 
 
 # ---------------------------------------------------------------------------- the real pairs, recorded
@@ -230,11 +230,11 @@ def test_dropouts_with_a_different_count_after_one_weight_are_not_guessed():
 
 
 def test_init_template_documents_the_mapping_table():
-    template = (config.templates_dir() / "pair.toml").read_text()
+    template = (parse.templates_dir() / "pair.toml").read_text()
     assert "# [mapping]" in template
     uncommented = "\n".join(line[2:] if line.startswith(('# [mapping]', '# "')) else line
                             for line in template.splitlines())
-    cfg = config.parse(uncommented, config.templates_dir() / "pair.toml")
+    cfg = parse.parse(uncommented, parse.templates_dir() / "pair.toml")
     assert cfg.mapping == {"conv1": "block_a", "encoder.layer": "enc.layers"}
 
 

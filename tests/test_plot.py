@@ -4,10 +4,11 @@ agreeing losses gets its own panel, so the overlapping loss curves never read as
 import numpy as np
 import pytest
 
-from harness import keys, plot
 from harness.checks.common import judge
-from harness.keys import Key, Kind
-from harness.tolerance import ToleranceConfig
+from harness.report import plot
+from harness.verdict import keys
+from harness.verdict.keys import Key, Kind
+from harness.verdict.tolerance import ToleranceConfig
 
 # What is drawn is decided here, without matplotlib; the drawing itself is checked on a real run's
 # train_curve.png in tests/test_html_report.py (e2e), which keeps this file fast.

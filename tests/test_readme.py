@@ -31,7 +31,7 @@ def test_readme_states_the_two_commands():
 
 
 def test_readme_optimizer_table_is_generated_from_the_code():
-    from harness.optim_table import markdown
+    from harness.config.optim_table import markdown
 
     start, end = "<!-- optim-table:start -->\n", "<!-- optim-table:end -->"
     assert README[README.index(start) + len(start):README.index(end)] == markdown()

@@ -9,10 +9,10 @@ import pytest
 reprod_log = pytest.importorskip("reprod_log")  # the [paddle] extra installs it; CI always has it
 from reprod_log import ReprodDiffHelper, ReprodLogger  # noqa: E402
 
-from harness.compare import load_side  # noqa: E402
-from harness.tolerance import Tolerance  # noqa: E402
-from harness.diff import compare_dicts  # noqa: E402
-from harness.artifacts import diff_log_lines, save_npy  # noqa: E402
+from harness.report.artifacts import diff_log_lines, save_npy  # noqa: E402
+from harness.report.compare import load_side  # noqa: E402
+from harness.verdict.diff import compare_dicts  # noqa: E402
+from harness.verdict.tolerance import Tolerance  # noqa: E402
 
 STAMP = re.compile(r"^\[\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\] ")
 

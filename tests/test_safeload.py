@@ -1,4 +1,4 @@
-"""harness.safeload: reprod_log .npy and paddle .pdparams files are read without running code from them."""
+"""harness.safety.safeload: reprod_log .npy and paddle .pdparams files are read without running code from them."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from numpy.lib import format as npy_format
 
-from harness import safeload
-from harness.safeload import UnsafeFile, load_npy_dict, load_pdparams
+from harness.safety import safeload
+from harness.safety.safeload import UnsafeFile, load_npy_dict, load_pdparams
 
 
 class Payload:

@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 
 from conftest import PAIRS, check, cli, report
-from harness import protocol
-from harness.artifacts import ArtifactWriter, tensor_stats
 from harness.checks.common import FULL_DUMP_BYTES, save_tensors
-from harness.diff import CheckResult
+from harness.report.artifacts import ArtifactWriter, tensor_stats
 from harness.session import RunOptions
+from harness.verdict.diff import CheckResult
+from harness.workers import protocol
 
 WIDE = PAIRS / "wide" / "pair.toml"
 
 
 def test_the_wide_pair_really_crosses_the_threshold():
-    from harness import config
-    from harness.data import BatchSource
+    from harness.config import parse
+    from harness.pair.batches import BatchSource
 
-    cfg = config.load(WIDE)
+    cfg = parse.load(WIDE)
     batch = BatchSource(cfg).batch(0)
     assert 2048 * 256 * 4 >= protocol.SHM_MIN_BYTES and 256 * 1024 * 4 >= protocol.SHM_MIN_BYTES
     assert batch["x"].shape[0] * batch["x"].shape[1] * 256 * 4 >= protocol.SHM_MIN_BYTES  # embedding output

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import PAIRS, ROOT, check, cli, report
 from harness.errors import UsageError
-from harness.weights import kind, plan
+from harness.mapping.weights import kind, plan
 
 
 def mod(name, type_, params=None, buffers=None, ids=None):

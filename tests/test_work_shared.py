@@ -10,8 +10,8 @@ import pytest
 
 from backends.worker import CoreShare
 from conftest import cli, report
-from harness.protocol import Op, Request
 from harness.session import usable_cores
+from harness.workers.protocol import Op, Request
 
 COUNTING = '''
 import os
@@ -124,7 +124,7 @@ def test_core_share_divides_the_budget_among_the_workers_with_work():
 def test_a_submission_marks_every_worker_before_any_request_is_sent():
     """Both sides' requests of one submission: neither worker may read the other as idle in the
     moment before the other's request arrives (it would size its pool for every core)."""
-    from harness.process import WorkerGroup, WorkerSpec
+    from harness.workers.process import WorkerGroup, WorkerSpec
 
     group = WorkerGroup([WorkerSpec("a", {}), WorkerSpec("b", {})], timeout=5.0)
     seen = []

@@ -1,4 +1,4 @@
-"""paddle side of harness.optim_table: native optimizer, scheduler, clipping and decay."""
+"""paddle side of harness.config.optim_table: native optimizer, scheduler, clipping and decay."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import paddle
 from paddle.optimizer import lr as S
 
 from backends.primitives import Stepper
-from harness.optim_table import decay_mode, decays, warmup_lambda
+from harness.config.optim_table import decay_mode, decays, warmup_lambda
 
 
 class PaddleStepper(Stepper):

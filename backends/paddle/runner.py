@@ -12,9 +12,9 @@ import paddle
 import paddle.nn.functional as F
 
 from backends import base
-from backends.primitives import Stepper, dropout_off, dropout_site, identity, no_dropout_p
-from harness.safeload import load_pdparams
 from backends.paddle.optim import build_stepper
+from backends.primitives import Stepper, dropout_off, dropout_site, identity, no_dropout_p
+from harness.safety.safeload import load_pdparams
 
 
 class Runner(base.Runner):

@@ -1,4 +1,4 @@
-"""torch side of harness.optim_table: native optimizer, scheduler, clipping and decay."""
+"""torch side of harness.config.optim_table: native optimizer, scheduler, clipping and decay."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from torch.optim import lr_scheduler as S
 
 from backends.primitives import Stepper
-from harness.optim_table import decay_mode, decays, warmup_lambda
+from harness.config.optim_table import decay_mode, decays, warmup_lambda
 
 
 class TorchStepper(Stepper):

@@ -1,5 +1,5 @@
 """What every check does after its workers answered: compare, apply the named verdict rules
-(harness/rules.py), write the artifacts. The one place a verdict is decided."""
+(harness/verdict/rules.py), write the artifacts. The one place a verdict is decided."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import functools
 
 import numpy as np
 
-from harness import keys, rules
-from harness.artifacts import tensor_stats
-from harness.diff import CheckResult, KeyResult, compare_dicts
-from harness.keys import Key, Kind
-from harness.protocol import SIDES, nbytes
-from harness.rules import Evidence
-from harness.tolerance import Tolerance
+from harness.report.artifacts import tensor_stats
+from harness.verdict import keys, rules
+from harness.verdict.diff import CheckResult, KeyResult, compare_dicts
+from harness.verdict.keys import Key, Kind
+from harness.verdict.rules import Evidence
+from harness.verdict.tolerance import Tolerance
+from harness.workers.protocol import SIDES, nbytes
 
 # Parameters and gradients of both sides up to this size are saved whole, beyond as statistics.
 FULL_DUMP_BYTES = 64 << 20

@@ -3,11 +3,11 @@ the learning-rate schedule (the guide's steps 1 to 3 and the scheduler part of s
 
 from __future__ import annotations
 
-from harness import keys
 from harness.checks.common import check, record
-from harness.diff import CheckResult
-from harness.keys import Key, Kind
-from harness.protocol import Op
+from harness.verdict import keys
+from harness.verdict.diff import CheckResult
+from harness.verdict.keys import Key, Kind
+from harness.workers.protocol import Op
 
 
 @check

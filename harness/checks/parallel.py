@@ -7,12 +7,13 @@ import dataclasses
 
 import numpy as np
 
-from harness import distributed, keys
 from harness.checks.common import check, judge, judge_updates, save_tensors
-from harness.diff import CheckResult, compare_arrays
-from harness.keys import Key, Kind
-from harness.protocol import SIDES, Op, Request
-from harness.rules import Evidence
+from harness.verdict import keys
+from harness.verdict.diff import CheckResult, compare_arrays
+from harness.verdict.keys import Key, Kind
+from harness.verdict.rules import Evidence
+from harness.workers import ranks
+from harness.workers.protocol import SIDES, Op, Request
 
 
 @check
@@ -78,9 +79,8 @@ def dp_equivalence(session) -> CheckResult:
 
 
 def _one_vs_many(session, side: str, single: dict, multi: dict, iters: int) -> tuple:
-    ranks = session.ranks[side]
     a = keys.losses([np.asarray(single["loss"][i]) for i in range(iters)])
-    b = keys.losses(rank_mean([multi[name]["loss"] for name in ranks]))
+    b = keys.losses(rank_mean([multi[name]["loss"] for name in session.ranks[side]]))
     # paddle tensors under torch names where the plan knows them, so torch's initial state is the start of both
     renamed = side == "paddle" and session.plan is not None
     named = session.plan.paddle_to_torch_names if renamed else (lambda x: x)
@@ -101,7 +101,7 @@ def rank_mean(per_rank: list) -> np.ndarray:
 def shards(session, batches: list, local_rank: int) -> list:
     """This rank's rows of each global batch: contiguous, by global rank (DistributedBatchSampler)."""
     layout = session.layout
-    return [distributed.shard(b, layout.global_rank0 + local_rank, layout.world) for b in batches]
+    return [ranks.shard(b, layout.global_rank0 + local_rank, layout.world) for b in batches]
 
 
 def _flat(arrays: dict) -> np.ndarray:

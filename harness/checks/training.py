@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import keys, plot
 from harness.checks import parallel
 from harness.checks.common import check, judge, judge_dropouts, judge_updates, save_tensors
-from harness.compare import load_side
-from harness.diff import CheckResult
 from harness.errors import UsageError
-from harness.keys import Key, Kind
-from harness.protocol import SIDES, Op
+from harness.report import plot
+from harness.report.compare import load_side
+from harness.verdict import keys
+from harness.verdict.diff import CheckResult
+from harness.verdict.keys import Key, Kind
+from harness.workers.protocol import SIDES, Op
 
 # The held-out evaluation batches of the train check are make_batch(rng, step) at these steps.
 HELDOUT_STEP = 1_000_000

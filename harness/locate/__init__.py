@@ -7,6 +7,9 @@ module, parameter, gradient, update or buffer that differs. Framework-free.
   gradients.py  judging a traced backward pass
   updates.py    judging the optimizer update and BatchNorm statistics
   driver.py     driving the workers step by step, choosing what to trace
+
+May import: harness.errors, harness.config, harness.verdict, harness.report, harness.workers,
+harness.mapping, harness.checks
 """
 
 from harness.locate.driver import Context, apply, locate

@@ -12,16 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from harness.config import RunConfig
-from harness.diff import CheckResult, KeyResult
+from harness.config.schema import RunConfig
 from harness.errors import WorkerError
-from harness.keys import Key, Kind
 from harness.locate.forward import ForwardJudge
 from harness.locate.gradients import GradientJudge
 from harness.locate.leaves import Finding, Outcome, display
 from harness.locate.matching import Match, with_entry_order
 from harness.locate.updates import UpdateJudge
-from harness.protocol import SIDES, Op, Request
+from harness.verdict.diff import CheckResult, KeyResult
+from harness.verdict.keys import Key, Kind
+from harness.workers.protocol import SIDES, Op, Request
 
 # Traced steps for a failing train check (each step ships every activation home).
 TRAIN_TRACE_STEPS = 8
@@ -36,7 +36,7 @@ class Context:
     call: Callable[[dict], dict]  # worker name -> Request, answered all at once
     batch: Callable[[int], dict]  # the run's batch of a step
     infos: dict  # per side, what setup reported (module tables)
-    plan: object  # the weight plan (harness/weights.py), None with the pair's own torch_to_paddle
+    plan: object  # the weight plan (harness/mapping/weights.py), None with the pair's own torch_to_paddle
     to_paddle: Callable[[dict], dict]  # torch state -> the arguments that load it into paddle
     adaptive: bool  # an Adam-type optimizer
     dropout: dict  # per side, the dropout modules

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import weights
 from harness.locate.leaves import AROUND, Finding, compare_leaves, compare_loose, display, shape_of, summary, worst
+from harness.mapping import weights
 
 
 class ForwardJudge:

@@ -3,8 +3,18 @@ output, then its parameters' gradients; the first that differs is the place."""
 
 from __future__ import annotations
 
-from harness import weights
-from harness.locate.leaves import Finding, LeafDiff, compare_leaves, compare_loose, display, shape_of, summary, window, worst
+from harness.locate.leaves import (
+    Finding,
+    LeafDiff,
+    compare_leaves,
+    compare_loose,
+    display,
+    shape_of,
+    summary,
+    window,
+    worst,
+)
+from harness.mapping import weights
 
 
 class GradientJudge:

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness import rules
-from harness.diff import KeyResult, compare_arrays, fmt
-from harness.keys import value
-from harness.report import Divergence
-from harness.tolerance import Tolerance
+from harness.report.runreport import Divergence
+from harness.verdict import rules
+from harness.verdict.diff import KeyResult, compare_arrays, fmt
+from harness.verdict.keys import value
+from harness.verdict.tolerance import Tolerance
 
 AROUND = 3  # table rows either side of the diverging module
 

@@ -1,13 +1,13 @@
 """Which torch module is which paddle module, for comparing traced calls: pairs from the weight
-map (itself decided by names, [mapping] and the set-up forward's call order, harness/pairing.py),
+map (itself decided by names, [mapping] and the set-up forward's call order, harness/mapping/pairing.py),
 then equal structured names, then module kind and order of first call."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from harness import weights
 from harness.errors import UsageError
+from harness.mapping import weights
 
 
 class Match:

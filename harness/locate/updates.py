@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import keys, rules, weights
 from harness.checks.common import judge
-from harness.keys import Kind
 from harness.locate.leaves import AROUND, Finding, compare_loose, display, per_channel_count, summary
-from harness.rules import Evidence
+from harness.mapping import weights
+from harness.verdict import keys, rules
+from harness.verdict.keys import Kind
+from harness.verdict.rules import Evidence
 
 
 class UpdateJudge:

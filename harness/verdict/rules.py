@@ -1,6 +1,6 @@
 """The verdict rules: every second look at a key that failed the plain diff, in one place.
 
-A check compares (harness/diff.py), then `apply` runs the named rules below in a fixed order,
+A check compares (harness/verdict/diff.py), then `apply` runs the named rules below in a fixed order,
 then the check writes its artifacts. A rule may only turn a failed key into a passed one, and
 it says so on the key (`rule`, and the reason in `note`), so report.json shows which rule
 changed which verdict. Each rule holds one constant and the measured fact it rests on
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.diff import CheckResult, KeyResult
-from harness.keys import Key, Kind
+from harness.verdict.diff import CheckResult, KeyResult
+from harness.verdict.keys import Key, Kind
 
 UNCONSTRAINED = "unconstrained_elements"
 UPDATE_SCALE = "update_scale"

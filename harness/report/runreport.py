@@ -38,7 +38,7 @@ class RunReport:
     first_divergence: Divergence | None = None
     notes: list = field(default_factory=list)
     out_dir: Path | None = None  # where the artifacts (report.json, report.html) are; not part of the JSON
-    weight_map: dict | None = None  # how each weight pair was decided (harness/weights.py Plan.to_json)
+    weight_map: dict | None = None  # how each weight pair was decided (harness/mapping/weights.py Plan.to_json)
 
     @property
     def aligned(self) -> bool:
@@ -46,7 +46,7 @@ class RunReport:
 
     def text(self, width: int = 100) -> str:
         """The console report as plain text (no colour): an assertion message, a log entry."""
-        from harness.render import as_text
+        from harness.report.console import as_text
 
         return as_text(self.to_json(), str(self.out_dir) if self.out_dir else None, width=width)
 

@@ -20,8 +20,17 @@ import multiprocess as mp
 from multiprocess.connection import wait
 
 from harness.errors import RemoteTraceback, UsageError, WorkerError
-from harness.protocol import (Failure, Progress, Reply, Request, make_shm_dir, own, pack, sweep_stale_shm_dirs,
-                              unpack)
+from harness.workers.protocol import (
+    Failure,
+    Progress,
+    Reply,
+    Request,
+    make_shm_dir,
+    own,
+    pack,
+    sweep_stale_shm_dirs,
+    unpack,
+)
 
 CLOSE_GRACE_S = 5.0
 # how long a failed rank's peers get to show that one of them died first (and caused it); the wait
@@ -231,7 +240,7 @@ class WorkerGroup:
         except (EOFError, OSError):
             msg = None
         if msg is None:
-            self._raise_dead(worker, op)
+            _raise_dead(worker, op)
         if isinstance(msg, Progress):
             worker.active_since = time.monotonic()
             if self.on_progress is not None:
@@ -254,7 +263,7 @@ class WorkerGroup:
         peers = [w for w in busy if w is not failed and w.framework == failed.framework]
         if not peers:
             return err
-        self._await_peers(peers)
+        _await_peers(peers)
         if err.exc_type is None and not _aborted(failed):  # a death of its own (a segfault, an exit, a kill):
             follow = self._peer_failure(peers, op)  # the cause, whichever of it and a peer's failure came first
             if follow is not None:
@@ -265,23 +274,16 @@ class WorkerGroup:
                 # the sentinel shows as the dying child closes its files, a moment before it can
                 # be reaped: without the join it would still look alive and its peer be blamed
                 w.process.join(1.0)
-        dead = [w for w in peers if not w.process.is_alive() and not self._has_reply(w)]
+        dead = [w for w in peers if not w.process.is_alive() and not _has_reply(w)]
         for w in sorted(dead, key=_aborted):  # a peer that died of its own accord before one that aborted
             if _aborted(w) and _aborted(failed):
                 break
             try:
-                self._raise_dead(w, op)
+                _raise_dead(w, op)
             except WorkerError as cause:
                 cause.remote_traceback = _after(cause, err)
                 return cause
         return err
-
-    @staticmethod
-    def _await_peers(peers: list) -> None:
-        """Until each peer has either died or has a message waiting, for PEER_DEATH_GRACE_S at most."""
-        deadline = time.monotonic() + PEER_DEATH_GRACE_S
-        while time.monotonic() < deadline and not all(w.conn.poll() or not w.process.is_alive() for w in peers):
-            wait([w.process.sentinel for w in peers] + [w.conn for w in peers], timeout=0.05)
 
     def _peer_failure(self, peers: list, op: str) -> WorkerError | None:
         """The first failure a peer reported (its collective, broken by the death), if any did."""
@@ -293,23 +295,6 @@ class WorkerGroup:
                 if failure.exc_type is not None:
                     return failure
         return None
-
-    @staticmethod
-    def _has_reply(worker: _Worker) -> bool:
-        """A message waits in the pipe (a closed pipe polls readable too, but holds none)."""
-        try:
-            return worker.conn.poll() and worker.conn.recv() is not None
-        except (EOFError, OSError):
-            return False
-
-    @staticmethod
-    def _raise_dead(worker: _Worker, op: str):
-        worker.process.join(1.0)
-        code = worker.process.exitcode
-        how = "still running" if code is None else f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
-        stack = read_faults(worker)  # faulthandler's report: the Python stack at a fatal signal
-        raise WorkerError(worker.name, f"died during '{op}' ({how})",
-                          f"{worker.name} worker's Python stack when it died:\n{stack}" if stack else None)
 
     def seconds(self, name: str) -> float:
         return self.workers[name].seconds if name in self.workers else 0.0
@@ -339,6 +324,29 @@ class WorkerGroup:
         if self.shm_dir:
             shutil.rmtree(self.shm_dir, ignore_errors=True)
             self.shm_dir = None
+
+
+def _await_peers(peers: list) -> None:
+    """Until each peer has either died or has a message waiting, for PEER_DEATH_GRACE_S at most."""
+    deadline = time.monotonic() + PEER_DEATH_GRACE_S
+    while time.monotonic() < deadline and not all(w.conn.poll() or not w.process.is_alive() for w in peers):
+        wait([w.process.sentinel for w in peers] + [w.conn for w in peers], timeout=0.05)
+
+
+def _has_reply(worker: _Worker) -> bool:
+    """A message waits in the pipe (a closed pipe polls readable too, but holds none)."""
+    try:
+        return worker.conn.poll() and worker.conn.recv() is not None
+    except (EOFError, OSError):
+        return False
+
+def _raise_dead(worker: _Worker, op: str):
+    worker.process.join(1.0)
+    code = worker.process.exitcode
+    how = "still running" if code is None else f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+    stack = read_faults(worker)  # faulthandler's report: the Python stack at a fatal signal
+    raise WorkerError(worker.name, f"died during '{op}' ({how})",
+                      f"{worker.name} worker's Python stack when it died:\n{stack}" if stack else None)
 
 
 def _after(cause: WorkerError, then: WorkerError) -> str:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.diff import CHUNK, CheckResult
 from harness.errors import OutputError
-from harness.keys import texts
+from harness.verdict.diff import CHUNK, CheckResult
+from harness.verdict.keys import texts
 
 # Artifact stems per check, as the reproduction guide names them.
 STEMS = {

@@ -2,7 +2,7 @@
 
 A pickle runs code only through the callables it names (GLOBAL, STACK_GLOBAL, INST), an extension
 code (EXT*) or a persistent id. Here the opcodes of a file are walked as a stream
-(pickletools.genops) and every name is held against an allow-list: harness.safeload's for a paddle
+(pickletools.genops) and every name is held against an allow-list: harness.safety.safeload's for a paddle
 .pdparams, and the names torch's weights_only loader admits for a torch file (data.pkl inside its
 zip, or the pickles of the legacy format). A file that names anything else is refused with exit 2,
 naming the file and the object, before a framework is even imported. The workers still load through
@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from harness.errors import UsageError
-from harness.safeload import ALLOWED_GLOBALS, UnsafeFile, _python3_name
+from harness.safety.safeload import ALLOWED_GLOBALS, UnsafeFile, _python3_name
 
 # torch's weights_only allow-list (torch/_weights_only_unpickler.py, _get_allowed_globals), as rules
 # on names, so that no torch import is needed; tests/test_faults.py holds it against torch's own

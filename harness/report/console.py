@@ -1,7 +1,7 @@
 """The console view of a report, answer first: the verdict, one row per check, the first divergence
 (where), then the failing keys of the first failing check (what); later failing checks are folded
 into a line each, since they usually follow from the first. Renders what it is given; decides
-nothing (harness/summary.py ranks the keys)."""
+nothing (harness/report/summary.py ranks the keys)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from harness import summary
-from harness.diff import fmt
+from harness.report import summary
+from harness.verdict.diff import fmt
 
 FAILING_KEYS_SHOWN = 6  # of the first failing check, without -v; -v and report.html show all
 NOTES_SHOWN = 5  # per check

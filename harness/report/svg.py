@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from html import escape
 
-from harness.curves import Curve
-from harness.diff import fmt
+from harness.report.curves import Curve
+from harness.verdict.diff import fmt
 
 W, H = 640, 240
 LEFT, RIGHT, TOP, BOTTOM = 70, 12, 28, 30  # margins for the axis labels and the legend

@@ -6,9 +6,9 @@ import functools
 
 import numpy as np
 
-from harness import pairfile, stubs
-from harness.config import RunConfig
+from harness.config.schema import RunConfig
 from harness.errors import UsageError
+from harness.pair import loader, stubs
 
 WHERE = "coordinator (which makes the data with numpy only)"
 
@@ -19,9 +19,9 @@ class BatchSource:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self._guard = functools.partial(stubs.absent, pairfile.blocked_roots(None), WHERE)
-        module = pairfile.load(cfg.pair, keep=None, where=WHERE, guard=self._guard)
-        pairfile.require(module, cfg.pair, ["build_torch", "build_paddle", "make_batch"])
+        self._guard = functools.partial(stubs.absent, loader.blocked_roots(None), WHERE)
+        module = loader.load(cfg.pair, keep=None, where=WHERE, guard=self._guard)
+        loader.require(module, cfg.pair, ["build_torch", "build_paddle", "make_batch"])
         self._make = module.make_batch
         self._module = module
         self._cache: dict[int, dict] = {}
@@ -45,7 +45,7 @@ class BatchSource:
             with self._guard():
                 batch = self._make(rng, step)
         except Exception as exc:
-            raise UsageError(f"{where} raised {type(exc).__name__}: {exc}", pairfile.user_traceback(exc)) from None
+            raise UsageError(f"{where} raised {type(exc).__name__}: {exc}", loader.user_traceback(exc)) from None
         if not isinstance(batch, dict) or not batch:
             raise UsageError(f"{where} must return a non-empty dict of numpy arrays, got {type(batch).__name__}")
         out = {}

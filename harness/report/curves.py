@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.artifacts import STEMS
-from harness.safeload import UnsafeFile, load_npy_dict
+from harness.report.artifacts import STEMS
+from harness.safety.safeload import UnsafeFile, load_npy_dict
 
 # report key -> step, for the keys that form a curve (rank and framework prefixed keys do not)
 STEP_KEY = {"backward": re.compile(r"loss_(\d+)"), "train": re.compile(r"loss_(\d+)"),

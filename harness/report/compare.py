@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.artifacts import atomic_write, diff_log_lines
-from harness.diff import CheckResult, compare_dicts
 from harness.errors import UsageError
-from harness.keys import values
-from harness.safeload import UnsafeFile, load_npy_dict
-from harness.tolerance import Tolerance
+from harness.report.artifacts import atomic_write, diff_log_lines
+from harness.safety.safeload import UnsafeFile, load_npy_dict
+from harness.verdict.diff import CheckResult, compare_dicts
+from harness.verdict.keys import values
+from harness.verdict.tolerance import Tolerance
 
 
 def load_side(path: Path) -> dict:

@@ -9,8 +9,8 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from harness import stubs
 from harness.errors import UsageError
+from harness.pair import stubs
 
 FRAMEWORKS = ("torch", "paddle")
 # Libraries that import a framework on their own; in a process without it they must not load.

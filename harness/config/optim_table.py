@@ -2,7 +2,7 @@
 
 Both backends build their native objects from these tables (backends/*/optim.py look up the
 class names here), and the README's mapping table is generated from them
-(`python -m harness.optim_table`), so the documentation cannot drift from the code.
+(`python -m harness.config.optim_table`), so the documentation cannot drift from the code.
 """
 
 from __future__ import annotations

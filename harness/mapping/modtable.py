@@ -1,8 +1,8 @@
 """The module tables both workers report, read the same way on both sides: one vocabulary of
 module kinds, the conversion rules per kind, and a module's *signature*, the (paddle-side local
 name, shape) of every tensor it holds once converted. Two modules can only be a pair when their
-kinds and signatures are equal (harness/pairing.py); the tensors then convert entry by entry
-(harness/weights.py). Each table row is {name, type, params, buffers, ids, dropout, dropout_site}
+kinds and signatures are equal (harness/mapping/pairing.py); the tensors then convert entry by entry
+(harness/mapping/weights.py). Each table row is {name, type, params, buffers, ids, dropout, dropout_site}
 in definition order."""
 
 from __future__ import annotations

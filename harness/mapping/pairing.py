@@ -1,6 +1,6 @@
-"""Which torch module is which paddle module, for the weight plan (harness/weights.py).
+"""Which torch module is which paddle module, for the weight plan (harness/mapping/weights.py).
 
-Only modules of the same kind and signature (harness/modtable.py: every tensor's paddle-side
+Only modules of the same kind and signature (harness/mapping/modtable.py: every tensor's paddle-side
 name and shape) can pair. Among those, each rule decides what the previous ones left:
 
   user              a [mapping] prefix rename in the TOML made the structured names agree
@@ -22,7 +22,7 @@ import difflib
 from dataclasses import dataclass
 
 from harness.errors import UsageError
-from harness.modtable import MHA_CHILDREN, describe, difference, full_name, kind
+from harness.mapping.modtable import MHA_CHILDREN, describe, difference, full_name, kind
 
 USER, NAME, CALL, TYPE, DEFINITION = "user", "same name", "call order", "type order", "definition order"
 REMEDY = ("settle it with a [mapping] table in the pair's TOML (torch module prefix = paddle module prefix{example}) "

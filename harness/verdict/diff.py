@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from harness.keys import Key
-from harness.tolerance import Tolerance, ToleranceConfig
+from harness.verdict.keys import Key
+from harness.verdict.tolerance import Tolerance, ToleranceConfig
 
 # Relative differences are |a - b| / max(|a|, |b|, REL_EPS): symmetric, and finite where both are 0.
 REL_EPS = 1e-12
@@ -47,7 +47,7 @@ class KeyResult:
     max_threshold: float | None = None
     rtol: float | None = None
     note: str = ""
-    rule: str = ""  # the named verdict rule (harness/rules.py) that changed this key's verdict
+    rule: str = ""  # the named verdict rule (harness/verdict/rules.py) that changed this key's verdict
     precision: str = ""  # the dtype the values were compared in
     floored: list | None = None  # which limits ("mean", "max") the float32 floor raised above the config
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from harness import curves, summary, svg
-from harness.artifacts import atomic_write
-from harness.diff import fmt
+from harness.report import curves, summary, svg
+from harness.report.artifacts import atomic_write
+from harness.verdict.diff import fmt
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:16px;color:#1d2330}

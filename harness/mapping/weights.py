@@ -1,7 +1,7 @@
 """torch -> paddle weight mapping, framework-free, driven by the module tables both workers report.
 
 Each worker reports its modules in definition order as {name, type, params, buffers, ids, ...}
-and the order one eval-mode forward of batch 0 calls them in. harness/pairing.py pairs torch
+and the order one eval-mode forward of batch 0 calls them in. harness/mapping/pairing.py pairs torch
 modules with paddle modules (a [mapping] rename, same structured name, call order, the only
 candidate of its type and shapes; definition order only without a traced forward), only ever
 two of the same kind and converted shapes. Here each pair's tensors are converted by module
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness import dropouts, pairing
 from harness.errors import UsageError
-from harness.modtable import (
+from harness.mapping import dropouts, pairing
+from harness.mapping.modtable import (
     DROPPED,
     FUSED_QKV,
     MHA_CHILDREN,
@@ -35,8 +35,8 @@ from harness.modtable import (
     tensors,
     torch_signature,
 )
-from harness.pairing import RenameError
-from harness.protocol import Deferred
+from harness.mapping.pairing import RenameError
+from harness.workers.protocol import Deferred
 
 __all__ = ["Entry", "Plan", "RenameError", "full_name", "kind", "module_of", "plan"]
 
@@ -50,7 +50,7 @@ class Entry:
     transpose: bool = False
     part: tuple | None = None  # (index, count): a slice along axis 0 of a fused tensor
     alias_of: str | None = None  # paddle tensor that is the same object as another one
-    decided_by: str = ""  # the pairing rule of its module (harness/pairing.py), for the reader to check
+    decided_by: str = ""  # the pairing rule of its module (harness/mapping/pairing.py), for the reader to check
     detail: str = ""
 
     @property
@@ -199,7 +199,7 @@ class _Planner:
 
     def _add(self, tname: str, shape: tuple, pname: str, *, transpose: bool = False, part: tuple | None = None,
              how: dict) -> None:
-        """One tensor of a pair whose signatures agree (harness/pairing.py): these checks only
+        """One tensor of a pair whose signatures agree (harness/mapping/pairing.py): these checks only
         guard the conversion rules against drifting from modtable's signatures."""
         expect = (shape[0] // part[1], *shape[1:]) if part else shape
         if transpose:

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from harness.errors import UsageError, WorkerError
-from harness.picklescan import check_checkpoint
-from harness.protocol import Op
+from harness.safety.picklescan import check_checkpoint
+from harness.workers.protocol import Op
 
 SUFFIXES = {".pt": "torch", ".pth": "torch", ".bin": "torch", ".pdparams": "paddle"}
 TARGET_SUFFIXES = {"torch": (".pdparams",), "paddle": (".pt", ".pth")}  # by the source's side
@@ -25,7 +25,7 @@ def checkpoint_side(path: Path) -> str:
 
 def verify(path: Path) -> str:
     """Before any worker starts: the file exists, has a known type, and names nothing its loader
-    must not run (harness/picklescan.py); returns its side."""
+    must not run (harness/safety/picklescan.py); returns its side."""
     side = checkpoint_side(path)
     check_checkpoint(path, side)
     return side

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from harness.diff import fmt
+from harness.verdict.diff import fmt
 
 INF = math.inf
 

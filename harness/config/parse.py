@@ -1,4 +1,5 @@
-"""Run configuration: the TOML contract of docs/design.md, validated with file/key/line in every error."""
+"""Reading a run's TOML into a RunConfig: every value checked against its field, every error naming
+the file, the key's own line and the key, with a "did you mean" (harness/config/source.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import dataclasses
 import importlib.util
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,136 +15,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from harness.configsource import Source, suggest
+from harness.config.optim_table import OPTIMIZERS, SCHEDULERS, decay_mode
+from harness.config.schema import CHECKS, CHOICES, MODULE_PATH, SECTIONS, TOP_LEVEL, RunConfig
+from harness.config.source import Source, suggest
 from harness.errors import ConfigError
-from harness.optim_table import OPTIMIZERS, SCHEDULERS, decay_mode
-from harness.tolerance import Tolerance, ToleranceConfig
-
-CHECKS = ("forward", "metric", "loss", "lr", "backward", "train")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    inputs: list | None = None  # None: every batch key that is not a label, in make_batch order
-    labels: list = field(default_factory=lambda: ["label"])
-    batch_size: int = 8
-    seed: int = 0
-    eval_batches: int = 4
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    kind: str = "cross_entropy"
-    output: str | None = None  # flattened output key fed to the loss; None: the first output
-
-
-@dataclass(frozen=True)
-class MetricConfig:
-    kind: str = "accuracy"
-    output: str | None = None
-    k: int = 5  # for top-k accuracy
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    name: str = "sgd"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    decay: str = "auto"  # auto (adamw: decoupled, others: coupled) | coupled | decoupled | l1
-    no_decay: list = field(default_factory=list)
-    grad_clip: float = 0.0
-    clip_value: float = 0.0
-    momentum: float = 0.9
-    nesterov: bool = False
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    name: str = "constant"
-    warmup_steps: int = 0
-    total_steps: int | None = None  # None: [train] iters
-    step_size: int = 1
-    milestones: list = field(default_factory=list)
-    gamma: float = 0.1
-    power: float = 1.0
-    end_lr: float = 0.0
-    num_cycles: float = 0.5
-    max_lr: float | None = None
-    pct_start: float = 0.3
-    div_factor: float = 25.0
-    final_div_factor: float = 1e4
-    patience: int = 2  # plateau: steps without improvement before the lr drops by gamma
-    threshold: float = 1e-4
-    cooldown: int = 0
-    min_lr: float = 0.0
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    iters: int = 5
-    train_iters: int = 50
-    mode: str = "eval"  # the backward check runs in eval mode so dropout cannot differ
-
-
-@dataclass(frozen=True)
-class DistributedConfig:
-    nprocs: int = 1
-    backend: str = "auto"
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    name: str
-    pair: Path
-    source: Path  # the TOML file (or zoo entry) this came from
-    data: DataConfig = DataConfig()
-    loss: LossConfig = LossConfig()
-    metric: MetricConfig = MetricConfig()
-    optimizer: OptimizerConfig = OptimizerConfig()
-    lr_scheduler: SchedulerConfig = SchedulerConfig()
-    train: TrainConfig = TrainConfig()
-    tolerance: ToleranceConfig = ToleranceConfig()
-    distributed: DistributedConfig = DistributedConfig()
-    checks: tuple = CHECKS
-    mapping: dict = field(default_factory=dict)  # [mapping]: torch module prefix -> paddle module prefix
-
-    @property
-    def total_steps(self) -> int:
-        return self.lr_scheduler.total_steps or self.train.iters
-
-    def to_wire(self) -> dict:
-        """Plain data for the workers (they never see this module's classes)."""
-        d = dataclasses.asdict(self)
-        d["pair"], d["source"] = str(self.pair), str(self.source)
-        return d
-
-    def replace(self, **changes) -> RunConfig:
-        return dataclasses.replace(self, **changes)
-
-
-SECTIONS = {
-    "data": DataConfig,
-    "loss": LossConfig,
-    "metric": MetricConfig,
-    "optimizer": OptimizerConfig,
-    "lr_scheduler": SchedulerConfig,
-    "train": TrainConfig,
-    "distributed": DistributedConfig,
-}
-TOP_LEVEL = ("name", "pair", "checks", "tolerance", "mapping", *SECTIONS)
-MODULE_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
-LOSS_KINDS = ("cross_entropy", "mse", "pair")
-METRIC_KINDS = ("accuracy", "topk", "f1", "mse", "pair")
-CHOICES = {
-    ("loss", "kind"): LOSS_KINDS,
-    ("metric", "kind"): METRIC_KINDS,
-    ("optimizer", "decay"): ("auto", "coupled", "decoupled", "l1"),
-    ("train", "mode"): ("eval", "train"),
-    ("distributed", "backend"): ("auto", "gloo", "nccl"),
-}
+from harness.verdict.tolerance import Tolerance, ToleranceConfig
 
 
 def _type_name(tp) -> str:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.curves import allowed_diff
-from harness.keys import Kind
+from harness.report.curves import allowed_diff
+from harness.verdict.keys import Kind
 
 EXTRA_PANELS = 2  # failing non-loss keys drawn; the rest are in the title's count and report.json
 

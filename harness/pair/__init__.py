@@ -1,0 +1,9 @@
+"""The pair: the user's pair module, loaded in any process without the framework it must not see,
+and the data made from it once for both sides.
+
+  loader.py   importing the pair module (and which libraries a process must not load)
+  stubs.py    stand-ins for a framework a process does not hold
+  batches.py  every make_batch batch made once, from the run seed, in the coordinator
+
+May import: harness.errors, harness.config
+"""

@@ -1,0 +1,10 @@
+"""Safety of what is read and written: pickled data files read without running code, checkpoints
+checked before any worker starts, and the artifacts folder locked, staged and replaced only when
+it holds nothing but a run's own files.
+
+  safeload.py    a restricted unpickler: numpy arrays, dtypes, scalars and plain containers only
+  picklescan.py  pickle opcodes walked (nothing built) against an allow-list
+  outdir.py      --out: checked, locked, staged, replaced atomically
+
+May import: harness.errors
+"""

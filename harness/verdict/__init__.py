@@ -1,0 +1,10 @@
+"""Verdict: result keys as values, the strict per-key diff, tolerances, and the named rules that
+may change a key's verdict (applied in one place, after the diff). Pure numpy, no run state.
+
+  keys.py       result keys (kind, step, name) and how they print
+  tolerance.py  per-check and per-key limits
+  diff.py       comparing two arrays or dicts of them: never cast, broadcast or transpose
+  rules.py      the named verdict rules (float64 arbitration, update scale, ...)
+
+May import: nothing else of harness
+"""
