@@ -51,7 +51,7 @@ def test_compare_bad_files_exit_2_naming_the_file(tmp_path):
     assert res.exit_code == 2 and "missing.npy: file not found" in res.output
     (tmp_path / "junk.npy").write_text("not numpy")
     res = runner.invoke(app, ["compare", str(a), str(tmp_path / "junk.npy")])
-    assert res.exit_code == 2 and "junk.npy: cannot read" in res.output
+    assert res.exit_code == 2 and "junk.npy: not a reprod_log file" in res.output
 
 
 def test_report_rerenders_and_exits_by_verdict(tmp_path):

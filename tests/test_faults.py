@@ -109,10 +109,10 @@ def test_scan_follows_names_through_the_memo_and_refuses_computed_ones(tmp_path)
     path.write_bytes(memo_trick)
     with pytest.raises(UsageError, match="references posix.system"):
         picklescan.check_checkpoint(path, "paddle")
-    # the module name is the result of a call, not a string in the file: refused without guessing
+    # the module name is not a string: the scan runs the pickle's own machine, which refuses it
     computed = b"\x80\x04\x8c\x05posixK\x00\x86\x8c\x06system\x93."
     path.write_bytes(computed)
-    with pytest.raises(UsageError, match="computed while loading"):
+    with pytest.raises(UsageError, match="STACK_GLOBAL requires str"):
         picklescan.check_checkpoint(path, "paddle")
 
 
@@ -173,6 +173,34 @@ def test_no_entry_point_runs_code_from_a_file(tmp_path, entry):
     assert len(lines) == 1 and "refusing to load" in lines[0] and "posix.system" in lines[0], result.output
     assert "starting the torch and paddle workers" not in result.output
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.pt").exists()
+
+
+def _climbing_zip(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({}, protocol=2))
+        z.writestr("../../x.pkl", pickle.dumps({}, protocol=2))
+    return path
+
+
+BROKEN_CHECKPOINTS = {
+    "object arrays": (lambda t: write_pdparams(t / "o.pdparams", {"w": np.array([None, 1], dtype=object)}),
+                      "entry 'w' holds an object array"),
+    "a list": (lambda t: write_pdparams(t / "l.pdparams", [np.ones(2, np.float32)]), "it holds a list"),
+    "a truncated stream": (lambda t: t.joinpath("t.pdparams").write_bytes(
+        pickle.dumps({"w": np.ones(64, np.float32)}, protocol=4)[:-60]) and t / "t.pdparams", "cut short?"),
+    "a member climbing out": (lambda t: _climbing_zip(t / "c.pt"), "member '../../x.pkl' climbs out of the archive"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_CHECKPOINTS))
+def test_a_broken_checkpoint_is_exit_2_naming_it_before_any_worker(tmp_path, case):
+    make, needle = BROKEN_CHECKPOINTS[case]
+    path = make(tmp_path)
+    result = _invoke("run", "--zoo", "mlp", "--out", tmp_path / "out", "--weights", path)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}") and needle in lines[0], result.output
+    assert "starting the torch and paddle workers" not in result.output
 
 
 # ---------------------------------------------------------------------------- the --out folder

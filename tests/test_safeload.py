@@ -8,6 +8,7 @@ import io
 import os
 import pickle
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -300,12 +301,16 @@ def test_garbage_pdparams_is_a_value_error(tmp_path):
 
 
 def test_module_is_framework_free():
-    tree = ast.parse(Path(safeload.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
-    assert imported <= {"__future__", "_compat_pickle", "collections", "pickle", "pathlib", "numpy"}, imported
+    """safeload and the machine under it import numpy, the standard library and each other only."""
+    from harness.safety import bounded
+
+    for module in (safeload, bounded):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+        outside = {m for m in imported if m.split(".")[0] not in sys.stdlib_module_names | {"numpy"}}
+        assert outside <= {"harness.safety.bounded"}, (module.__name__, outside)
 
 
 # --- against real paddle -----------------------------------------------------------------------------

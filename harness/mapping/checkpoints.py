@@ -32,7 +32,7 @@ def verify(path: Path) -> str:
 
 
 # what a worker's loader raises for a file it refuses (safeload's, torch's weights_only unpickler's)
-REFUSED = ("UnsafeFile", "UnpicklingError")
+REFUSED = ("UnsafeFile", "BrokenFile", "UnpicklingError")
 
 
 def read(session, side: str, path: Path) -> dict:
@@ -42,7 +42,7 @@ def read(session, side: str, path: Path) -> dict:
     except WorkerError as exc:
         if exc.exc_type not in REFUSED:
             raise
-        if exc.exc_type == "UnsafeFile":  # safeload's message names the file and the object already
+        if exc.exc_type in ("UnsafeFile", "BrokenFile"):  # safeload's message names the file and the fault already
             raise UsageError(exc.exc_message) from None
         raise UsageError(f"{path}: refusing to load it: torch's weights_only loader says: "
                          f"{refusal(exc.remote_traceback or '', exc.exc_message)}") from None

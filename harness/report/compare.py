@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness.errors import UsageError
 from harness.report.artifacts import atomic_write, diff_log_lines
-from harness.safety.safeload import UnsafeFile, load_npy_dict
+from harness.safety.safeload import BrokenFile, UnsafeFile, load_npy_dict
 from harness.verdict.diff import CheckResult, compare_dicts
 from harness.verdict.keys import values
 from harness.verdict.tolerance import Tolerance
@@ -18,7 +18,7 @@ def load_side(path: Path) -> dict:
         raise UsageError(f"{path}: file not found")
     try:
         data = load_npy_dict(path)  # never runs code from the file
-    except UnsafeFile as exc:
+    except (UnsafeFile, BrokenFile) as exc:  # each names the file and what is wrong, in one line
         raise UsageError(str(exc)) from None
     except Exception as exc:  # np.load raises many types for a file that is not .npy
         raise UsageError(f"{path}: cannot read as a reprod_log .npy file ({type(exc).__name__}: {exc})") from None

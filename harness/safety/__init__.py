@@ -2,8 +2,9 @@
 checked before any worker starts, and the artifacts folder locked, staged and replaced only when
 it holds nothing but a run's own files.
 
+  bounded.py     the pickle machine under both: every global looked up, every declared size paid for
   safeload.py    a restricted unpickler: numpy arrays, dtypes, scalars and plain containers only
-  picklescan.py  pickle opcodes walked (nothing built) against an allow-list
+  picklescan.py  checkpoints walked dry (no tensor built) against an allow-list and their own sizes
   outdir.py      --out: checked, locked, staged, replaced atomically
 
 May import: harness.errors
