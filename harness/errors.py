@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
+ECHO_LIMIT = 200  # a word of a message longer than this is a value echoed back, shown cut
+_LONG_WORD = re.compile(r"\S{%d,}" % (ECHO_LIMIT + 1))
+
+
+def one_line(text: str) -> str:
+    """A message as one readable line: line breaks shown as \\n, and any word longer than
+    ECHO_LIMIT (a 20 MB value echoed back) cut to its start and its length."""
+    text = str(text).replace("\r", "\\r").replace("\n", "\\n")
+    return _LONG_WORD.sub(lambda m: f"{m.group()[:80]}... ({len(m.group())} characters)", text)
+
 
 class HarnessError(Exception):
     exit_code = 1
@@ -19,6 +31,7 @@ class UsageError(HarnessError):
 
 class ConfigError(UsageError):
     def __init__(self, file, key: str | None, message: str):
+        key, message = (one_line(key) if key else key), one_line(message)  # values echoed back stay readable
         super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
         self.file, self.key = file, key
 

@@ -52,6 +52,38 @@ def test_config_errors_point_at_the_keys_own_line(tmp_path, body, needle):
     assert needle in str(info.value), str(info.value)
 
 
+BIG, LONG = "a" * 20_000_000, "a" * 2_000_000
+HOSTILE_CONFIGS = {
+    "a duplicate key": ("[data]\nseed = 1\nseed = 2\n", "pair.toml:4: data.seed: set twice (first at line 3)"),
+    "a duplicate dotted key": ("a.b = 1\na.b = 2\n", "pair.toml:3: a.b: set twice (first at line 2)"),
+    "a duplicate table": ("[data]\nseed = 1\n[data]\n", "pair.toml:4: [data]: declared twice (first at line 2)"),
+    "a 20 MB value": (f"name = '{BIG}'\n", "pair.toml:2: name: expected a simple name"),
+    "a 2 MB key": (f"{LONG} = 1\n", "... (2000000 characters): unknown key 'aaaa"),
+    "a 2 MB choice": (f"[loss]\nkind = '{LONG}'\n", "pair.toml:3: loss.kind: 'aaaa"),
+    "a line break in a value": ("[loss]\nkind = 'a\\nb'\n", "loss.kind: 'a\\nb' is not one of"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_CONFIGS))
+def test_every_config_error_is_one_readable_line(tmp_path, case):
+    body, needle = HOSTILE_CONFIGS[case]
+    result = runner.invoke(app, ["run", str(_toml(tmp_path, body)), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and len(result.output) < 600, result.output[:600]
+    assert needle in result.output, result.output
+
+
+@pytest.mark.parametrize("pair", ["/etc/passwd", "pair.txt", "x" * 5000])
+def test_a_pair_that_is_no_python_file_is_a_config_error_naming_the_key(tmp_path, pair):
+    (tmp_path / "pair.txt").write_text("def build_torch(): pass\n")
+    toml = tmp_path / "pair.toml"
+    toml.write_text(f'pair = "{pair}"\n')
+    result = runner.invoke(app, ["run", str(toml), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: {toml}:1: pair: "), result.output
+    assert result.output.count("\n") == 1 and len(result.output) < 600 and pair[:60] in result.output
+
+
 @pytest.mark.parametrize("body,hint", [
     ("[optimizer]\nname = 'adamW'\n", "did you mean 'adamw'"),  # case-insensitive, not 'adam'
     ("[optimizer]\nname = 'SGD'\n", "did you mean 'sgd'"),

@@ -117,7 +117,7 @@ def parse(text: str, path: Path, *, pair_base: Path | None = None) -> RunConfig:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+        raise src.toml_error(exc) from None
     for key in doc:
         if key not in TOP_LEVEL:
             raise src.error(key, f"unknown key '{key}'{suggest(key, TOP_LEVEL)}")
@@ -125,12 +125,10 @@ def parse(text: str, path: Path, *, pair_base: Path | None = None) -> RunConfig:
         raise ConfigError(path, "pair", "missing required key 'pair' (path of the pair module, relative to this file)")
     if not isinstance(doc["pair"], str):
         raise src.error("pair", f"expected a string path, got {doc['pair']!r}")
-    pair = ((pair_base or path.parent) / doc["pair"]).resolve()
-    if not pair.is_file():
-        raise src.error("pair", f"pair module '{doc['pair']}' not found (looked at {pair})")
+    pair = _pair_module(src, doc["pair"], pair_base or path.parent)
     name = doc.get("name", path.stem if path.stem != "pair" else path.parent.name)
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise src.error("name", f"expected a simple name (letters, digits, _ . -), got {name!r}")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):  # a folder's name
+        raise src.error("name", f"expected a simple name (letters, digits, _ . -; at most 100), got {name!r}")
     kwargs: dict = {}
     for sec, cls in SECTIONS.items():
         if sec in doc:
@@ -144,6 +142,21 @@ def parse(text: str, path: Path, *, pair_base: Path | None = None) -> RunConfig:
     cfg = RunConfig(name=name, pair=pair, source=path, **kwargs)
     _cross_checks(src, cfg)
     return cfg
+
+
+def _pair_module(src: Source, given: str, base: Path) -> Path:
+    """The pair module's path: an existing Python file (a .py the import machinery can load)."""
+    try:
+        pair = (base / given).resolve()
+        found = pair.is_file()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise src.error("pair", f"cannot look up pair module '{given}': {getattr(exc, 'strerror', None) or exc}") from None
+    if not found:
+        raise src.error("pair", f"pair module '{given}' not found (looked at {pair})")
+    if pair.suffix != ".py":
+        raise src.error("pair", f"pair module '{given}' is not a Python file (a .py holding build_torch, build_paddle "
+                                "and make_batch; see `reprod-harness init`)")
+    return pair
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:

@@ -4,6 +4,7 @@ how the frameworks spell our keys (paddle `learning_rate`, `epsilon`; torch `bet
 
 from __future__ import annotations
 
+import ast
 import difflib
 import re
 from pathlib import Path
@@ -43,6 +44,8 @@ def _norm(word: str) -> str:
 def suggest(word, options) -> str:
     """' (did you mean ...?)' or ''. Case never matters (`adamW` -> 'adamw'); known spellings of
     other frameworks come next; then the closest option by spelling."""
+    if len(str(word)) > 100:  # no option is that long, and difflib would take seconds
+        return ""
     options = [str(o) for o in options]
     by_norm = {_norm(o): o for o in options}
     w = _norm(word)
@@ -83,11 +86,23 @@ def key_lines(text: str) -> dict:
     return lines
 
 
+def assignment_at(text: str, number: int) -> tuple | None:
+    """The full key path (table + key) that line `number` assigns, if it assigns one."""
+    table = ()
+    for current, raw in enumerate(text.splitlines()[:number], 1):
+        header = HEADER.match(raw)
+        if header:
+            table = key_parts(header.group(1))
+        elif current == number and (assign := ASSIGN.match(raw)):
+            return table + key_parts(assign.group(1))
+    return None
+
+
 class Source:
     """The TOML text, kept to point errors at a key's own line."""
 
     def __init__(self, path: Path, text: str):
-        self.path = path
+        self.path, self.text = path, text
         self.lines = key_lines(text)
 
     def line(self, key: str) -> int | None:
@@ -102,6 +117,24 @@ class Source:
                 return self.lines[parts]
             parts = parts[:-1]
         return None
+
+    def toml_error(self, exc: ValueError) -> ConfigError:
+        """tomllib's error, naming the key or table a duplicate is (tomllib says "Cannot overwrite a value")."""
+        message = str(exc)
+        at = re.search(r"\(at line (\d+), column \d+\)", message)
+        table = re.match(r"Cannot declare (\(.*\)) twice", message)
+        if at and table:
+            path = ast.literal_eval(table.group(1))
+            what, how = f"[{'.'.join(path)}]", "declared twice"
+        elif at and message.startswith("Cannot overwrite a value"):
+            path = assignment_at(self.text, int(at.group(1)))
+            what, how = ".".join(path or ()), "set twice"
+        else:
+            path = None
+        if not path:
+            return ConfigError(self.path, None, f"not valid TOML: {message}")
+        return ConfigError(f"{self.path}:{at.group(1)}", what,
+                           f"{how} (first at line {self.lines.get(path)}): not valid TOML, each may appear once")
 
     def error(self, key: str, message: str) -> ConfigError:
         line = self.line(key)

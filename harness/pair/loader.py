@@ -29,6 +29,8 @@ def load(path: Path, *, keep: str | None, where: str, guard=contextlib.nullconte
     """Import the pair module; `guard` is the context that keeps the other framework out."""
     name = f"reprod_pair_{keep or 'data'}_{abs(hash(str(path)))}"
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None:  # not a .py: no loader for it
+        raise UsageError(f"{path}: not a Python module (the pair module is a .py file)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     if str(path.parent) not in sys.path:
