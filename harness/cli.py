@@ -339,7 +339,11 @@ def report_cmd(
     if html:
         from harness.report.html import write_html
 
-        out.print(f"wrote {escape(str(write_html(path.parent, data)))}", highlight=False, soft_wrap=True)
+        from harness.safety import manifest
+
+        written = write_html(path.parent, data)
+        manifest.amend(path.parent, written.name)  # the run's own file still: the next run may replace it
+        out.print(f"wrote {escape(str(written))}", highlight=False, soft_wrap=True)
     elif as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:

@@ -33,7 +33,7 @@ from harness.config import parse
 from harness.errors import OutputError, UsageError, WorkerError
 from harness.report import plot
 from harness.report.artifacts import ArtifactWriter, atomic_write
-from harness.safety import picklescan
+from harness.safety import manifest, picklescan
 from harness.safety.outdir import OutFolder, lock_path
 from harness.safety.safeload import load_npy_dict
 from harness.verdict import keys
@@ -211,6 +211,7 @@ def previous_set(out: Path) -> dict:
     (out / "report.json").write_text(json.dumps({"schema": 1, "name": "old", "aligned": True, "checks": []}))
     (out / "forward_torch.npy").write_bytes(b"old forward")
     (out / "weight_map.txt").write_text("old map\n")
+    manifest.write(out)  # as the run wrote it, last
     return snapshot(out)
 
 
@@ -264,8 +265,105 @@ def test_a_failed_run_leaves_the_previous_set_and_a_finished_one_replaces_it(tmp
     with OutFolder(out) as folder:
         ArtifactWriter(folder.staging).text("report.json", "{}\n")
         folder.commit()
-    assert snapshot(out) == {"report.json": b"{}\n"}  # nothing of the old run stays beside the new report
+    assert snapshot(out)["report.json"] == b"{}\n"  # nothing of the old run stays beside the new report
+    assert set(snapshot(out)) == {"report.json", manifest.NAME}
     assert_only(tmp_path, "out")
+
+
+def _user_project(root: Path) -> dict:
+    """A user's folder, as the fault matrix had it: notes, code, and another tool's report.json."""
+    (root / "src").mkdir(parents=True)
+    (root / "notes.md").write_text("my notes\n")
+    (root / "src" / "model.py").write_text("import torch\n")
+    (root / "report.json").write_text('{"tool": "someone else\'s"}\n')
+    return snapshot(root)
+
+
+def test_a_folder_of_the_users_files_is_never_replaced_even_with_a_report_json(tmp_path):
+    out = tmp_path / "myproject"
+    before = _user_project(out)
+    result = _invoke("run", "--zoo", "mlp", "--out", out, "--checks", "forward")
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"error: --out {out}: holds files that are not a reprod-harness run's ("), last
+    assert "notes.md" in last and "report.json" in last and "src/" in last and ".reprod-manifest.json" in last
+    assert "starting the torch and paddle workers" not in result.output
+    assert snapshot(out) == before
+    assert_only(tmp_path, "myproject")
+
+
+@pytest.mark.parametrize("change", ["added", "edited", "linked", "earlier version"])
+def test_a_runs_folder_is_replaced_only_while_its_manifest_proves_every_file(tmp_path, change):
+    out = tmp_path / "out"
+    previous_set(out)
+    if change == "added":
+        (out / "float64").mkdir()
+        (out / "float64" / "mine.txt").write_text("mine")
+        expect = "(float64/)"  # a folder with nothing of the run's is named as a whole
+    elif change == "edited":
+        (out / "report.json").write_text('{"edited": true}')
+        expect = "report.json (changed since the run wrote it)"
+    elif change == "linked":
+        (out / "forward_torch.npy").unlink()
+        (out / "forward_torch.npy").symlink_to(tmp_path / "elsewhere")
+        expect = "forward_torch.npy (changed since the run wrote it)"
+    else:
+        (out / manifest.NAME).unlink()  # what every earlier version wrote: no proof of anything
+        expect = "(forward_torch.npy, report.json, weight_map.txt); no .reprod-manifest.json proves"
+    before = snapshot(out)
+    with pytest.raises(UsageError) as info:
+        OutFolder(out).__enter__()
+    assert str(info.value).startswith(f"--out {out}: holds files that are not a reprod-harness run's (")
+    assert expect in str(info.value)
+    assert snapshot(out) == before
+    assert_only(tmp_path, "out")
+
+
+def test_files_that_appear_during_the_run_keep_the_folder_and_the_run_goes_beside(tmp_path):
+    out = tmp_path / "out"
+    previous_set(out)
+    with pytest.raises(UsageError) as info:
+        with OutFolder(out) as folder:
+            ArtifactWriter(folder.staging).text("report.json", "{}\n")
+            (out / "notes.md").write_text("written while the run ran")
+            folder.commit()
+    beside = tmp_path / f"out.run-{os.getpid()}"
+    assert str(info.value) == (f"--out {out}: files that are not the run's appeared there while it ran (notes.md); "
+                               f"the run's files are in {beside} instead")
+    assert (out / "notes.md").read_text() == "written while the run ran" and (out / "report.json").exists()
+    assert (beside / "report.json").read_text() == "{}\n"
+    assert_only(tmp_path, "out", beside.name)
+
+
+def test_removing_a_previous_set_removes_only_what_its_manifest_proves(tmp_path):
+    out = tmp_path / "old"
+    previous_set(out)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.npy").write_bytes(b"old forward")  # the same bytes as a listed file
+    (out / "float64").symlink_to(tmp_path / "outside")  # a listed path through a link is never followed
+    listed = manifest.read(out)
+    listed["float64/x.npy"] = {"size": 11}
+    listed["../outside/x.npy"] = {"size": 11}
+    manifest._save(out, listed)
+    (out / "weight_map.txt").write_text("edited by hand\n")
+    assert not manifest.discard(out)
+    assert sorted(p.name for p in out.iterdir()) == [manifest.NAME, "float64", "weight_map.txt"]
+    assert (tmp_path / "outside" / "x.npy").read_bytes() == b"old forward"
+    (out / "weight_map.txt").unlink()
+    (out / "float64").unlink()
+    assert manifest.discard(out) and not out.exists()
+
+
+def test_report_html_rewritten_by_the_report_command_stays_the_runs_own(tmp_path):
+    out = tmp_path / "out"
+    previous_set(out)
+    (out / "report.json").write_text(json.dumps({"schema": 1, "name": "old", "aligned": True, "checks": [],
+                                                 "first_divergence": None, "environment": {}, "timing": {}}))
+    manifest.write(out)
+    assert _invoke("report", out, "--html").exit_code == 0
+    assert manifest.foreign(out) == []
+    with OutFolder(out):
+        pass
 
 
 def test_a_planted_lock_link_is_refused_and_its_target_untouched(tmp_path):

@@ -4,6 +4,10 @@ through a staging folder beside it that takes its place only when the run finish
 So a folder always holds one run's complete set: two runs never write into one folder (the second
 is refused, naming the holder's pid), and a run that fails or is interrupted leaves the previous
 complete set untouched (or no folder), never a report.json beside another run's files.
+
+A folder is replaced only when it is empty or its manifest (harness/safety/manifest.py) proves each
+of its files a run's own; the previous set is then removed file by file, each checked again, and
+nothing else is ever removed.
 """
 
 from __future__ import annotations
@@ -18,10 +22,8 @@ import time
 from pathlib import Path
 
 from harness.errors import UsageError
+from harness.safety import manifest
 
-# files that only a reprod-harness artifacts folder holds: a folder with one of them (or an empty
-# one) may be replaced as a whole; any other folder is the user's and is never touched
-OWN_FILES = ("report.json", "weight_map.txt")
 HOLDER_WRITE_GRACE_S = 0.5  # how long a lock may show no pid after its holder took it
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
@@ -32,6 +34,10 @@ def lock_path(folder: Path) -> Path:
 
 def _staging_prefix(folder: Path) -> str:
     return f".{folder.name}.staging-"
+
+
+def _shown(names: list) -> str:
+    return ", ".join(names[:3]) + (f"... ({len(names)} in all)" if len(names) > 3 else "")
 
 
 def check_usable(folder: Path) -> None:
@@ -48,11 +54,12 @@ def check_usable(folder: Path) -> None:
         if os.path.ismount(folder):  # a mount point cannot be renamed: the run's files would be lost at the end
             raise UsageError(f"--out {folder}: is a mount point, and a run replaces its folder as a whole; "
                              f"give a folder inside it (e.g. {folder / 'run'})")
-        names = sorted(os.listdir(folder))
-        if names and not any(n in names for n in OWN_FILES):
-            shown = ", ".join(names[:3]) + ("..." if len(names) > 3 else "")
-            raise UsageError(f"--out {folder}: holds files that are not a reprod-harness run's ({shown}); each run "
-                             "replaces its folder as a whole, so give a new or empty folder")
+        strangers = manifest.foreign(folder)
+        if strangers:
+            unproven = "" if manifest.read(folder) is not None else (
+                f"; no {manifest.NAME} proves any of it a run's own (a folder of an earlier version? move it away)")
+            raise UsageError(f"--out {folder}: holds files that are not a reprod-harness run's ({_shown(strangers)})"
+                             f"{unproven}; each run replaces its folder as a whole, so give a new or empty folder")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise UsageError(f"--out {folder}: not writable (permission denied)")
     try:
@@ -93,8 +100,18 @@ class OutFolder:
             self._unlock()
 
     def commit(self) -> None:
-        """The staging folder becomes the folder, in one step where the kernel can exchange them."""
+        """The staging folder, its manifest written last, becomes the folder, in one step where the
+        kernel can exchange them. Files that appeared in the folder while the run ran keep it: the
+        run's set goes beside it instead (exit 2, naming both)."""
         try:
+            manifest.write(self.staging)
+            strangers = manifest.foreign(self.path) if self.path.is_dir() else []
+            if strangers:
+                beside = self.path.with_name(f"{self.path.name}.run-{os.getpid()}")
+                os.rename(self.staging, beside)
+                self.staging = None
+                raise UsageError(f"--out {self.path}: files that are not the run's appeared there while it ran "
+                                 f"({_shown(strangers)}); the run's files are in {beside} instead")
             self._replace()
         except OSError as exc:
             raise UsageError(f"--out {self.path}: cannot put the run's files in place: {exc.strerror}") from None
@@ -102,13 +119,19 @@ class OutFolder:
 
     def _replace(self) -> None:
         if self.path.is_dir() and _exchange(self.staging, self.path):
-            shutil.rmtree(self.staging, ignore_errors=True)  # now the previous set
+            self._drop_previous(self.staging)  # it holds the previous set now
         else:
             old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
             if self.path.is_dir():
                 os.rename(self.path, old)
             os.rename(self.staging, self.path)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir():
+                self._drop_previous(old)
+
+    def _drop_previous(self, old: Path) -> None:
+        """The previous set, file by file as its manifest proves them; anything else stays, beside."""
+        if not manifest.discard(old):
+            os.rename(old, self.path.with_name(f"{self.path.name}.kept-{os.getpid()}"))
 
     # ------------------------------------------------------------------ the lock
     def _lock(self) -> None:
@@ -159,8 +182,10 @@ class OutFolder:
         for leftover in [*parent.glob(f"{_staging_prefix(self.path)}*"), *olds]:
             if leftover.is_symlink():  # not ours (rmtree would refuse it): the link goes, never its target
                 leftover.unlink()
-            else:
+            elif manifest.read(leftover) is None:  # a killed run's staging folder: all of it the run's
                 shutil.rmtree(leftover, ignore_errors=True)
+            else:  # a previous set, exchanged out by a run killed before it removed it
+                self._drop_previous(leftover)
 
 
 def _holder(fd: int) -> str:
