@@ -338,7 +338,6 @@ def report_cmd(
         raise UsageError(f"{path}: cannot read the report: {exc}") from None
     if html:
         from harness.report.html import write_html
-
         from harness.safety import manifest
 
         written = write_html(path.parent, data)
