@@ -1,1 +1,2 @@
-"""Framework workers. Each subpackage imports exactly one framework; nothing here imports either."""
+"""Workers. Each framework subpackage imports exactly one framework, data/ (the pair's make_batch)
+neither; nothing here imports either."""

@@ -17,6 +17,7 @@ class TrainOps:
         a DataParallel group and batches are its shards (the framework averages the gradients)."""
         if parallel and self._parallel is None:
             self._parallel = self.data_parallel(self.model)
+            self.progress(0, len(batches))  # joined: from here on the coordinator times a step, not start-up
         self._forward_model = self._parallel if parallel else None
         try:
             result, grads = self._steps(batches, mode, self._config(overrides), total_steps)

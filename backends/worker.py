@@ -13,14 +13,40 @@ import time
 import traceback
 import warnings
 
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 
-def die_with_parent() -> None:
-    """Linux: the kernel kills this process when its parent dies, so no worker is ever orphaned."""
+
+def _prctl(option: int, value: int) -> None:
     if sys.platform.startswith("linux"):
         try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value)
         except OSError:
             pass
+
+
+def die_with_parent(parent: int | None) -> None:
+    """Linux: the kernel kills this process when its parent dies, so no worker is ever orphaned.
+    The signal is armed only for a parent alive when it is set: one that died during the spawn
+    (a SIGKILLed coordinator) shows as another parent pid, and the worker leaves at once."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    orphaned(parent)
+
+
+def orphaned(parent: int | None) -> None:
+    """Leave now, running nothing more, when the coordinator that started this worker is gone."""
+    if parent is not None and os.getppid() != parent:
+        os._exit(0)
+
+
+def reap_for_the_run(tag: str | None) -> None:
+    """Every process this worker's code starts stays below it, even one that leaves its process
+    group and double-forks (child subreaper: orphans come here, not to init), so the coordinator
+    finds the whole tree when it ends the run; and each carries the run's tag ("NAME=value") in
+    its environment, so it is found even after this worker is gone (harness/workers/reaping.py)."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    if tag:
+        name, _, value = tag.partition("=")
+        os.environ[name] = value
 
 
 def configure_environment(options: dict) -> None:
@@ -80,34 +106,47 @@ def enable_fault_reports(path: str | None) -> None:
 
 # A tiny process in the worker's group that outlives the worker by a moment: the kernel kills the
 # worker outright (SIGKILL) when the coordinator dies, so nothing in the worker can end what the
-# pair's code started; this one gets SIGTERM when the worker dies and ends the whole group, itself too.
+# pair's code started; this one gets SIGTERM when the worker dies and ends every process carrying
+# the run's tag (those that left the group too), then the whole group, itself too.
 GUARDIAN = """
 import ctypes, os, signal, sys
-group, worker = int(sys.argv[1]), int(sys.argv[2])
-signal.signal(signal.SIGTERM, lambda *_: os.killpg(group, signal.SIGKILL))
+group, worker, tag = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode()
+
+def end(*_):
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if tag and tag in f.read().split(b"\\0"):
+                    os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os.killpg(group, signal.SIGKILL)
+
+signal.signal(signal.SIGTERM, end)
 try:
     ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: told when the worker dies
 except OSError:
     sys.exit(0)  # no glibc: no guardian (close() still ends the group, short of a SIGKILLed coordinator)
 if os.getppid() != worker:
-    os.killpg(group, signal.SIGKILL)  # it died before the line above
+    end()  # it died before the line above
 while True:
     signal.pause()
 """
 
 
-def start_guardian() -> None:
+def start_guardian(tag: str | None) -> None:
     if sys.platform.startswith("linux"):
         import subprocess
 
-        subprocess.Popen([sys.executable, "-I", "-S", "-c", GUARDIAN, str(os.getpgrp()), str(os.getpid())],
+        subprocess.Popen([sys.executable, "-I", "-S", "-c", GUARDIAN, str(os.getpgrp()), str(os.getpid()), tag or ""],
                          stdin=subprocess.DEVNULL, close_fds=True)
 
 
 def main(framework: str, conn, options: dict) -> None:
-    die_with_parent()
+    die_with_parent(options.get("parent"))
     os.setpgrp()  # a group of its own: close() ends whatever the user's code started along with it
-    start_guardian()
+    reap_for_the_run(options.get("run_tag"))
+    start_guardian(options.get("run_tag"))
     # a background group writing to a terminal with `stty tostop` would be stopped: write anyway
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
@@ -166,6 +205,7 @@ def serve(framework: str, conn, options: dict) -> None:
             return
         if msg is None:
             return
+        orphaned(options.get("parent"))  # the coordinator died since: no more of the pair's code runs
         start = time.perf_counter()
         cores.busy(True)
         try:

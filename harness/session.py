@@ -23,6 +23,8 @@ from harness.workers.protocol import SIDES, Op, Request
 
 STARTUP_HINT = ("start-up: spawn, framework import, the pair's build, joining the ranks; "
                 "raise --startup-timeout if that is just slow")
+# joining the ranks' process groups is start-up; each worker's deadline is a step's once it has joined
+JOINING = "start-up; raise --startup-timeout if that is just slow"
 ADAPTIVE = ("adam", "adamw", "pair")  # a pair's own optimizer is unknown: treated as adaptive
 
 
@@ -67,13 +69,27 @@ def worker_specs(opts: RunOptions, layout: ranks.Layout, names: dict) -> list:
     return specs
 
 
+def _batches(cfg: RunConfig, opts: RunOptions) -> BatchSource:
+    return BatchSource(cfg, timeout=opts.timeout, startup_timeout=opts.startup_timeout)
+
+
+def _deadline(opts: RunOptions, *, starting: bool, joining: bool) -> dict:
+    """A submission's deadline: start-up's for the set-up, and for each rank until it reports it
+    joined its process group (then a step's); a step's for the rest."""
+    if starting:
+        return {"timeout": opts.startup_timeout, "hint": STARTUP_HINT}
+    if joining:
+        return {"until_progress": (opts.startup_timeout, JOINING, "while joining the ranks")}
+    return {}
+
+
 class Session:
     """Both workers up, weights shared, then any sequence of checks (harness/checks/)."""
 
     def __init__(self, cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lambda msg: None,
                  *, writer: ArtifactWriter | None = None):
         self.cfg, self.options, self.progress = cfg, opts, progress
-        self.data = BatchSource(cfg)
+        self.data = _batches(cfg, opts)
         self.root_writer = self.writer = writer or ArtifactWriter(opts.out_dir)  # writer: the current precision's
         self.plan: weights.Plan | None = None
         self.initial_torch: dict = {}
@@ -99,9 +115,8 @@ class Session:
         # process groups (the first data-parallel call: rendezvous, gloo/nccl set-up) is start-up too
         joining = not self._joined and any(r.kwargs.get("parallel") for r in requests.values())
         self._joined = self._joined or joining
-        if self._starting or joining:
-            return self.group.submit(requests, label=label, timeout=self.options.startup_timeout, hint=STARTUP_HINT)
-        return self.group.submit(requests, label=label)
+        return self.group.submit(requests, label=label, **_deadline(self.options, starting=self._starting,
+                                                                    joining=joining))
 
     @staticmethod
     def for_both(op: Op, **kwargs) -> dict:
@@ -121,14 +136,17 @@ class Session:
 
     # ------------------------------------------------------------------ set-up
     def start(self) -> None:
-        self.data.batch(0)  # a broken make_batch is a usage error: find it before any process starts
+        # the pair's import and make_batch in the data worker: a broken one is a usage error, found
+        # before any framework worker starts
+        self.data.batch(0)
         self.progress("starting the torch and paddle workers")
         self.group.start()
         self._setup()
 
     def use(self, cfg: RunConfig) -> None:
         """The same workers serve another pair: both models rebuilt, weights shared again."""
-        self.cfg, self.data = cfg, BatchSource(cfg)
+        self.data.close()
+        self.cfg, self.data = cfg, _batches(cfg, self.options)
         self._setup()
 
     def use_precision(self, precision: str) -> None:
@@ -232,7 +250,10 @@ class Session:
         return {"state": self.plan.to_paddle(torch_state), "raw": False}
 
     def close(self) -> None:
-        self.group.close()
+        try:
+            self.group.close()
+        finally:
+            self.data.close()
 
     # ------------------------------------------------------------------ what the checks read
     @property

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from backends.worker import enable_fault_reports
-from harness.workers.protocol import Failure, Op, Reply
+from harness.workers.protocol import Failure, Op, Progress, Reply
 
 
 def main(framework, conn, options):
@@ -29,6 +29,10 @@ def main(framework, conn, options):
     elif behaviour == "answer":  # a healthy worker: answers, then waits for the next request
         conn.send(Reply("done", 0.0))
         time.sleep(30)
+    elif behaviour == "joins_then_hangs":  # a rank that joins its process group, then hangs in a step
+        time.sleep(0.5)
+        conn.send(Progress(0, 3))
+        hang_here()
     elif behaviour == "child":  # starts a process of its own (as user code may), then hangs
         subprocess.Popen(["sleep", "600"])
         hang_here()

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORK_MODULES = ("torch", "paddle", "reprod_log")
 # what backends/ may import from harness/: framework-free leaves with no dependency on a run
 BACKEND_MAY_IMPORT = {"harness.workers.protocol", "harness.pair.loader", "harness.pair.stubs",
-                      "harness.config.optim_table", "harness.safety.safeload", "harness.safety.bounded"}
+                      "harness.config.optim_table", "harness.safety.safeload", "harness.safety.bounded",
+                      "harness.pair.making"}
 # the modules at the top of harness/: the run itself (they may import any room) and its errors
 TOP_LEVEL = {"harness", "harness.__main__", "harness.api", "harness.cli", "harness.coordinator",
              "harness.errors", "harness.pytest_plugin", "harness.session"}

@@ -3,6 +3,7 @@
 The CLI runs what a user runs (zoo mlp, exit codes, stray processes); the cases that need no
 separate process tree share one 2-rank session (4 workers), each case rebuilding both models."""
 
+import time
 import uuid
 
 import numpy as np
@@ -142,6 +143,30 @@ def test_rank_failure_exits_3_without_strays(make_pair, tmp_path, side, action, 
     assert not (tmp_path / "o" / "report.json").exists()
     started = [int(p.name) for p in pids.iterdir()]
     assert len(started) == 4  # both ranks of both frameworks ran, carrying the tag the scan looks for
+    assert tagged_processes(tag) == []
+
+
+@pytest.mark.e2e
+def test_a_rank_hanging_in_a_step_meets_the_step_deadline_naming_the_phase(make_pair, tmp_path):
+    """Joining the ranks is start-up, but a step after it is a step: --timeout applies there, and
+    the message says which phase hung (not start-up)."""
+    rank_var, wrapper = WRAPPERS["torch"]
+    source = RANK_FAILURE.format(side="torch", rank_var=rank_var, wrapper=wrapper, action="__import__('time').sleep(600)")
+    toml = make_pair(source, '[data]\ninputs = ["x"]\n', name="rankhang")
+    pids, tag = tmp_path / "pids", uuid.uuid4().hex
+    pids.mkdir()
+    start = time.monotonic()
+    proc = cli("run", toml, "--nprocs", "2", "--checks", "backward", "--out", tmp_path / "o", "--timeout", "10",
+               env={"REPROD_TEST_TAG": tag, "REPROD_PID_DIR": str(pids)}, timeout=150)
+    took = time.monotonic() - start
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "torch.1" in last and "no answer to 'backward' in step 1 of 5 within 10 s (raise --timeout" in last, last
+    assert "start-up" not in last and "joining" not in last
+    assert took < 90, f"{took:.0f} s"
+    deadline = time.monotonic() + 5
+    while tagged_processes(tag) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert tagged_processes(tag) == []
 
 

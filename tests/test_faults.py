@@ -430,10 +430,11 @@ def _mount_tmpfs(where: Path, options: str) -> Path:
 
 @pytest.fixture
 def full_disk(tmp_path):
-    """A tiny tmpfs with 16 KiB left: the first artifacts fit, the rest do not."""
+    """A tiny tmpfs with 20 KiB left: a previous set (4 pages, its manifest one), the lock and the
+    first artifacts fit, the rest do not."""
     mount = _mount_tmpfs(tmp_path / "disk", "size=256k")
     try:
-        (mount / "filler").write_bytes(b"\0" * (240 * 1024))
+        (mount / "filler").write_bytes(b"\0" * (236 * 1024))
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=False)
@@ -547,6 +548,28 @@ def test_a_timeout_blames_only_the_silent_worker_and_shows_where_it_was(monkeypa
     assert "paddle worker was here when it did not answer" in err.remote_traceback
     assert 'fake_workers.py", line' in err.remote_traceback and "in hang_here" in err.remote_traceback
     assert _settled(tag) == []  # the `sleep` the worker started went with its group
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("behaviour,expect", [
+    ("joins_then_hangs", "no answer to 'train' in step 1 of 3 within 2 s (raise --timeout if the model is just slow)"),
+    ("never_joins", "no answer to 'train' while joining the ranks within 6 s (start-up; raise --startup-timeout"),
+])
+def test_joining_the_ranks_is_start_up_and_a_step_after_it_is_a_step(behaviour, expect):
+    """The first data-parallel call has start-up's limit only until each rank reports it joined."""
+    from harness.workers.protocol import Op, Request
+
+    group = _fake_group({"torch": behaviour}, timeout=2)
+    start = time.monotonic()
+    try:
+        with pytest.raises(WorkerError) as info:
+            group.submit({"torch": Request(Op.TRAIN)}, until_progress=(
+                6, "start-up; raise --startup-timeout if that is just slow", "while joining the ranks")).wait()
+    finally:
+        group.close()
+    assert str(info.value).startswith(f"torch worker: {expect}"), str(info.value)
+    took = time.monotonic() - start
+    assert (2.5 <= took < 6) if behaviour == "joins_then_hangs" else took >= 6
 
 
 @pytest.mark.e2e

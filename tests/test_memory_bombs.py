@@ -164,18 +164,21 @@ def test_real_files_stay_well_inside_their_budget(tmp_path):
 # ---------------------------------------------------------------------------- peak memory, end to end
 
 MEASURE = """
-import json, resource, signal, sys
+import json, resource, sys, tracemalloc
 from typer.testing import CliRunner
 from harness.cli import app
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tracemalloc.start()
 result = CliRunner().invoke(app, sys.argv[1:])
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"code": result.exit_code, "output": result.output, "grew_kb": after - before}))
+allocated = tracemalloc.get_traced_memory()[1]
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"code": result.exit_code, "output": result.output, "grew_kb": grew, "allocated_kb": allocated // 1024}))
 """
 
 
 def measured(*args) -> dict:
-    """The CLI in a fresh interpreter (everything it imports loaded first), with its peak RSS growth."""
+    """The CLI in a fresh interpreter (what it imports loaded first): its peak RSS growth and the
+    most Python and numpy memory it held at once (tracemalloc: allocated, touched or not)."""
     warm = "import harness.report.compare, harness.session, harness.coordinator, harness.mapping.checkpoints\n"
     proc = subprocess.run([sys.executable, "-c", warm + MEASURE, *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
@@ -183,30 +186,33 @@ def measured(*args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-ENTRIES = {
-    "compare": lambda f: ("compare", f, f),
-    "--benchmark": lambda f: ("run", "--zoo", "mlp", "--benchmark", f, "--out", f.parent / "out"),
-    "--weights .pdparams": lambda f: ("run", "--zoo", "mlp", "--weights", f, "--out", f.parent / "out"),
-    "--weights .pt": lambda f: ("run", "--zoo", "mlp", "--weights", f, "--out", f.parent / "out"),
-}
+def _file(tmp_path, kind: str, bomb: str):
+    if kind == "npy":
+        path, data = tmp_path / "bomb.npy", npy_of(in_dict(BOMBS[bomb]))
+    elif kind == "pdparams":
+        path, data = tmp_path / "bomb.pdparams", in_dict(BOMBS[bomb])
+    else:
+        path, data = tmp_path / "bomb.pt", TORCH_BOMBS[bomb]
+    path.write_bytes(data)
+    return path
+
+
+CASES = [("compare", "npy", b) for b in ("bytes(1e9)", "object array of 1e8 from []")] + \
+        [("--benchmark", "npy", b) for b in ("bytes(1e9)", "object array of 1e8 from []")] + \
+        [("--weights", "pdparams", b) for b in ("bytes(1e9)", "object array of 1e8 from []", "BINBYTES8 of 1 TB")] + \
+        [("--weights", "pt", b) for b in TORCH_BOMBS]
 
 
 @pytest.mark.e2e  # no worker starts (that is the point), but each case is a fresh interpreter
-@pytest.mark.parametrize("entry", list(ENTRIES))
-@pytest.mark.parametrize("bomb", ["bytes(1e9)", "object array of 1e8 from []", "BINBYTES8 of 1 TB"])
-def test_no_small_file_makes_the_harness_allocate_more_than_a_few_megabytes(tmp_path, entry, bomb):
-    if entry == "--weights .pt":
-        path = tmp_path / "bomb.pt"
-        path.write_bytes(torch_zip(in_dict(BOMBS[bomb])))
-    elif entry == "--weights .pdparams":
-        path = tmp_path / "bomb.pdparams"
-        path.write_bytes(in_dict(BOMBS[bomb]))
-    else:
-        path = tmp_path / "bomb.npy"
-        path.write_bytes(npy_of(in_dict(BOMBS[bomb])))
+@pytest.mark.parametrize("entry,kind,bomb", CASES, ids=[f"{e} .{k}: {b}" for e, k, b in CASES])
+def test_no_small_file_makes_the_harness_allocate_more_than_a_few_megabytes(tmp_path, entry, kind, bomb):
+    path = _file(tmp_path, kind, bomb)
     assert path.stat().st_size < 600
-    got = measured(*ENTRIES[entry](path))
+    args = (("compare", path, path) if entry == "compare" else
+            ("run", "--zoo", "mlp", entry, path, "--out", tmp_path / "out"))
+    got = measured(*args)
     lines = [line for line in got["output"].splitlines() if line.strip()]
     assert got["code"] == 2 and len(lines) == 1 and lines[0].startswith(f"error: {path}"), got["output"]
     assert "starting the torch and paddle workers" not in got["output"]
     assert got["grew_kb"] < 4096, f"peak RSS grew by {got['grew_kb']} kB"
+    assert got["allocated_kb"] < 4096, f"{got['allocated_kb']} kB allocated at the peak"

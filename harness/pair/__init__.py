@@ -3,7 +3,8 @@ and the data made from it once for both sides.
 
   loader.py   importing the pair module (and which libraries a process must not load)
   stubs.py    stand-ins for a framework a process does not hold
-  batches.py  every make_batch batch made once, from the run seed, in the coordinator
+  making.py   make_batch run and each batch checked, in the data worker (never in the coordinator)
+  batches.py  every batch made once, from the run seed, asked of the data worker and kept
 
-May import: harness.errors, harness.config
+May import: harness.errors, harness.config, harness.workers
 """

@@ -1,73 +1,81 @@
-"""The coordinator's data: every batch made once, from the run seed, and shared by both sides."""
+"""The coordinator's data: every batch made once, from the run seed, and shared by both sides.
+
+The pair's make_batch runs in a data worker of its own (harness/pair/making.py in
+backends/data/runner.py), never in the coordinator: so the pair module's import and make_batch
+run under the deadlines every worker has (the import and the first batch within
+--startup-timeout, every later batch within --timeout), a hang shows the stack it hung at, and
+whatever they start ends with the run (a process group, and the tree below the worker)."""
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
 from harness.config.schema import RunConfig
 from harness.errors import UsageError
-from harness.pair import loader, stubs
+from harness.workers.process import WorkerGroup, WorkerSpec
+from harness.workers.protocol import DataOp, Request, SharedArray
 
-WHERE = "coordinator (which makes the data with numpy only)"
+DATA = "data"  # the data worker's name in messages: "data worker: no answer to ..."
+STARTUP_HINT = "start-up; raise --startup-timeout if that is just slow"
+BATCH_HINT = "raise --timeout if make_batch is just slow"
 
 
 class BatchSource:
     """make_batch(rng, step) of the pair, each step with its own generator so a batch does not
-    depend on which checks ran before it."""
+    depend on which checks ran before it. The data worker starts on first use; close() ends it."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, *, timeout: float = 900.0, startup_timeout: float = 900.0):
         self.cfg = cfg
-        self._guard = functools.partial(stubs.absent, loader.blocked_roots(None), WHERE)
-        module = loader.load(cfg.pair, keep=None, where=WHERE, guard=self._guard)
-        loader.require(module, cfg.pair, ["build_torch", "build_paddle", "make_batch"])
-        self._make = module.make_batch
-        self._module = module
+        self.timeout, self.startup_timeout = timeout, startup_timeout
+        self._group: WorkerGroup | None = None
+        self._defined: list | None = None
         self._cache: dict[int, dict] = {}
 
+    def start(self) -> None:
+        """The data worker up and the pair module imported there (a usage error if it fails)."""
+        if self._group is not None:
+            return
+        self._group = WorkerGroup([WorkerSpec(DATA, {"threads": 1}, framework=DATA)], self.timeout)
+        self._group.start()
+        wire = {"pair": str(self.cfg.pair), "source": str(self.cfg.source), "seed": self.cfg.data.seed,
+                "needed": list(self.cfg.data.inputs or []) + list(self.cfg.data.labels)}
+        self._defined = self._ask(DataOp.LOAD_PAIR, wire, f"import of {self.cfg.pair.name}", self.startup_timeout,
+                                  STARTUP_HINT)
+
     def defines(self, name: str) -> bool:
-        """Whether the pair module defines a function `name` (as the coordinator loads it, stubbed)."""
-        return callable(getattr(self._module, name, None))
+        """Whether the pair module defines a function `name` (as the data worker loads it, stubbed)."""
+        self.start()
+        return name in self._defined
 
     def batch(self, step: int) -> dict:
         if step not in self._cache:
-            self._cache[step] = self._call(step)
+            self.start()
+            first = not self._cache  # made at start-up, and it may warm the pair's own caches
+            self._cache[step] = self._ask(DataOp.MAKE_BATCH, {"step": step}, f"make_batch(step={step})",
+                                          self.startup_timeout if first else self.timeout,
+                                          STARTUP_HINT if first else BATCH_HINT)
         return self._cache[step]
 
     def batches(self, steps) -> list:
         return [self.batch(s) for s in steps]
 
-    def _call(self, step: int) -> dict:
-        rng = np.random.default_rng([self.cfg.data.seed, step])
-        where = f"{self.cfg.pair}: make_batch(rng, step={step})"
-        try:
-            with self._guard():
-                batch = self._make(rng, step)
-        except Exception as exc:
-            raise UsageError(f"{where} raised {type(exc).__name__}: {exc}", loader.user_traceback(exc)) from None
-        if not isinstance(batch, dict) or not batch:
-            raise UsageError(f"{where} must return a non-empty dict of numpy arrays, got {type(batch).__name__}")
-        out = {}
-        for key, value in batch.items():
-            if stubs.is_absent(value) or not isinstance(value, (np.ndarray, np.generic)):
-                raise UsageError(
-                    f"{where} returned '{key}' as {type(value).__name__}; make_batch must return numpy "
-                    "arrays (the coordinator never loads torch or paddle)"
-                )
-            arr = np.ascontiguousarray(value)
-            if arr.dtype == np.float64:
-                # float64 inputs silently make torch compute in double and paddle in float32
-                raise UsageError(f"{where} returned '{key}' as float64: use float32 (or cast explicitly)")
-            out[str(key)] = arr
-        self._check_keys(out, where)
-        return out
+    def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
+            self._group = None
 
-    def _check_keys(self, batch: dict, where: str) -> None:
-        needed = list(self.cfg.data.inputs or []) + list(self.cfg.data.labels)
-        missing = [k for k in needed if k not in batch]
-        if missing:
-            raise UsageError(
-                f"{where} returned keys {sorted(batch)}, but [data] inputs/labels name {missing}"
-                f" (file {self.cfg.source})"
-            )
+    def _ask(self, op: DataOp, kwargs: dict, label: str, timeout: float, hint: str):
+        reply = self._group.call({DATA: Request(op, kwargs)}, timeout=timeout, hint=hint, label=label)[DATA]
+        if "error" in reply:
+            raise UsageError(reply["error"], reply["detail"])
+        return _arrays(reply["value"])
+
+
+def _arrays(value):
+    """A batch's large arrays come through shared memory: read into the coordinator's own memory,
+    since a batch is sliced into shards and kept for the run (its file goes with the handle)."""
+    if isinstance(value, SharedArray):
+        return np.array(value.load())
+    if isinstance(value, dict):
+        return {k: _arrays(v) for k, v in value.items()}
+    return value

@@ -6,6 +6,7 @@ it holds nothing but a run's own files.
   safeload.py    a restricted unpickler: numpy arrays, dtypes, scalars and plain containers only
   picklescan.py  checkpoints walked dry (no tensor built) against an allow-list and their own sizes
   outdir.py      --out: checked, locked, staged, replaced atomically
+  manifest.py    what a run wrote, listed last: the proof that lets a folder be replaced, file by file
 
 May import: harness.errors
 """

@@ -159,9 +159,13 @@ class OutFolder:
             if _same_file(fd, path):  # else a finishing holder removed it after our open: lock the new one
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # a full disk: not even the pid fits
+            self._unlock()
+            raise UsageError(f"--out {self.path}: cannot write the lock {path}: {exc.strerror}") from None
 
     def _unlock(self) -> None:
         if self._lock_fd is None:

@@ -3,6 +3,7 @@ Framework-free: a worker is started by module name (backends.worker), never impo
 
   protocol.py  the ops, requests, replies and arrays in shared memory (also read by backends/)
   process.py   a worker group: start, submit, wait on pipes and sentinels, close for sure
+  reaping.py   every process below the workers (or carrying the run's tag) found and ended at close
   ranks.py     data-parallel layouts: ranks, devices, ports, the rank environment, batch shards
   doctor.py    what each framework sees in a fresh process (versions, CUDA, devices)
 

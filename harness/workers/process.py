@@ -20,6 +20,7 @@ import multiprocess as mp
 from multiprocess.connection import wait
 
 from harness.errors import RemoteTraceback, UsageError, WorkerError
+from harness.workers import reaping
 from harness.workers.protocol import (
     Failure,
     Progress,
@@ -75,15 +76,17 @@ def _main_module_hidden():
 
 
 class _Worker:
-    def __init__(self, ctx, spec: WorkerSpec, shm_dir, working, slot: int):
+    def __init__(self, ctx, spec: WorkerSpec, shm_dir, working, slot: int, tag: str):
         self.name, self.framework = spec.name, spec.framework or spec.name
         self.fault_file = Path(shm_dir) / f"faults-{spec.name}.txt"  # the worker's faulthandler output
         self.conn, child = ctx.Pipe()
         # working[slot]: whether this worker has work now; each worker reads them all to size its
         # share of the cores (backends/worker.CoreShare)
         self.slot = slot
+        # parent: a worker whose coordinator is gone runs nothing (backends/worker.orphaned); run_tag:
+        # what each process it starts carries, so the run ends them all (harness/workers/reaping.py)
         options = dict(spec.options, shm_dir=str(shm_dir), fault_file=str(self.fault_file), working=working,
-                       slot=slot)
+                       slot=slot, parent=os.getpid(), run_tag=tag)
         self.process = ctx.Process(
             target=_enter,
             args=(spec.entry, self.framework, child, options),
@@ -96,6 +99,7 @@ class _Worker:
         self.seconds = 0.0
         self.inflight: collections.deque = collections.deque()  # (submission, op) in the order sent
         self.active_since = time.monotonic()  # when its current op started, or it last showed progress
+        self.steps: tuple | None = None  # (done, total) its current op last reported, None before any
         # A worker busy with an earlier op reads no request while its reply may fill the other
         # direction of the pipe: sending from this thread keeps the coordinator free (no deadlock).
         self.outbox: queue.Queue = queue.Queue()
@@ -120,10 +124,21 @@ class Submission:
     before this one is waited for: each worker serves its requests in order, running ahead."""
 
     def __init__(self, group: "WorkerGroup", requests: dict, packed: list, *, timeout: float, hint: str,
-                 label: str | None):
+                 label: str | None, until_progress: tuple | None = None):
         self.group, self.requests, self._packed = group, requests, packed  # files live until answered
         self.timeout, self.hint, self.label = timeout, hint, label  # a deadline per op of its workers
+        # (limit, hint, phase) for each worker until its first progress report (joining the ranks is
+        # start-up; the steps after it are steps)
+        self.until_progress = until_progress
         self.results: dict = {}
+
+    def deadline(self, worker: "_Worker") -> tuple:
+        """(limit, hint, phase) that applies to the worker's current op now."""
+        if self.until_progress is not None and worker.steps is None:
+            return self.until_progress
+        done, total = worker.steps or (None, None)
+        phase = None if done is None else f"in step {done + 1} of {total}" if done < total else "after its last step"
+        return self.timeout, self.hint, phase
 
     @property
     def done(self) -> bool:
@@ -151,6 +166,7 @@ class WorkerGroup:
         self._working = None
         self.on_progress = None  # (worker name, op, done, total) -> None
         self.warnings: dict = {}  # warning text -> the first worker that raised it
+        self.tag: str | None = None  # in the environment of every process the workers start
 
     @property
     def names(self) -> list:
@@ -160,12 +176,13 @@ class WorkerGroup:
         ctx = mp.get_context("spawn")  # never fork: CUDA and thread pools do not survive it
         sweep_stale_shm_dirs()
         self.shm_dir = make_shm_dir()
+        self.tag = reaping.new_tag()
         # every worker has work from its start (its framework's import); kept: its memory must
         # outlive the children's start
         self._working = ctx.RawArray("b", [1] * len(self.specs))
         try:
             for slot, spec in enumerate(self.specs):
-                self.workers[spec.name] = _Worker(ctx, spec, self.shm_dir, self._working, slot)
+                self.workers[spec.name] = _Worker(ctx, spec, self.shm_dir, self._working, slot, self.tag)
         except BaseException:
             self.close()
             raise
@@ -177,16 +194,18 @@ class WorkerGroup:
         return self.submit(requests, timeout=timeout, hint=hint, label=label).wait()
 
     def submit(self, requests: dict[str, Request], *, label: str | None = None, timeout: float | None = None,
-               hint: str = TIMEOUT_HINT) -> Submission:
-        """label names the work in progress reports (a check's name) instead of the op."""
+               hint: str = TIMEOUT_HINT, until_progress: tuple | None = None) -> Submission:
+        """label names the work in progress reports (a check's name) instead of the op; until_progress
+        is the (limit, hint, phase) of each worker's op until it first reports progress."""
         packed = [own(self._pack(req.kwargs)) for req in requests.values()]
-        submission = Submission(self, requests, packed, timeout=timeout or self.timeout, hint=hint, label=label)
+        submission = Submission(self, requests, packed, timeout=timeout or self.timeout, hint=hint, label=label,
+                                until_progress=until_progress)
         for name in requests:  # all marked before any is sent: see backends/worker.CoreShare
             self._working[self.workers[name].slot] = 1
         for (name, req), kwargs in zip(requests.items(), packed):
             worker = self.workers[name]
             if not worker.inflight:
-                worker.active_since = time.monotonic()
+                worker.active_since, worker.steps = time.monotonic(), None
             worker.inflight.append((submission, req.op))
             worker.outbox.put(Request(req.op, kwargs))
         return submission
@@ -205,13 +224,13 @@ class WorkerGroup:
         first), or raise for the first that died, failed or ran past its deadline."""
         handles = {w.conn: w for w in busy}
         handles.update({w.process.sentinel: w for w in busy})
-        left = min(w.active_since + w.inflight[0][0].timeout for w in busy) - time.monotonic()
+        left = min(w.active_since + w.inflight[0][0].deadline(w)[0] for w in busy) - time.monotonic()
         ready_now = wait(list(handles), timeout=max(left, 0.0))
         if not ready_now:  # a reply that came at the deadline was read first: only the silent are blamed
             now = time.monotonic()
-            late = [w for w in busy if now - w.active_since >= w.inflight[0][0].timeout] or busy
-            current = late[0].inflight[0]
-            raise timed_out(late, current[0].label or current[1], current[0].timeout, current[0].hint)
+            late = [w for w in busy if now - w.active_since >= w.inflight[0][0].deadline(w)[0]] or busy
+            submission, op = late[0].inflight[0]
+            raise timed_out(late, submission.label or op, *submission.deadline(late[0]))
         for ready in ready_now:
             worker = handles[ready]
             submission, op = worker.inflight[0]
@@ -221,7 +240,7 @@ class WorkerGroup:
                 raise self._root_cause(err, worker, busy, op)
             if value is not _PROGRESS:
                 worker.inflight.popleft()
-                worker.active_since = time.monotonic()
+                worker.active_since, worker.steps = time.monotonic(), None
                 submission.results[worker.name] = value
             return
 
@@ -242,7 +261,7 @@ class WorkerGroup:
         if msg is None:
             _raise_dead(worker, op)
         if isinstance(msg, Progress):
-            worker.active_since = time.monotonic()
+            worker.active_since, worker.steps = time.monotonic(), (msg.done, msg.total)
             if self.on_progress is not None:
                 self.on_progress(worker.name, worker.inflight[0][0].label or op, msg.done, msg.total)
             return _PROGRESS
@@ -301,8 +320,9 @@ class WorkerGroup:
 
     def close(self, graceful: bool = True) -> None:
         """Ask politely (graceful), then SIGTERM each worker's process group, then kill; never
-        leaves a child behind, nor a process the pair's code started."""
+        leaves a child behind, nor a process the pair's code started (harness/workers/reaping.py)."""
         workers = list(self.workers.values())
+        family = reaping.family(w.process.pid for w in workers)  # before any is stopped: all still below one
         for w in workers:
             w.outbox.put(None if graceful and w.process.is_alive() else _STOP)  # None: the shutdown request
         deadline = time.monotonic() + (CLOSE_GRACE_S if graceful else 0.0)
@@ -320,6 +340,7 @@ class WorkerGroup:
             _signal_group(w, signal.SIGKILL)  # what the user's code started (a server, a data loader) ends too
             w.outbox.put(_STOP)
             w.conn.close()
+        reaping.end(family, self.tag)  # what left the groups: daemons, and what outlived a dead worker
         self.workers.clear()
         if self.shm_dir:
             shutil.rmtree(self.shm_dir, ignore_errors=True)
@@ -376,8 +397,9 @@ def _fault_size(worker: _Worker) -> int:
         return 0
 
 
-def timed_out(silent: list, op: str, limit: float, hint: str) -> WorkerError:
-    """The workers that did not answer, blamed with the stack each was in (faulthandler on SIGUSR1)."""
+def timed_out(silent: list, op: str, limit: float, hint: str, phase: str | None = None) -> WorkerError:
+    """The workers that did not answer, blamed with the stack each was in (faulthandler on SIGUSR1)
+    and the phase of their op that hung (joining the ranks, a step)."""
     sizes = {w.name: _fault_size(w) for w in silent}
     for w in silent:
         with contextlib.suppress(OSError):
@@ -388,7 +410,8 @@ def timed_out(silent: list, op: str, limit: float, hint: str) -> WorkerError:
     time.sleep(0.05)  # the dump is written in pieces: let the last one land
     stacks = [f"{w.name} worker was here when it did not answer:\n{text}" for w in silent
               if (text := read_faults(w, sizes[w.name]).strip())]
-    return WorkerError(", ".join(w.name for w in silent), f"no answer to '{op}' within {limit:.0f} s ({hint})",
+    during = f" {phase}" if phase else ""
+    return WorkerError(", ".join(w.name for w in silent), f"no answer to '{op}'{during} within {limit:.0f} s ({hint})",
                        "\n".join(stacks) + "\n" if stacks else None)
 
 

@@ -47,6 +47,16 @@ class Op(str, Enum):
         return self.value
 
 
+class DataOp(str, Enum):
+    """What the coordinator asks of the data worker, the process that runs the pair's make_batch."""
+
+    LOAD_PAIR = "load_pair"  # import the pair module, both frameworks stood in
+    MAKE_BATCH = "make_batch"  # one batch, made and checked
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class Request:
     op: Op

@@ -1,0 +1,1 @@
+"""The data worker: the pair's make_batch in a process of its own, with neither framework."""
