@@ -142,9 +142,10 @@ def _layout(cfg, *, nprocs, devices, placement, nnodes, node_rank, master, ips):
                   ips=tuple(a.strip() for a in ips.split(",")) if ips else ())
 
 
-TIMEOUT_HELP = "Seconds any single step may take before the workers are stopped (exit 3)."
-STARTUP_HELP = ("Seconds the start-up may take (spawn, framework import, the pair's build, weights shared) "
-                "before the workers are stopped (exit 3); apart from --timeout.")
+TIMEOUT_HELP = "Seconds any single step (or make_batch after the first) may take before the workers are stopped (exit 3)."
+STARTUP_HELP = ("Seconds the start-up may take (the pair's import and first batch, spawn, framework import, the "
+                "pair's build, weights shared, joining the ranks) before the workers are stopped (exit 3); apart "
+                "from --timeout.")
 
 
 @app.command()

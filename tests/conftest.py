@@ -43,6 +43,11 @@ def tagged_processes(tag: str) -> list:
     return found
 
 
+def line_of(source: str, snippet: str) -> int:
+    """The line of a pair's source text that holds snippet (as a traceback numbers it)."""
+    return next(i for i, line in enumerate(source.splitlines(), 1) if snippet in line)
+
+
 def report(out_dir: Path) -> dict:
     return json.loads((Path(out_dir) / "report.json").read_text())
 

@@ -60,7 +60,7 @@ HOSTILE_CONFIGS = {
     "a 20 MB value": (f"name = '{BIG}'\n", "pair.toml:2: name: expected a simple name"),
     "a 2 MB key": (f"{LONG} = 1\n", "... (2000000 characters): unknown key 'aaaa"),
     "a 2 MB choice": (f"[loss]\nkind = '{LONG}'\n", "pair.toml:3: loss.kind: 'aaaa"),
-    "a line break in a value": ("[loss]\nkind = 'a\\nb'\n", "loss.kind: 'a\\nb' is not one of"),
+    "a line break in a value": ('[loss]\nkind = "a\\nb"\n', "loss.kind: 'a\\nb' is not one of"),
 }
 
 

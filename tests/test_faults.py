@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import ROOT, cli, tagged_processes
+from conftest import ROOT, cli, line_of, tagged_processes
 from harness.checks.common import judge
 from harness.cli import app
 from harness.config import parse
@@ -697,8 +697,7 @@ TOML = '[data]\ninputs = ["x"]\neval_batches = 1\n[loss]\nkind = "pair"\n[metric
 
 
 def _line(snippet: str) -> int:
-    """The line of pair.py that holds snippet (the file is PAIR as written)."""
-    return next(i for i, line in enumerate(PAIR.splitlines(), 1) if snippet in line)
+    return line_of(PAIR, snippet)
 
 
 @pytest.fixture

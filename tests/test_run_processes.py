@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, cli, tagged_processes
+from conftest import ROOT, cli, line_of, tagged_processes
 
 PAIR = '''
 import os, subprocess, sys, time
@@ -70,10 +70,6 @@ def make_batch(rng, step):
 TOML = '[data]\ninputs = ["x"]\n[train]\niters = 2\n'
 
 
-def _line(snippet: str) -> int:
-    return next(i for i, line in enumerate(PAIR.splitlines(), 1) if snippet in line)
-
-
 @pytest.fixture
 def pair(make_pair):
     return make_pair(PAIR, TOML, name="procs")
@@ -121,7 +117,7 @@ def test_a_hang_in_the_pairs_data_side_meets_its_deadline_with_the_stack(pair, t
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == expect
     assert "data worker was here when it did not answer" in proc.stderr
-    hung_at = 1 + _line('if FAULT == "import:hang":' if fault.startswith("import") else 'f"make_batch:hang:{step}"')
+    hung_at = 1 + line_of(PAIR, 'FAULT == "import:hang"' if fault.startswith("import") else "make_batch:hang:{step}")
     assert f'File "{pair.parent / "pair.py"}", line {hung_at} in ' in proc.stderr, proc.stderr
     assert took < 40, f"the deadline message came {took:.1f} s after the start"
     assert not (tmp_path / "out").exists()

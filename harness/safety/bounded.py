@@ -115,6 +115,8 @@ class Source:
         chars = 0
         while n:
             chunk = self.file.read(min(n, 1 << 20))
+            if not chunk:  # the file shrank under us
+                raise Malformed(f"it ends {n} bytes before the text it declares")
             chars += len(chunk.translate(None, _CONTINUATION))
             n -= len(chunk)
         return chars
