@@ -323,9 +323,9 @@ def main(argv: list | None = None) -> int:
     configure_environment({"threads": 1})
     cfg = parse.load(PAIR)
     data = BatchSource(cfg)
-    # made before this process imports torch: BatchSource keeps the frameworks from make_batch by
-    # taking them out of sys.modules for the call, which is simplest while none is loaded
+    # made by the data worker (the pair's make_batch never runs here), then kept: the worker goes
     data.batches(range(cfg.train.iters))
+    data.close()
     report = Report()
     names = cards()
     report.run("environment", environment(names, args.require_cuda))

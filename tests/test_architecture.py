@@ -169,7 +169,7 @@ def test_coordinator_imports_no_framework_and_no_backends_code():
         "import harness.config.schema, harness.mapping.weights\n"
         "from harness.pair.batches import BatchSource\n"
         "from harness.config.parse import load_zoo\n"
-        "cfg = load_zoo('tiny_transformer'); BatchSource(cfg).batch(0)\n"  # loads the pair module
+        "cfg = load_zoo('tiny_transformer'); BatchSource(cfg).batch(0)\n"  # the pair loads in the data worker
         "mods = [m for m in sys.modules if not getattr(sys.modules[m], '__reprod_stub__', False)]\n"
         "print(json.dumps(sorted(m for m in mods if m.split('.')[0] in %r)))"
         % (FRAMEWORK_MODULES + ("backends",),)

@@ -22,7 +22,8 @@ def test_the_wide_pair_really_crosses_the_threshold():
     from harness.pair.batches import BatchSource
 
     cfg = parse.load(WIDE)
-    batch = BatchSource(cfg).batch(0)
+    with BatchSource(cfg) as data:
+        batch = data.batch(0)
     assert 2048 * 256 * 4 >= protocol.SHM_MIN_BYTES and 256 * 1024 * 4 >= protocol.SHM_MIN_BYTES
     assert batch["x"].shape[0] * batch["x"].shape[1] * 256 * 4 >= protocol.SHM_MIN_BYTES  # embedding output
 

@@ -22,7 +22,8 @@ BATCH_HINT = "raise --timeout if make_batch is just slow"
 
 class BatchSource:
     """make_batch(rng, step) of the pair, each step with its own generator so a batch does not
-    depend on which checks ran before it. The data worker starts on first use; close() ends it."""
+    depend on which checks ran before it. The data worker starts on first use; close() (or the end
+    of a `with` block) ends it, and the batches made stay."""
 
     def __init__(self, cfg: RunConfig, *, timeout: float = 900.0, startup_timeout: float = 900.0):
         self.cfg = cfg
@@ -63,6 +64,12 @@ class BatchSource:
         if self._group is not None:
             self._group.close()
             self._group = None
+
+    def __enter__(self) -> BatchSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _ask(self, op: DataOp, kwargs: dict, label: str, timeout: float, hint: str):
         reply = self._group.call({DATA: Request(op, kwargs)}, timeout=timeout, hint=hint, label=label)[DATA]
