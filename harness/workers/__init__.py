@@ -5,6 +5,7 @@ Framework-free: a worker is started by module name (backends.worker), never impo
   process.py   a worker group: start, submit, wait on pipes and sentinels, close for sure
   ranks.py     data-parallel layouts: ranks, devices, ports, the rank environment, batch shards
   doctor.py    what each framework sees in a fresh process (versions, CUDA, devices)
+  interpreters.py  each worker's Python (another environment's, if given); the handshake across them
 
 May import: harness.errors
 """
