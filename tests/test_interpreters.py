@@ -247,3 +247,15 @@ def test_ci_builds_the_two_environments_with_the_cpu_torch():
     built = (ROOT / ".ci" / "worker_envs").read_text()
     assert "REPROD_TEST_TORCH_PYTHON" in built and "REPROD_TEST_PADDLE_PYTHON" in built
     assert "torch==2.13.0" in built  # never a bare torch: that would fetch a multi-GB CUDA build
+
+
+def test_the_readme_workers_table_parses_as_printed(tmp_path):
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", readme, flags=re.S) if b.startswith("[workers]"))
+    (tmp_path / "pair.py").write_text("def make_batch(rng, step): pass\n")
+    (tmp_path / "pair.toml").write_text('pair = "pair.py"\n' + block)
+    cfg = parse.load(tmp_path / "pair.toml")
+    assert cfg.workers.torch_python == str(tmp_path / ".venv-torch/bin/python")
+    assert cfg.workers.paddle_python == str(tmp_path / ".venv-paddle/bin/python")
