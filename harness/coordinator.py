@@ -123,6 +123,8 @@ def _write_html(writer, report: RunReport) -> None:
         html.write_html(writer.out_dir, json.loads(json.dumps(report.to_json(), default=json_default)))
     except Exception as exc:  # noqa: BLE001 - any bug in drawing; the verdict stands without it
         report.notes.append(f"report.html not written: {type(exc).__name__}: {exc}")
+
+
 def worker_output(session: Session) -> list:
     """What each worker printed (the pair's prints, a library's progress bars and C++ logs), kept in
     the artifacts as worker_<name>.log rather than shown over the live display; a note points there."""

@@ -178,6 +178,14 @@ def test_run_stops_before_any_worker_with_exit_2(tmp_path):
                                                 "interpreter of a worker's environment, like .venv-torch/bin/python)"]
 
 
+def test_doctor_reads_the_workers_of_a_pair_and_names_a_missing_one(tmp_path):
+    (tmp_path / "pair.py").write_text("def make_batch(rng, step): pass\n")
+    (tmp_path / "pair.toml").write_text('pair = "pair.py"\n[workers]\ntorch_python = "envs/t/bin/python"\n')
+    proc = cli("doctor", "--pair", tmp_path / "pair.toml", timeout=120)
+    assert proc.returncode == 2
+    assert f"pair.toml:3: workers.torch_python: {tmp_path / 'envs/t/bin/python'}: not found" in proc.stderr
+
+
 # ---------------------------------------------------------------- workers started in them
 
 @pytest.mark.e2e
@@ -227,11 +235,12 @@ def test_doctor_shows_each_workers_interpreter_and_versions(worker_pythons):
 
 @pytest.mark.e2e
 def test_convert_starts_its_workers_in_the_given_interpreters(tmp_path):
-    import torch
+    import subprocess
 
-    from backends.zoo.mlp.pair import build_torch
-
-    torch.save(build_torch().state_dict(), tmp_path / "w.pt")
+    # in a fresh process: this one may hold the zoo module loaded with torch stood in for
+    subprocess.run([sys.executable, "-c", "import sys, torch; from backends.zoo.mlp.pair import build_torch; "
+                    "torch.save(build_torch().state_dict(), sys.argv[1])", str(tmp_path / "w.pt")],
+                   check=True, cwd=ROOT, timeout=120)
     logs = {side: tmp_path / f"{side}.log" for side in ("torch", "paddle")}
     pythons = {side: wrapper(tmp_path, f"{side}-python", log=logs[side]) for side in logs}
     proc = cli("convert", "--pair", ROOT / "backends" / "zoo" / "mlp" / "pair.toml", "--torch-weights", tmp_path / "w.pt",
