@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import faulthandler
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -87,6 +88,53 @@ def _capture_warnings() -> list:
 
     warnings.showwarning = show
     return caught
+
+
+def _capture_logging() -> list:
+    """What libraries log (transformers, paddleformers' coloured lines, paddle's own) goes to the
+    report's notes with the logger's name, whatever handlers they set up themselves: every handler
+    writing to this process's console records the message instead. Logs to files are left alone."""
+    caught: list = []
+    emit = logging.StreamHandler.emit
+
+    def record(handler, entry):
+        if isinstance(handler, logging.FileHandler) or not _to_console(handler.stream):
+            return emit(handler, entry)
+        try:
+            message = entry.getMessage()
+        except Exception:  # noqa: BLE001 - a library's bad format arguments
+            message = str(entry.msg)
+        caught.append(f"{entry.levelname} {entry.name}: {message} ({entry.pathname}:{entry.lineno})")
+
+    logging.StreamHandler.emit = record
+    return caught
+
+
+def _to_console(stream) -> bool:
+    try:
+        return stream.fileno() in (1, 2)
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return False
+
+
+def capture_output(path: str | None) -> None:
+    """What the pair or a library prints (print, progress bars, C++ logs) goes to the worker's own
+    file, which the coordinator keeps in the artifacts: never over its live display, nor into its
+    --json output on the shared stdout."""
+    if not path:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.reconfigure(line_buffering=True)  # in order with the other stream, and kept at a crash
+
+
 _fault_file = None  # kept open for the life of the process: faulthandler writes to its descriptor
 
 
@@ -151,6 +199,7 @@ def main(framework: str, conn, options: dict) -> None:
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     enable_fault_reports(options.get("fault_file"))
+    capture_output(options.get("output_file"))
     configure_environment(options)
     from harness.pair import loader, stubs
 
@@ -193,7 +242,7 @@ class CoreShare:
 def serve(framework: str, conn, options: dict) -> None:
     from harness.workers.protocol import Failure, Progress, Reply, pack, unpack
 
-    warned = _capture_warnings()
+    warned, logged = _capture_warnings(), _capture_logging()
     shm_dir, runner = options.get("shm_dir"), None
     cores = CoreShare(options.get("working"), options.get("slot", 0), options.get("thread_budget"))
     while True:
@@ -215,8 +264,9 @@ def serve(framework: str, conn, options: dict) -> None:
                 cores.update()
             value = runner.handle(msg.op, unpack(msg.kwargs, keep_handles=False))
             check_crossable(value, f"'{msg.op}' returned")
-            reply = Reply(pack(value, shm_dir), time.perf_counter() - start, warned[:])
+            reply = Reply(pack(value, shm_dir), time.perf_counter() - start, warned[:], logged[:])
             warned.clear()
+            logged.clear()
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the coordinator
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             reply = Failure(type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", tb)

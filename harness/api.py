@@ -36,11 +36,27 @@ def load(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks:
     return cfg
 
 
+def interpreters(cfg, *, torch_python: str | Path | None = None, paddle_python: str | Path | None = None) -> dict:
+    """Each worker's interpreter, given and existing: the argument's, else [workers]'s (cfg may be
+    None), else none (the coordinator's own)."""
+    from harness.config.parse import key_where
+    from harness.workers.interpreters import Interpreter
+
+    chosen = {}
+    for side, given in (("torch", torch_python), ("paddle", paddle_python)):
+        if given is not None:
+            chosen[side] = Interpreter.given(given, f"--{side}-python")
+        elif cfg is not None and (path := getattr(cfg.workers, f"{side}_python")) is not None:
+            chosen[side] = Interpreter.given(path, key_where(cfg, f"workers.{side}_python"))
+    return chosen
+
+
 def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, startup_timeout: float = 900.0,
             device: str = "auto",
             benchmark: Path | None = None, weights: Path | None = None, locate: bool = False, layout=None,
             dp_equivalence: bool = False, save_tensors: bool = False, arbitrate: bool = True,
-            threads: int | None = None):
+            threads: int | None = None, torch_python: str | Path | None = None,
+            paddle_python: str | Path | None = None):
     """RunOptions, every argument checked before any worker starts (a usage error costs nothing)."""
     from harness.mapping import checkpoints
     from harness.session import RunOptions
@@ -63,20 +79,24 @@ def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, start
         checkpoints.verify(weights)  # missing, unknown or unsafe: a usage error before any worker starts
     if dp_equivalence and (layout is None or layout.nprocs < 2 or layout.nnodes > 1):
         raise UsageError("--dp-equivalence compares N ranks with 1 on one machine: give --nprocs 2 or more, no --nnodes")
+    chosen = interpreters(cfg, torch_python=torch_python, paddle_python=paddle_python)
     out_dir = Path(out) if out is not None else Path("artifacts") / cfg.name
     return RunOptions(out_dir=out_dir.resolve(), timeout=timeout, startup_timeout=startup_timeout, device=device,
                       benchmark=benchmark,
                       weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence,
-                      save_tensors=save_tensors, arbitrate=arbitrate, threads=threads)
+                      save_tensors=save_tensors, arbitrate=arbitrate, threads=threads, interpreters=chosen)
 
 
 def check(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks: Iterable[str] | str | None = None,
           out: str | Path | None = None, iters: int | None = None, nprocs: int | None = None,
           timeout: float = 900.0, device: str = "auto", weights: str | Path | None = None, locate: bool = False,
           benchmark: str | Path | None = None, dp_equivalence: bool = False, save_tensors: bool = False,
-          arbitrate: bool = True, progress: Callable[[str], None] | None = None):
+          arbitrate: bool = True, torch_python: str | Path | None = None, paddle_python: str | Path | None = None,
+          progress: Callable[[str], None] | None = None):
     """Run the checks of a pair (a TOML path, or zoo=NAME) and write the artifacts to `out`
-    (default artifacts/<name>); returns the RunReport, aligned or not."""
+    (default artifacts/<name>); returns the RunReport, aligned or not. torch_python / paddle_python:
+    each worker's interpreter when the frameworks live in separate environments (default: [workers]
+    of the TOML, else this interpreter)."""
     from harness import coordinator
     from harness.workers.ranks import Layout
 
@@ -85,5 +105,6 @@ def check(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks
         raise UsageError(f"nprocs: must be >= 1, got {nprocs}")
     layout = Layout(nprocs=nprocs or cfg.distributed.nprocs, backend=cfg.distributed.backend)
     opts = options(cfg, out=out, timeout=timeout, device=device, weights=weights, locate=locate, layout=layout,
-                   benchmark=benchmark, dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=arbitrate)
+                   benchmark=benchmark, dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=arbitrate,
+                   torch_python=torch_python, paddle_python=paddle_python)
     return coordinator.run(cfg, opts, progress or (lambda message: None))

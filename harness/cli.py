@@ -91,7 +91,8 @@ def _execute(cfg, *, out_dir: Optional[Path], timeout: float, startup_timeout: f
              as_json: bool = False,
              quiet: bool = False, verbose: bool = False, benchmark: Optional[Path] = None,
              weights: Optional[Path] = None, locate: bool = False, layout=None, dp_equivalence: bool = False,
-             save_tensors: bool = False, arbitrate: bool = True, threads: Optional[int] = None):
+             save_tensors: bool = False, arbitrate: bool = True, threads: Optional[int] = None,
+             torch_python: Optional[Path] = None, paddle_python: Optional[Path] = None):
     from multiprocess import resource_tracker
 
     # the process multiprocess starts beside the first worker, started now on the core this
@@ -102,7 +103,7 @@ def _execute(cfg, *, out_dir: Optional[Path], timeout: float, startup_timeout: f
     opts = api.options(cfg, out=out_dir, timeout=timeout, startup_timeout=startup_timeout, device=device,
                        benchmark=benchmark, weights=weights, locate=locate, layout=layout,
                        dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=arbitrate,
-                       threads=threads)
+                       threads=threads, torch_python=torch_python, paddle_python=paddle_python)
     # SIGTERM unwinds like Ctrl-C, so the workers are stopped and the shared-memory folder removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with Progress(err, quiet or as_json) as progress:
@@ -146,6 +147,14 @@ TIMEOUT_HELP = "Seconds any single step (or make_batch after the first) may take
 STARTUP_HELP = ("Seconds the start-up may take (the pair's import and first batch, spawn, framework import, the "
                 "pair's build, weights shared, joining the ranks) before the workers are stopped (exit 3); apart "
                 "from --timeout.")
+PYTHON_HELP = ("The {side} worker's Python, from an environment of its own with the harness installed "
+               "(README: one environment per framework).")
+PYTHON_DEFAULT = "[workers] {side}_python of the TOML, else this interpreter"
+
+
+def _python_option(side: str, default_shown: str = PYTHON_DEFAULT):
+    return typer.Option(None, f"--{side}-python", help=PYTHON_HELP.format(side=side),
+                        show_default=default_shown.format(side=side))
 
 
 @app.command()
@@ -176,6 +185,7 @@ def run(
     locate: bool = typer.Option(False, "--locate", help="Trace every module (outputs, gradients, updates, BatchNorm statistics) even when the checks pass; on a failure this always happens.", show_default="off"),
     float32_only: bool = typer.Option(False, "--float32-only", help="Never re-run a failed check in float64 to tell round-off from a real difference; float32's own rules decide (labelled fallback in report.json).", show_default="off: a failed check is arbitrated in float64"),
     save_tensors: bool = typer.Option(False, "--save-tensors", help="Save parameters and gradients whole (bp_params_*.npy, bp_grads_*.npy) whatever their size; beyond 64 MiB only per-tensor statistics are saved otherwise.", show_default="off"),
+    torch_python: Optional[Path] = _python_option("torch"), paddle_python: Optional[Path] = _python_option("paddle"),
 ):
     """Run the checks of a pair and write the artifacts (report.html among them).
 
@@ -188,6 +198,7 @@ def run(
       reprod-harness run pair.toml -q            # the verdict line and the artifacts path
       reprod-harness run pair.toml --json > report.json
       reprod-harness run pair.toml --nprocs 2 --dp-equivalence
+      reprod-harness run pair.toml --torch-python .venv-torch/bin/python --paddle-python .venv-paddle/bin/python
     """
     cfg = _resolve(pair_toml, zoo, checks=checks, iters=iters)
     if device not in ("auto", "cpu", "gpu"):
@@ -196,7 +207,8 @@ def run(
                      master=master, ips=ips)
     _execute(cfg, out_dir=out_dir, timeout=timeout, startup_timeout=startup_timeout, device=device, as_json=as_json,
              quiet=quiet, verbose=verbose, benchmark=benchmark, weights=weights, locate=locate, layout=layout,
-             dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=not float32_only, threads=threads)
+             dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=not float32_only, threads=threads,
+             torch_python=torch_python, paddle_python=paddle_python)
 
 
 @app.command()
@@ -218,6 +230,8 @@ def convert(
     out_path: Path = typer.Option(..., "--out", help="Where to write the other framework's checkpoint."),
     timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
     startup_timeout: float = typer.Option(900.0, "--startup-timeout", min=1.0, help=STARTUP_HELP),
+    torch_python: Optional[Path] = _python_option("torch"),
+    paddle_python: Optional[Path] = _python_option("paddle"),
 ):
     """Convert a checkpoint between the frameworks with the same mapping run uses.
 
@@ -226,16 +240,18 @@ def convert(
       reprod-harness convert --pair pair.toml --torch-weights model.pt --out model.pdparams
       reprod-harness convert --pair pair.toml --paddle-weights model.pdparams --out model.pt
     """
-    from harness import coordinator
+    from harness import api, coordinator
     from harness.mapping import checkpoints
 
     source = checkpoints.validate_conversion(torch_weights=torch_weights, paddle_weights=paddle_weights,
                                              target=out_path)
     cfg = parse.load(pair_toml)
+    chosen = api.interpreters(cfg, torch_python=torch_python, paddle_python=paddle_python)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds like Ctrl-C: the workers are stopped
     with Progress(err, False) as progress:
         side = coordinator.convert_checkpoint(cfg, source=source, target=out_path, timeout=timeout,
-                                              startup_timeout=startup_timeout, progress=progress)
+                                              startup_timeout=startup_timeout, progress=progress,
+                                              interpreters=chosen)
     out.print(f"wrote {out_path} ({side} checkpoint, mapped strictly)")
 
 
@@ -353,26 +369,47 @@ def report_cmd(
 
 @app.command()
 @guarded
-def doctor():
-    """Show Python, numpy, torch and paddle versions, CUDA builds and visible devices."""
+def doctor(
+    torch_python: Optional[Path] = _python_option("torch", "[workers] torch_python of --pair, else this interpreter"),
+    paddle_python: Optional[Path] = _python_option("paddle", "[workers] paddle_python of --pair, else this interpreter"),
+    pair_toml: Optional[Path] = typer.Option(None, "--pair", help="Read the workers' interpreters from this run's TOML ([workers]).", show_default="none"),
+):
+    """Show Python, numpy, torch and paddle versions, CUDA builds and visible devices, as each
+    worker's interpreter sees them.
+
+    \b
+    Examples:
+      reprod-harness doctor
+      reprod-harness doctor --torch-python .venv-torch/bin/python --paddle-python .venv-paddle/bin/python
+    """
     import platform
 
     import numpy
 
+    from harness import api
+    from harness.workers import interpreters
+    from harness.workers.doctor import INSTALL_HINT, describe, describe_interpreter, probe
+
+    chosen = api.interpreters(parse.load(pair_toml) if pair_toml else None, torch_python=torch_python,
+                              paddle_python=paddle_python)
+    infos = interpreters.describe_all(chosen)
     out.print(f"reprod-harness {__version__}")
     out.print(f"python         {platform.python_version()} ({sys.executable})")
     out.print(f"numpy          {numpy.__version__}")
-    from harness.workers.doctor import INSTALL_HINT, describe, probe
-
     missing = []
     for fw in ("torch", "paddle"):
-        info = probe(fw)
+        usable = "error" not in infos[fw] and "missing" not in infos[fw]
+        python = chosen[fw].path if fw in chosen else None
+        info = probe(fw, python=python) if usable else {"error": "its worker python cannot serve (next line)"}
         if "error" in info:
             missing.append(fw)
-            out.print(f"{fw:14} [red]not usable[/]: {escape(info['error'])}\n{'':15}install: {escape(INSTALL_HINT[fw])}",
+            hint = f"{python} -m {INSTALL_HINT[fw]}" if python else INSTALL_HINT[fw]
+            out.print(f"{fw:14} [red]not usable[/]: {escape(info['error'])}\n{'':15}install: {escape(hint)}",
                       highlight=False)
-            continue
-        out.print(f"{fw:14} {describe(info)}", highlight=False)
+        else:
+            out.print(f"{fw:14} {describe(info)}", highlight=False)
+        out.print(f"{'':15}worker python: {escape(describe_interpreter(infos[fw]))}", highlight=False)
+    interpreters.check(infos)  # an interpreter that cannot serve, or a value that differs: exit 2
     if missing:
         raise typer.Exit(1)
 

@@ -67,6 +67,8 @@ def _run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None], *, w
     report.timing = {"wall_s": round(time.perf_counter() - started, 3),
                      "torch_s": timing["torch"], "paddle_s": timing["paddle"]}
     report.notes += [f"{worker} worker warned: {text}" for text, worker in session.group.warnings.items()]
+    report.notes += [f"{worker} worker logged: {text}" for text, worker in session.group.logged.items()]
+    report.notes += worker_output(session)
     report.first_divergence = first_divergence(report.checks)
     if located is not None:
         from harness import locate
@@ -121,6 +123,18 @@ def _write_html(writer, report: RunReport) -> None:
         html.write_html(writer.out_dir, json.loads(json.dumps(report.to_json(), default=json_default)))
     except Exception as exc:  # noqa: BLE001 - any bug in drawing; the verdict stands without it
         report.notes.append(f"report.html not written: {type(exc).__name__}: {exc}")
+
+
+def worker_output(session: Session) -> list:
+    """What each worker printed (the pair's prints, a library's progress bars and C++ logs), kept in
+    the artifacts as worker_<name>.log rather than shown over the live display; a note points there."""
+    notes = []
+    for name, text in session.group.printed.items():
+        session.root_writer.text(f"worker_{name}.log", text)
+        notes.append(f"{name} worker printed {len(text.splitlines())} lines: kept in worker_{name}.log")
+    return notes
+
+
 def weight_map(session: Session) -> dict | None:
     """report.json's account of the weight pairing; None when set-up never got that far."""
     if session.plan is not None:
@@ -153,10 +167,11 @@ def first_divergence(checks: list) -> Divergence | None:
 
 
 def convert_checkpoint(cfg: RunConfig, *, source: Path, target: Path, timeout: float, startup_timeout: float,
-                       progress: Callable[[str], None]) -> str:
+                       progress: Callable[[str], None], interpreters: dict | None = None) -> str:
     """The pair's workers started for one conversion; returns the side of the file written."""
     with tempfile.TemporaryDirectory() as scratch:
-        opts = RunOptions(out_dir=Path(scratch), timeout=timeout, startup_timeout=startup_timeout)
+        opts = RunOptions(out_dir=Path(scratch), timeout=timeout, startup_timeout=startup_timeout,
+                          interpreters=interpreters or {})
         session = Session(cfg, opts, progress)
         try:
             session.start()

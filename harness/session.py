@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +17,7 @@ from harness.errors import UsageError
 from harness.mapping import checkpoints, weights
 from harness.pair.batches import BatchSource
 from harness.report.artifacts import ArtifactWriter
-from harness.workers import ranks
+from harness.workers import interpreters, ranks
 from harness.workers.process import WorkerGroup, WorkerSpec
 from harness.workers.protocol import SIDES, Op, Request
 
@@ -42,6 +42,7 @@ class RunOptions:
     locate: bool = False  # trace every module even when all checks pass (they always are on a failure)
     save_tensors: bool = False  # full parameter and gradient dumps whatever their size
     arbitrate: bool = True  # re-run a failed check in float64 to tell round-off from a difference
+    interpreters: dict = field(default_factory=dict)  # side -> Interpreter of another environment; absent: ours
 
 
 def worker_threads(requested: int | None) -> int:
@@ -64,8 +65,9 @@ def worker_specs(opts: RunOptions, layout: ranks.Layout, names: dict) -> list:
         for r, name in enumerate(names[side]):
             env = (ranks.rank_env(side, r, layout, ports) if layout.world > 1
                    else ranks.device_env(side, r, layout))
+            python = opts.interpreters[side].path if side in opts.interpreters else None
             specs.append(WorkerSpec(name, {"threads": threads, "thread_budget": budget, "device": device, "env": env},
-                                    framework=side))
+                                    framework=side, python=python))
     return specs
 
 
@@ -103,6 +105,7 @@ class Session:
         self.group = WorkerGroup(worker_specs(opts, self.layout, self.ranks), opts.timeout)
         self.group.on_progress = getattr(progress, "steps", None)  # per-step counts, when the display shows them
         self._starting, self._joined = False, False
+        self.worker_pythons: dict = {}  # side -> its worker's interpreter, as the handshake found it
 
     # ------------------------------------------------------------------ calling workers
     def call(self, requests: dict) -> dict:
@@ -139,6 +142,7 @@ class Session:
         # the pair's import and make_batch in the data worker: a broken one is a usage error, found
         # before any framework worker starts
         self.data.batch(0)
+        self.worker_pythons = interpreters.handshake(self.options.interpreters)
         self.progress("starting the torch and paddle workers")
         self.group.start()
         self._setup()
@@ -292,4 +296,6 @@ def environment(session: Session) -> dict:
     spec = session.group.specs[0].options
     # up_to: the threads a worker takes while the others have nothing to do (None: fixed)
     env["cpu_threads"] = {"per_worker": spec["threads"], "up_to": spec["thread_budget"]}
+    if session.worker_pythons:
+        env["interpreters"] = session.worker_pythons
     return env

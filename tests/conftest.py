@@ -73,3 +73,22 @@ def make_pair(tmp_path):
         return pair_folder(tmp_path, name, pair_py, toml_body)
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def worker_pythons() -> tuple:
+    """(torch, paddle): the interpreters of two environments, one per framework, as the README sets
+    them up (.ci/worker_envs DIR builds them: torch + transformers 5, paddlepaddle + paddleformers),
+    named by REPROD_TEST_TORCH_PYTHON and REPROD_TEST_PADDLE_PYTHON. Without them the test skips
+    with the reason, except in CI or with REPROD_REQUIRE_EXAMPLES=1, where it fails."""
+    pythons = tuple(os.environ.get(f"REPROD_TEST_{side}_PYTHON", "") for side in ("TORCH", "PADDLE"))
+    if all(pythons):
+        absent = [p for p in pythons if not os.access(p, os.X_OK)]
+        if absent:
+            pytest.fail(f"REPROD_TEST_*_PYTHON: {', '.join(absent)}: no such interpreter")
+        return pythons
+    why = ("needs two environments, one per framework: set REPROD_TEST_TORCH_PYTHON and REPROD_TEST_PADDLE_PYTHON "
+           "(`.ci/worker_envs DIR` builds them and prints the two exports)")
+    if os.environ.get("REPROD_REQUIRE_EXAMPLES") or os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)

@@ -133,6 +133,8 @@ def parse(text: str, path: Path, *, pair_base: Path | None = None) -> RunConfig:
     for sec, cls in SECTIONS.items():
         if sec in doc:
             kwargs[sec] = _section(src, sec, cls, doc[sec])
+    if "workers" in kwargs:
+        kwargs["workers"] = _relative_to(kwargs["workers"], path.parent)
     if "tolerance" in doc:
         kwargs["tolerance"] = _tolerances(src, doc["tolerance"])
     if "mapping" in doc:
@@ -188,13 +190,29 @@ def _mapping(src: Source, table: Any) -> dict:
     return flat
 
 
+def _relative_to(workers, folder: Path):
+    """[workers] paths as given, relative to the TOML's folder (checked when a run uses them)."""
+    return dataclasses.replace(workers, **{k: str(folder / Path(v).expanduser()) for k, v in
+                                           dataclasses.asdict(workers).items() if v is not None})
+
+
 def mapping_error(cfg: RunConfig, key: str, message: str) -> ConfigError:
     """An error about one [mapping] entry, found once the models are built, at its TOML line."""
+    return key_error(cfg, f'mapping."{key}"', message)
+
+
+def key_where(cfg: RunConfig, key: str) -> str:
+    """'file:line: key', as a config error names a key of the run's TOML."""
+    return f"{key_error(cfg, key, '').file}: {key}"
+
+
+def key_error(cfg: RunConfig, key: str, message: str) -> ConfigError:
+    """An error about a key of the run's TOML found after parsing, at the key's line."""
     try:
         text = Path(cfg.source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         text = ""
-    return Source(cfg.source, text).error(f'mapping."{key}"', message)
+    return Source(cfg.source, text).error(key, message)
 
 
 def _cross_checks(src: Source, cfg: RunConfig) -> None:

@@ -86,6 +86,15 @@ class DistributedConfig:
 
 
 @dataclass(frozen=True)
+class WorkersConfig:
+    """Each worker's Python interpreter, relative to the TOML (--torch-python / --paddle-python win);
+    None: the coordinator's own."""
+
+    torch_python: str | None = None
+    paddle_python: str | None = None
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str
     pair: Path
@@ -98,6 +107,7 @@ class RunConfig:
     train: TrainConfig = TrainConfig()
     tolerance: ToleranceConfig = ToleranceConfig()
     distributed: DistributedConfig = DistributedConfig()
+    workers: WorkersConfig = WorkersConfig()
     checks: tuple = CHECKS
     mapping: dict = field(default_factory=dict)  # [mapping]: torch module prefix -> paddle module prefix
 
@@ -123,6 +133,7 @@ SECTIONS = {
     "lr_scheduler": SchedulerConfig,
     "train": TrainConfig,
     "distributed": DistributedConfig,
+    "workers": WorkersConfig,
 }
 TOP_LEVEL = ("name", "pair", "checks", "tolerance", "mapping", *SECTIONS)
 MODULE_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")

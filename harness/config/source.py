@@ -24,6 +24,9 @@ KEY_ALIASES = {
     "clipgradvalue": "clip_value", "applydecayparamfun": "no_decay", "l2decay": "weight_decay",
     "randomseed": "seed", "nranks": "nprocs", "worldsize": "nprocs", "nprocpernode": "nprocs",
     "scheduler": "lr_scheduler", "lrschedule": "lr_scheduler", "optim": "optimizer", "tolerances": "tolerance",
+    "torchinterpreter": "torch_python", "torchexecutable": "torch_python", "pythontorch": "torch_python",
+    "paddleinterpreter": "paddle_python", "paddleexecutable": "paddle_python", "pythonpaddle": "paddle_python",
+    "interpreters": "workers", "environments": "workers", "envs": "workers",
 }
 VALUE_ALIASES = {
     "adamwoptimizer": "adamw", "sgdmomentum": "momentum",

@@ -6,6 +6,7 @@ Framework-free: a worker is started by module name (backends.worker), never impo
   reaping.py   every process below the workers (or carrying the run's tag) found and ended at close
   ranks.py     data-parallel layouts: ranks, devices, ports, the rank environment, batch shards
   doctor.py    what each framework sees in a fresh process (versions, CUDA, devices)
+  interpreters.py  each worker's Python (another environment's, if given); the handshake across them
 
 May import: harness.errors
 """

@@ -1,4 +1,4 @@
-"""`reprod-harness doctor`: each framework imported in its own interpreter and described."""
+"""`reprod-harness doctor`: each framework imported in a fresh process of its worker's interpreter and described."""
 
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ INSTALL_HINT = {
 }
 
 
-def probe(framework: str, timeout: float = 120.0) -> dict:
-    """Import one framework in its own interpreter and describe it ({"error": ...} when it cannot)."""
+def probe(framework: str, timeout: float = 120.0, python: str | None = None) -> dict:
+    """Import one framework in a fresh process of its worker's interpreter (default: this one) and
+    describe it ({"error": ...} when it cannot)."""
     env = dict(os.environ, GLOG_minloglevel="2")
     try:
-        proc = subprocess.run([sys.executable, "-c", PROBES[framework]], capture_output=True, text=True,
+        proc = subprocess.run([python or sys.executable, "-c", PROBES[framework]], capture_output=True, text=True,
                               timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"importing {framework} took over {timeout:.0f} s"}
@@ -46,3 +47,14 @@ def describe(info: dict) -> str:
     extra = "".join(f", {k} {info[k]}" for k in ("cudnn", "nccl") if info.get(k))
     devices = ", ".join(info["devices"]) or "no GPU visible"
     return f"{info['version']} ({cuda}{extra}); devices: {devices}"
+
+
+def describe_interpreter(info: dict) -> str:
+    """A worker's interpreter as harness/workers/interpreters.describe_all found it."""
+    where = info.get("interpreter", "")
+    if "error" in info:
+        return f"{where}: {info['error']}"
+    versions = ", ".join(f"{label} {info[key]}" for key, label in
+                         (("python", "Python"), ("numpy", "numpy"), ("harness", "reprod-harness")) if key in info)
+    missing = f"; cannot import {info['missing']}" if "missing" in info else ""
+    return f"{where} ({versions}{missing})"

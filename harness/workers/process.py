@@ -52,11 +52,38 @@ class WorkerSpec:
     options: dict  # threads, device, env, ... (see the entry module's main)
     framework: str = ""  # defaults to name
     entry: str = WORKER_ENTRY  # module whose main(framework, conn, options) serves requests
+    python: str | None = None  # another environment's interpreter (harness/workers/interpreters.py); None: ours
 
 
 def _enter(entry: str, framework: str, conn, options: dict) -> None:
     """The child's first code: imports its entry module by name there, never here."""
     importlib.import_module(entry).main(framework, conn, options)
+
+
+@contextlib.contextmanager
+def _interpreter(python: str | None):
+    """Spawn starts `python` rather than ours, and the child keeps its own environment's sys.path:
+    spawn would hand it the coordinator's, importing this environment's packages there."""
+    if python is None:
+        yield
+        return
+    from multiprocess import resource_tracker, spawn
+
+    resource_tracker.ensure_running()  # with our interpreter: spawn starts it with the current executable
+    executable, prepare = spawn.get_executable(), spawn.get_preparation_data
+
+    def own_path(name):
+        data = prepare(name)
+        data.pop("sys_path", None)
+        return data
+
+    spawn.set_executable(python)
+    spawn.get_preparation_data = own_path
+    try:
+        yield
+    finally:
+        spawn.set_executable(executable)
+        spawn.get_preparation_data = prepare
 
 
 @contextlib.contextmanager
@@ -79,6 +106,7 @@ class _Worker:
     def __init__(self, ctx, spec: WorkerSpec, shm_dir, working, slot: int, tag: str):
         self.name, self.framework = spec.name, spec.framework or spec.name
         self.fault_file = Path(shm_dir) / f"faults-{spec.name}.txt"  # the worker's faulthandler output
+        self.output_file = Path(shm_dir) / f"output-{spec.name}.txt"  # what it printed (backends/worker.py)
         self.conn, child = ctx.Pipe()
         # working[slot]: whether this worker has work now; each worker reads them all to size its
         # share of the cores (backends/worker.CoreShare)
@@ -86,14 +114,14 @@ class _Worker:
         # parent: a worker whose coordinator is gone runs nothing (backends/worker.orphaned); run_tag:
         # what each process it starts carries, so the run ends them all (harness/workers/reaping.py)
         options = dict(spec.options, shm_dir=str(shm_dir), fault_file=str(self.fault_file), working=working,
-                       slot=slot, parent=os.getpid(), run_tag=tag)
+                       slot=slot, parent=os.getpid(), run_tag=tag, output_file=str(self.output_file))
         self.process = ctx.Process(
             target=_enter,
             args=(spec.entry, self.framework, child, options),
             name=f"reprod-{spec.name}-worker",
             daemon=True,
         )
-        with _main_module_hidden():
+        with _main_module_hidden(), _interpreter(spec.python):
             self.process.start()
         child.close()  # so a dead child shows as EOF on our end
         self.seconds = 0.0
@@ -167,6 +195,8 @@ class WorkerGroup:
         self.on_progress = None  # (worker name, op, done, total) -> None
         self.warnings: dict = {}  # warning text -> the first worker that raised it
         self.tag: str | None = None  # in the environment of every process the workers start
+        self.logged: dict = {}  # a library's log record, as text -> the first worker that logged it
+        self.printed: dict = {}  # worker name -> what it printed to its stdout and stderr, kept at close
 
     @property
     def names(self) -> list:
@@ -273,6 +303,8 @@ class WorkerGroup:
         worker.seconds += msg.seconds
         for text in msg.warnings:
             self.warnings.setdefault(text, worker.name)
+        for text in msg.logged:
+            self.logged.setdefault(text, worker.name)
         return unpack(msg.value, keep_handles=True)
 
     def _root_cause(self, err: WorkerError, failed: _Worker, busy: list, op: str) -> WorkerError:
@@ -340,11 +372,28 @@ class WorkerGroup:
             _signal_group(w, signal.SIGKILL)  # what the user's code started (a server, a data loader) ends too
             w.outbox.put(_STOP)
             w.conn.close()
+        _keep_output(self.printed, workers)
         reaping.end(family, self.tag)  # what left the groups: daemons, and what outlived a dead worker
         self.workers.clear()
         if self.shm_dir:
             shutil.rmtree(self.shm_dir, ignore_errors=True)
             self.shm_dir = None
+
+
+def _keep_output(printed: dict, workers: list) -> None:
+    """What each worker printed, read before its file goes with the shared-memory folder; a
+    restarted group's output follows the first one's."""
+    for w in workers:
+        text = read_output(w)
+        if text:
+            printed[w.name] = printed.get(w.name, "") + text
+
+
+def read_output(worker: _Worker) -> str:
+    try:
+        return worker.output_file.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _await_peers(peers: list) -> None:
@@ -366,8 +415,14 @@ def _raise_dead(worker: _Worker, op: str):
     code = worker.process.exitcode
     how = "still running" if code is None else f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
     stack = read_faults(worker)  # faulthandler's report: the Python stack at a fatal signal
-    raise WorkerError(worker.name, f"died during '{op}' ({how})",
-                      f"{worker.name} worker's Python stack when it died:\n{stack}" if stack else None)
+    said = [f"{worker.name} worker's Python stack when it died:\n{stack}" if stack else "", _last_output(worker)]
+    raise WorkerError(worker.name, f"died during '{op}' ({how})", "".join(said) or None)
+
+
+def _last_output(worker: _Worker, lines: int = 20) -> str:
+    """The end of what the worker printed: a library's own last words before it died."""
+    tail = read_output(worker).splitlines()[-lines:]
+    return f"{worker.name} worker's last output:\n" + "".join(f"  {line}\n" for line in tail) if tail else ""
 
 
 def _after(cause: WorkerError, then: WorkerError) -> str:

@@ -68,6 +68,7 @@ class Reply:
     value: object
     seconds: float  # compute time inside the worker
     warnings: list = field(default_factory=list)  # Python warnings raised while it ran, as text
+    logged: list = field(default_factory=list)  # what libraries logged to the console while it ran, as text
 
 
 @dataclass
