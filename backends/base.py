@@ -169,7 +169,7 @@ class Runner(StateOps, TraceOps, TrainOps, Primitives):
     def _evaluate(self, batches: list, metric: dict) -> dict:
         self.set_train(self.model, False)
         with self.no_grad():
-            return evaluate(self, batches, metric, self.cfg["data"]["labels"][0])
+            return evaluate(self, batches, metric, next(iter(self.cfg["data"]["labels"]), None))
 
     def lr_schedule(self, total_steps: int, overrides: dict | None = None, metrics: list | None = None) -> dict:
         """The lr of each of total_steps steps, read from the framework's own scheduler; metrics

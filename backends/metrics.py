@@ -29,7 +29,7 @@ def count_metric(kind: str, predictions: np.ndarray, labels: np.ndarray, k: int)
     raise ValueError(f"unknown metric kind '{kind}'")
 
 
-def evaluate(runner, batches: list, metric: dict, label_key: str) -> dict:
+def evaluate(runner, batches: list, metric: dict, label_key: str | None) -> dict:
     """The [metric] over all batches at once (macro F1 over every prediction, not a mean of
     per-batch F1s). The model is in eval mode, gradients off."""
     kind = metric["kind"]

@@ -64,10 +64,11 @@ class BatchSource:
         return out
 
     def _check_keys(self, batch: dict, where: str) -> None:
-        needed = list(self.cfg.data.inputs or []) + list(self.cfg.data.labels)
+        needed = list(self.cfg.data.inputs or []) + (list(self.cfg.data.labels) if self.cfg.label_readers else [])
         missing = [k for k in needed if k not in batch]
         if missing:
+            readers = f", which the {', '.join(self.cfg.label_readers)} check(s) read" if self.cfg.label_readers else ""
             raise UsageError(
-                f"{where} returned keys {sorted(batch)}, but [data] inputs/labels name {missing}"
+                f"{where} returned keys {sorted(batch)}, but [data] inputs/labels name {missing}{readers}"
                 f" (file {self.cfg.source})"
             )
