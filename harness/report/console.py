@@ -167,7 +167,7 @@ def _around_cells(rows: list, grad: bool) -> tuple:
     t_prefix, p_prefix = _prefix([r.get("module", "") for r in rows]), _prefix([r.get("paddle") or "" for r in rows])
     cells = []
     for r in rows:
-        module, paddle = r.get("module", "")[len(t_prefix):], (r.get("paddle") or "")[len(p_prefix):]
+        module, paddle = (r.get("module") or "(model)")[len(t_prefix):], (r.get("paddle") or "")[len(p_prefix):]
         cells.append({"module": module, "paddle": paddle if paddle != module.split(" [")[0] else "",
                       "type": _type(r.get("type", "")), "in shape": _shape(r.get("in_shape")),
                       "out shape": _shape(r.get("out_shape")), "in |d|": fmt(r.get("in_diff")),
