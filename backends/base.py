@@ -36,6 +36,7 @@ class Runner(StateOps, TraceOps, TrainOps, Primitives):
         self._forward_model = None  # the wrapper while a data-parallel step runs
         self._tracer = None
         self._eval_forward = None  # (initial state, batch, output) of the last forward check
+        self.forward_needs_grad = False  # this model's forward fails under no_grad (see eval_forward)
         self.progress = lambda done, total: None  # the worker loop sends these to the coordinator
         # called between a step's forward, backward and update: the worker may resize the
         # framework's thread pool there (backends/worker.CoreShare), as at each step's end
@@ -72,6 +73,21 @@ class Runner(StateOps, TraceOps, TrainOps, Primitives):
             labels = set(self.cfg["data"]["labels"])
             inputs = [k for k in batch if k not in labels]
         return model(*[batch[k] for k in inputs])
+
+    def eval_forward(self, t: dict):
+        """An evaluation's forward, under no_grad so that no activation is held for a backward. A
+        forward that fails there (one that registers a gradient hook, as PaDiff's tests do, or calls
+        autograd itself) runs again with autograd on, and so does every later one of this model; a
+        forward that fails either way raises its error from the second run."""
+        if not self.forward_needs_grad:
+            try:
+                with self.no_grad():
+                    return self.run_forward(t)
+            except Exception:  # noqa: BLE001 - run again below, where a real error raises
+                pass
+        output = self.run_forward(t)
+        self.forward_needs_grad = True
+        return output
 
     def forward_source(self) -> str:
         """The function whose return value the outputs are, as messages name it."""
@@ -116,7 +132,7 @@ class Runner(StateOps, TraceOps, TrainOps, Primitives):
         # the previous model's state must never be restored into this one; its files stay readable
         # (the coordinator may start the new model from them) until this worker keeps a new state
         self._retired += list((self._initial or {}).values())
-        self._initial, self._dirty = None, False
+        self._initial, self._dirty, self.forward_needs_grad = None, False, False
         expected = self.model_type()
         if not isinstance(model, expected):
             raise TypeError(f"build_{self.framework}() returned {type(model).__module__}.{type(model).__name__}, "
@@ -138,9 +154,8 @@ class Runner(StateOps, TraceOps, TrainOps, Primitives):
     def forward(self, batch: dict) -> dict:
         self._restore()
         self.set_train(self.model, False)
-        with self.no_grad():
-            output = self.run_forward(self.tensors(batch))
-            out = self.flatten(output, source=self.forward_source())
+        output = self.eval_forward(self.tensors(batch))
+        out = self.flatten(output, source=self.forward_source())
         if not out:
             raise ValueError("the model output holds no tensor")
         if self._initial is not None:
@@ -151,16 +166,17 @@ class Runner(StateOps, TraceOps, TrainOps, Primitives):
         self._restore()
         self.set_train(self.model, False)
         t = self.tensors(batch)
+        output = self._output_of(batch, t)
         with self.no_grad():
-            return {"loss": self.scalar(self.run_loss(self._output_of(batch, t), t))}
+            return {"loss": self.scalar(self.run_loss(output, t))}
 
     def _output_of(self, batch: dict, t: dict):
         """The eval forward of batch from the initial weights: the forward check's own output when it
-        was that batch (an eval forward under no_grad is deterministic), else computed now."""
+        was that batch (an eval forward is deterministic), else computed now."""
         cached, self._eval_forward = self._eval_forward, None
         if cached is not None and cached[0] is self._initial and _same_batch(cached[1], batch):
             return cached[2]
-        return self.run_forward(t)
+        return self.eval_forward(t)
 
     def metric(self, batches: list, overrides: dict | None = None) -> dict:
         self._restore()
@@ -168,8 +184,7 @@ class Runner(StateOps, TraceOps, TrainOps, Primitives):
 
     def _evaluate(self, batches: list, metric: dict) -> dict:
         self.set_train(self.model, False)
-        with self.no_grad():
-            return evaluate(self, batches, metric, self.cfg["data"]["labels"][0])
+        return evaluate(self, batches, metric, next(iter(self.cfg["data"]["labels"]), None))
 
     def lr_schedule(self, total_steps: int, overrides: dict | None = None, metrics: list | None = None) -> dict:
         """The lr of each of total_steps steps, read from the framework's own scheduler; metrics

@@ -29,22 +29,23 @@ def count_metric(kind: str, predictions: np.ndarray, labels: np.ndarray, k: int)
     raise ValueError(f"unknown metric kind '{kind}'")
 
 
-def evaluate(runner, batches: list, metric: dict, label_key: str) -> dict:
+def evaluate(runner, batches: list, metric: dict, label_key: str | None) -> dict:
     """The [metric] over all batches at once (macro F1 over every prediction, not a mean of
-    per-batch F1s). The model is in eval mode, gradients off."""
+    per-batch F1s). The model is in eval mode; its forward runs without autograd where it can
+    (Runner.eval_forward), the metric's arithmetic always."""
     kind = metric["kind"]
     if kind == "pair":
         return _pair_metric(runner, batches)
     views, labels = [], []
     for batch in batches:
-        t = runner.tensors(batch)
-        out = runner.first_tensor(runner.run_forward(t), metric["output"])
-        if kind == "mse":
-            views.append(runner.to_numpy(out).astype(np.float64))
-        elif kind == "topk":
-            views.append(runner.to_numpy(runner.topk(out, metric["k"])))
-        else:
-            views.append(runner.to_numpy(runner.argmax(out)))
+        out = runner.first_tensor(runner.eval_forward(runner.tensors(batch)), metric["output"])
+        with runner.no_grad():
+            if kind == "mse":
+                views.append(runner.to_numpy(out).astype(np.float64))
+            elif kind == "topk":
+                views.append(runner.to_numpy(runner.topk(out, metric["k"])))
+            else:
+                views.append(runner.to_numpy(runner.argmax(out)))
         labels.append(np.asarray(batch[label_key]))
     if not views:
         raise ValueError("no evaluation batches")
@@ -67,5 +68,7 @@ def _pair_metric(runner, batches: list) -> dict:
     per_batch = []
     for batch in batches:
         t = runner.tensors(batch)
-        per_batch.append({k: _number(v, k, fn.__name__) for k, v in fn(runner.run_forward(t), t).items()})
+        output = runner.eval_forward(t)
+        with runner.no_grad():
+            per_batch.append({k: _number(v, k, fn.__name__) for k, v in fn(output, t).items()})
     return {k: np.float64(np.mean([m[k] for m in per_batch])) for k in per_batch[0]}

@@ -113,7 +113,8 @@ class Tracer:
         recorder = Recorder(runner, model)
         result: dict = {}
         try:
-            grad_ctx = contextlib.nullcontext() if backward else runner.no_grad()
+            # an evaluation step without autograd, unless the checks found the forward needs it
+            grad_ctx = contextlib.nullcontext() if backward or runner.forward_needs_grad else runner.no_grad()
             with grad_ctx:
                 t = runner.tensors(batch)
                 output = runner.run_forward(t)

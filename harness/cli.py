@@ -322,7 +322,7 @@ def compare(
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         data["name"] = f"{reference.name} vs {port.name}"
-        out.print(key_table(data))
+        out.print(key_table(data, width=out.width))
         verdict = "[bold green]ALIGNED[/]" if result.passed else f"[bold red]MISALIGNED[/]: {escape(result.why)}"
         out.print(verdict + (f"  log: {log}" if log else ""))
     raise typer.Exit(EXIT_ALIGNED if result.passed else EXIT_MISALIGNED)

@@ -66,9 +66,9 @@ def _run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None], *, w
     report.notes += session.plan.notes if session.plan else []
     report.timing = {"wall_s": round(time.perf_counter() - started, 3),
                      "torch_s": timing["torch"], "paddle_s": timing["paddle"]}
-    report.notes += [f"{worker} worker warned: {text}" for text, worker in session.group.warnings.items()]
-    report.notes += [f"{worker} worker logged: {text}" for text, worker in session.group.logged.items()]
-    report.notes += worker_output(session)
+    report.warnings += [f"{worker} worker: {text}" for text, worker in session.group.warnings.items()]
+    report.warnings += [f"{worker} worker logged: {text}" for text, worker in session.group.logged.items()]
+    report.warnings += worker_output(session)
     report.first_divergence = first_divergence(report.checks)
     if located is not None:
         from harness import locate

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.pair import stubs
+from harness.pair import loader, stubs
 from harness.workers import protocol
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,8 +170,7 @@ def test_coordinator_imports_no_framework_and_no_backends_code():
         "from harness.pair.batches import BatchSource\n"
         "from harness.config.parse import load_zoo\n"
         "cfg = load_zoo('tiny_transformer'); BatchSource(cfg).batch(0)\n"  # the pair loads in the data worker
-        "mods = [m for m in sys.modules if not getattr(sys.modules[m], '__reprod_stub__', False)]\n"
-        "print(json.dumps(sorted(m for m in mods if m.split('.')[0] in %r)))"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in %r)))"
         % (FRAMEWORK_MODULES + ("backends",),)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -190,8 +189,7 @@ def test_a_whole_run_leaves_no_framework_in_the_coordinator(tmp_path):
         f"sys.argv = ['reprod-harness', 'demo', '--out', {str(tmp_path / 'out')!r}]\n"
         "try:\n    runpy.run_module('harness', run_name='__main__')\n"
         "except SystemExit as exc:\n    code = exc.code\n"
-        "mods = [m for m in sys.modules if not getattr(sys.modules[m], '__reprod_stub__', False)]\n"
-        "print(json.dumps([code, sorted(m for m in mods if m.split('.')[0] in %r)]))"
+        "print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] in %r)]))"
         % (FRAMEWORK_MODULES,)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -231,20 +229,55 @@ def test_a_backend_missing_a_primitive_fails_at_start_up_naming_it():
         runner.handle(protocol.Op.FORWARD, {"batch": {}})
 
 
-def test_stubbed_framework_fails_loudly_when_used():
+def test_stubbed_framework_fails_loudly_when_used(tmp_path):
+    (tmp_path / "pair.py").write_text("import torch\nimport torch.nn.functional as F\nfrom torch import nn\n"
+                                      "class Net(torch.nn.Module):\n    pass\n")  # a class over a stand-in is harmless
     with stubs.absent(("torch",), "test process"):
-        import torch  # noqa: F401 - the stand-in
-
-        class Net(torch.nn.Module):  # defining a class over a stand-in is harmless
-            pass
-
-        value = torch.zeros(3)
-        assert stubs.is_absent(value)
+        module = loader.load(tmp_path / "pair.py", keep="paddle", where="test process")
+        value = module.torch.zeros(3)
+        assert stubs.is_absent(value) and stubs.is_absent(module.F.relu) and stubs.is_absent(module.nn.Linear)
         with pytest.raises(stubs.MissingFrameworkError, match="torch.zeros"):
             value + 1
         with pytest.raises(stubs.MissingFrameworkError):
             float(value)
-    assert "torch" not in sys.modules or not getattr(sys.modules["torch"], "__reprod_stub__", False)
+    assert not any(stubs.is_absent(m) for m in sys.modules.values())
+
+
+# A process that hides torch, as a paddle worker does, then loads a pair and libraries beside it.
+HIDDEN = """
+import importlib, importlib.util, json, sys
+from pathlib import Path
+from harness.pair import loader, stubs
+stubs.block(("torch",), "paddle worker")
+pair = loader.load(Path(sys.argv[1]), keep="paddle", where="paddle worker")
+import scipy.stats  # its array-API helpers look torch up in sys.modules
+try:
+    importlib.import_module("torch")
+    imported = True
+except ModuleNotFoundError:
+    imported = False
+print(json.dumps({"found": importlib.util.find_spec("torch") is not None, "imported": imported,
+                  "modules": sorted(m for m in sys.modules if m.split(".")[0] == "torch"),
+                  "stand_ins": [n for n in ("torch", "models_torch") if stubs.is_absent(getattr(pair, n, None))],
+                  "sibling_net": pair.TorchNet.__mro__[-1].__name__, "sibling_torch": repr(pair.sibling_torch),
+                  "scipy": float(scipy.stats.norm.cdf(0.0))}))
+"""
+
+
+def test_a_hidden_framework_is_not_installed_for_libraries_and_a_stand_in_for_the_pair(tmp_path):
+    """Libraries probe for torch (find_spec, sys.modules, try: import): in a process that hides it
+    they find it not installed, never a stand-in; the pair and its sibling files get stand-ins."""
+    (tmp_path / "models_torch.py").write_text("import torch\nclass TorchNet(torch.nn.Module):\n    pass\n")
+    (tmp_path / "pair.py").write_text("import numpy, scipy.stats, torch\nfrom models_torch import TorchNet\n"
+                                      "import models_torch\nsibling_torch = models_torch.torch\n")
+    out = subprocess.run([sys.executable, "-c", HIDDEN, str(tmp_path / "pair.py")], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["found"] is False and seen["imported"] is False and seen["modules"] == []
+    assert seen["stand_ins"] == ["torch"] and seen["sibling_net"] == "object"
+    assert seen["sibling_torch"] == "<torch: not loaded in the paddle worker>"
+    assert seen["scipy"] == 0.5
 
 
 @pytest.mark.parametrize("as_text", [False, True], ids=["path", "str"])

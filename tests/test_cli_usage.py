@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from conftest import cli, report
 from harness.cli import app
 from harness.config import parse, schema
-from harness.errors import ConfigError
+from harness.errors import ConfigError, UsageError
 
 runner = CliRunner()
 
@@ -31,6 +31,8 @@ def _toml(tmp_path, body: str):
     ("checks = ['forward', 'speed']\n", "unknown check 'speed'"),
     ("[lr_scheduler]\nname = 'cosine_warmpu'\n", "did you mean 'cosine_warmup'"),
     ("name = 'x'\n[data\n", "not valid TOML"),
+    ("checks = ['forward', 'loss']\n[data]\nlabels = []\n", "data.labels: is empty, but the loss check(s) compute"),
+    ("[data]\nlabels = []\n[loss]\nkind = 'pair'\n", "but the metric, train check(s) compute"),
 ])
 def test_config_errors_name_file_key_and_line(tmp_path, body, needle):
     with pytest.raises(ConfigError) as info:
@@ -119,6 +121,23 @@ def _template_lines():
         if m and not (m.group(1) and not re.match(r"^#\s*[\w\"]+\s*=", raw)):
             rows.append((section, m.group(2).strip('"'), m.group(3), m.group(4) or "", bool(m.group(1))))
     return rows
+
+
+def test_labels_are_needed_only_by_a_check_that_reads_them(tmp_path):
+    """A forward-only run, or one with its own loss and metric, needs no label key: not in [data], not in the batch."""
+    from harness.pair.batches import BatchSource
+
+    (tmp_path / "pair.py").write_text("import numpy as np\nimport torch, paddle\ndef build_torch(): pass\n"
+                                      "def build_paddle(): pass\ndef make_batch(rng, step):\n"
+                                      "    return {'x': np.zeros((2, 3), np.float32)}\n")
+    for body in ("checks = ['forward']\n", "checks = ['forward']\n[data]\nlabels = []\n",
+                 "[data]\nlabels = []\n[loss]\nkind = 'pair'\n[metric]\nkind = 'pair'\n"):
+        (tmp_path / "pair.toml").write_text('pair = "pair.py"\n' + body)
+        cfg = parse.load(tmp_path / "pair.toml")
+        assert cfg.label_readers == [] and list(BatchSource(cfg).batch(0)) == ["x"], body
+    (tmp_path / "pair.toml").write_text('pair = "pair.py"\nchecks = ["forward", "metric"]\n')
+    with pytest.raises(UsageError, match=r"name \[.label.\], which the metric check\(s\) read"):
+        BatchSource(parse.load(tmp_path / "pair.toml")).batch(0)
 
 
 def test_init_writes_every_section_and_option_with_its_default():

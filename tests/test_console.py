@@ -26,6 +26,17 @@ def _index(lines, needle) -> int:
     return next(i for i, line in enumerate(lines) if needle in line)
 
 
+def _cell_lines(lines, at, start) -> list:
+    """The lines of a wrapped table cell: from row `at`, where `start` begins, down the same column."""
+    col = lines[at].index(start)
+    cell = [lines[at][col:].split()[0]]
+    for line in lines[at + 1:]:
+        if line[:col].strip() or not line[col:].strip() or line[col] == " ":
+            break
+        cell.append(line[col:].split()[0])
+    return cell
+
+
 def test_a_failing_run_reads_verdict_where_what_in_40_lines():
     lines = _render(REPORT)
     assert len(lines) <= 40, "\n".join(lines)
@@ -76,9 +87,61 @@ def test_key_names_never_break_mid_word():
         if not k["passed"]:
             at = _index(lines, k["key"])
             assert lines[at + 1].strip() == k["reason"], lines
-    row = next(line for line in lines if line.startswith("backward "))
-    assert row.split()[:4] == ["backward", "6/6", "…on.output_projection.weight", "max"] and row.rstrip().endswith("FAIL")
-    assert len(lines) <= 20 and max(len(line) for line in lines) <= 80
+    at = next(i for i, line in enumerate(lines) if line.startswith("backward "))
+    assert lines[at].split()[:3] == ["backward", "6/6", "param:encoder.layers.0."] and lines[at].rstrip().endswith("FAIL")
+    # the worst key wraps after its dots, in its own column: never cut
+    assert _cell_lines(lines, at, "param:") == ["param:encoder.layers.0.", "self_attention.", "output_projection.weight"]
+    assert len(lines) <= 22 and max(len(line) for line in lines) <= 80 and not any("…" in line for line in lines)
+
+
+# The names of an HF BERT against PaddleNLP's, as a misaligned run reports them.
+LAYER = "bert.encoder.layer.0."
+AROUND = [("attention.self.query", "self_attn.q_proj", "agrees"), ("attention.self.key", "self_attn.k_proj", "agrees"),
+          ("attention.self.value", "self_attn.v_proj", "agrees"),
+          ("attention.output.dense", "self_attn.out_proj", "HERE"),
+          ("attention.output.LayerNorm", "norm1", "DIFFERS"), ("intermediate.dense", "linear1", "DIFFERS")]
+
+
+def _hf_report() -> dict:
+    report = copy.deepcopy(REPORT)
+    key = {"shape": [64], "count": 64, "mean_abs": 3e-3, "max_abs": 0.5, "max_rel": 0.1, "threshold": 1e-6,
+           "max_threshold": 1e-4}
+    report["checks"] = [
+        {"name": "forward", "passed": True, "keys": [{**key, "key": "out", "mean_abs": 1e-9, "max_abs": 1e-8,
+                                                      "passed": True}]},
+        {"name": "backward", "passed": False, "reason": "1 of 3 keys differ", "keys": [
+            {**key, "key": f"param:{LAYER}attention.output.LayerNorm.weight", "passed": False,
+             "reason": "mean |d| 0.003 > 1e-06"},
+            {**key, "key": f"param:{LAYER}attention.self.key.bias", "passed": True, "rule": "unconstrained"},
+            {**key, "key": f"grad:{LAYER}intermediate.dense.bias", "passed": True, "mean_abs": 1e-9}]}]
+    report["first_divergence"] = {
+        "check": "backward", "where": "inside", "layer": f"{LAYER}attention.output", "step": 0, "detail": "...",
+        "around": [{"module": LAYER + t, "paddle": "bert.encoder.layers.0." + p, "type": "Linear", "in_shape": [8, 32, 64],
+                    "out_shape": [8, 32, 64], "in_diff": 1e-17, "out_diff": 3e-5, "status": status}
+                   for t, p, status in AROUND]}
+    return report
+
+
+def test_hf_names_at_80_columns_wrap_and_every_verdict_cell_stays():
+    """Once: worst keys cut to `…ion.output.LayerNorm.weight`, the verdict cut to `FAIL 1 by`, the
+    module table's status column dropped. Now names wrap (after their dots), relative to the layer
+    every row shares, and the verdict, the rule count, the diffs and the status are whole."""
+    lines = _render(_hf_report())
+    assert max(len(line) for line in lines) <= 80 and not any("…" in line for line in lines), "\n".join(lines)
+    at = next(i for i, line in enumerate(lines) if line.startswith("backward "))
+    assert lines[at].rstrip().endswith("FAIL") and lines[at + 1].strip().endswith("1 by rule")
+    assert "".join(_cell_lines(lines, at, "param:")) == f"param:{LAYER}attention.output.LayerNorm.weight"
+    title = _index(lines, "modules around it")
+    assert "in bert.encoder.layer.0" in " ".join(lines[title:title + 2])
+    table = lines[title:]
+    for torch_name, paddle_name, status in AROUND:
+        row = next(line for line in table if line.split() and line.split()[0] == torch_name)
+        assert row.split()[-3:] == ["1e-17", "3e-05", status], row
+        assert any(line.strip() == f"→ {paddle_name}" for line in table)
+    wide = _render(_hf_report(), width=160)  # room for everything: a column each, one line a row
+    row = next(line for line in wide if line.startswith("attention.output.dense "))
+    assert row.split() == ["attention.output.dense", "self_attn.out_proj", "Linear", "8x32x64", "8x32x64", "1e-17",
+                           "3e-05", "HERE"]
 
 
 def test_verbose_shows_every_key_without_a_cut_off():
@@ -111,3 +174,18 @@ def test_a_key_without_statistics_shows_its_reason_as_the_worst():
          "threshold": 1e-6, "max_threshold": 1e-4, "reason": "shape (2, 3) (torch) vs (3, 2) (paddle)"}]}]
     row = next(line for line in _render(report, width=120) if line.startswith("forward "))
     assert row.split()[:3] == ["forward", "1/2", "out.1"] and "shape (2, 3) (torch) vs (3, 2) (paddle)   FAIL" in row
+
+
+def test_worker_warnings_stay_in_report_json_unless_verbose():
+    """A library's warning (setuptools replacing distutils) is no note: an aligned run says nothing of
+    it, a misaligned one counts it, -v shows it."""
+    warning = "paddle worker: UserWarning: Setuptools is replacing distutils. (_distutils_hack/__init__.py:30)"
+    aligned = copy.deepcopy(REPORT)
+    aligned.update(aligned=True, first_divergence=None, warnings=[warning], notes=[])
+    for c in aligned["checks"]:
+        c.update(passed=True, keys=[k for k in c["keys"] if k["passed"]])
+        c.pop("reason", None)
+    assert not any("arning" in line or "note" in line for line in _render(aligned))
+    assert any("Setuptools is replacing distutils" in line for line in _render(aligned, width=200, verbose=True))
+    misaligned = dict(copy.deepcopy(REPORT), warnings=[warning])
+    assert "1 warning(s) raised in the workers: -v or report.json" in _render(misaligned)

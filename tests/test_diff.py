@@ -70,6 +70,16 @@ def test_bool_compare_exactly():
     assert not compare_arrays("k", np.array([True, False]), np.array([True, True]), TOL).passed
 
 
+def test_a_check_stopped_by_nan_says_which_key_and_side():
+    """Once "first forward (no keys compared)" for a NaN output: the check's reason is what stopped it."""
+    nan = np.array([[1.0, np.nan], [np.inf, 2.0]], np.float32)
+    res = compare_dicts("forward", {"out": np.ones((2, 2), np.float32)}, {"out": nan}, ToleranceConfig())
+    assert not res.passed and res.why == "out: 2 NaN/Inf value(s) (paddle), first at [0, 1]"
+    both = compare_dicts("loss", {"loss": np.float32(np.nan), "aux": np.float32(np.nan)},
+                         {"loss": np.float32(np.nan), "aux": np.float32(1.0)}, ToleranceConfig())
+    assert both.why == "loss: 1 NaN/Inf value(s) (both); 1 more key(s) not compared"
+
+
 def test_missing_key_fails_by_name_and_empty_check_fails():
     res = compare_dicts("forward", {"a": np.zeros(2), "only_torch": np.zeros(1)}, {"a": np.zeros(2)}, ToleranceConfig())
     bad = res.failing

@@ -43,8 +43,11 @@ def _run_tagged(*args):
     [
         ("paddle", "raise ValueError('boom in build_paddle')", "ValueError: boom in build_paddle"),
         ("torch", "os._exit(7)", "exit code 7"),
+        # torch code on the paddle side by mistake: the pair's `torch` is a stand-in there, loud when used
+        ("paddle", "paddle.ones([1]) * torch.ones(1)",
+         "MissingFrameworkError: torch.ones(...) was used in the paddle worker, where torch is not loaded"),
     ],
-    ids=["raises", "os_exit"],
+    ids=["raises", "os_exit", "torch_on_the_paddle_side"],
 )
 def test_worker_failure_exits_3_and_leaves_nothing(make_pair, tmp_path, side, body, expect):
     toml = _pair(make_pair, **{f"{side}_body": body})

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import cli, pair_folder, report
+from conftest import PAIRS, cli, needs_bert_libs, pair_folder, report
 from harness import locate
 from harness.checks import CHECKS
 from harness.config import parse
@@ -322,6 +322,39 @@ def test_injected_bug_is_located(session, tmp_path, bug, make, checks, where, la
     if where in ("forward", "inside", "parameter"):
         assert found.path and found.path[0]["module"] == "(model)"
         assert any(row["status"] == "HERE" for row in found.around) or where == "inside"
+
+
+# Pairs of tests/pairs/ whose first differing module's input already differs: the sentence names
+# the module whose forward made it, not the one that received it.
+UPSTREAM = [
+    # pair, expected where, expected layer, words the detail must hold
+    ("alexnet_relu/pair.toml", "inside", "classifier",
+     ["wired differently", "torch's classifier.2 (ReLU) takes what classifier.1 (Linear) returns",
+      "its paddle counterpart classifier.1 what classifier.0 returns"]),
+    ("fed_differently/pair.toml", "inputs", "", ["given different inputs", "argument 0", "forward_paddle"]),
+    pytest.param("bert_bugs/gelu.toml", "forward", "bert.encoder.layer.0.intermediate.intermediate_act_fn",
+                 ["inside bert.encoder.layer.0.intermediate (BertIntermediate)", "NewGELUActivation",
+                  "the input of bert.encoder.layer.0.output.dense",
+                  "the output of bert.encoder.layer.0.intermediate.dense, agrees"], marks=needs_bert_libs),
+    pytest.param("bert_bugs/scale.toml", "inside", "bert.encoder.layer.0.attention.self",
+                 ["inside bert.encoder.layer.0.attention.self (BertSdpaSelfAttention)", "3 submodule calls agree",
+                  "the input of bert.encoder.layer.0.attention.output.dense"], marks=needs_bert_libs),
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("toml, where, layer, words", UPSTREAM)
+def test_the_module_whose_forward_made_a_differing_input_is_named(session, toml, where, layer, words):
+    """Once: a GELU module inside HF's BertIntermediate blamed on BertOutput, an attention scaled by the
+    hidden size on attention.output, a moved ReLU and a model fed differently on 'a functional operation'."""
+    results, outcome = run_and_locate(session, PAIRS / toml, ["forward"])
+    found = outcome.finding
+    assert found is not None and not results[0].passed, outcome.notes
+    assert (found.where, found.layer) == (where, layer), found.detail
+    for w in words:
+        assert w in found.detail, found.detail
+    assert "not a module" not in found.detail
+    assert found.path and found.path[0]["module"] == "(model)"
 
 
 ALIGNED = [

@@ -88,6 +88,32 @@ def test_wrong_pair_metric_fails_metric(make_pair, tmp_path):
     assert check(rep, "forward")["passed"] and not check(rep, "metric")["passed"]
 
 
+NO_LABELS = """
+import numpy as np
+import paddle, torch
+
+def build_torch(): return torch.nn.Linear(4, 4)
+def build_paddle(): return paddle.nn.Linear(4, 4)
+def loss_torch(out, batch): return ((out - batch["x"]) ** 2).mean()
+def loss_paddle(out, batch): return ((out - batch["x"]) ** 2).mean()
+def metric_torch(out, batch): return {"reconstruction": ((out - batch["x"]) ** 2).mean()}
+def metric_paddle(out, batch): return {"reconstruction": ((out - batch["x"]) ** 2).mean()}
+def make_batch(rng, step): return {"x": rng.standard_normal((3, 4), dtype=np.float32)}
+"""
+
+
+@pytest.mark.e2e
+def test_a_pair_without_labels_runs_every_check_with_its_own_loss_and_metric(make_pair, tmp_path):
+    """An autoencoder: no label key, its own loss and metric; the metric check once crashed in the worker."""
+    toml = make_pair(NO_LABELS, '[data]\nlabels = []\n[loss]\nkind = "pair"\n[metric]\nkind = "pair"\n'
+                                '[train]\ntrain_iters = 5\n', name="no_labels")
+    proc = cli("run", toml, "--out", tmp_path / "o")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rep = report(tmp_path / "o")
+    assert [c["name"] for c in rep["checks"]] == ["forward", "metric", "loss", "lr", "backward", "train"]
+    assert [k["key"] for k in check(rep, "metric")["keys"]] == ["reconstruction"]
+
+
 @pytest.mark.e2e
 def test_train_mode_difference_fails_train_only(make_pair, tmp_path):
     toml = make_pair(TRAIN_ONLY_DROPOUT, '[data]\ninputs = ["x"]\n[train]\ntrain_iters = 10\n', name="dropout")

@@ -153,6 +153,20 @@ def test_a_misfit_names_the_extra_tensor_and_its_side_without_repeating_a_shape(
     assert "expected" not in message and "torch_to_paddle" in message
 
 
+def test_a_missing_bias_leads_with_the_tensor_and_names_nothing_unrelated():
+    """Once a 600-character line naming fc2, its bias and the already paired fc1; now the tensor first."""
+    t = [mod("", "Net"), mod("fc1", "Linear", {"weight": [16, 8], "bias": [16]}), mod("act", "ReLU"),
+         mod("fc2", "Linear", {"weight": [3, 16], "bias": [3]})]
+    p = [mod("", "Port"), mod("fc1", "Linear", {"weight": [8, 16], "bias": [16]}), mod("act", "ReLU"),
+         mod("fc2", "Linear", {"weight": [16, 3]})]
+    with pytest.raises(UsageError) as err:
+        plan(t, p, traces=traced(["", "fc1", "act", "fc2"], ["", "fc1", "act", "fc2"]))
+    message = str(err.value)
+    assert message.startswith("weight mapping: torch 'fc2.bias' [3] has no paddle counterpart: paddle 'fc2' "
+                              "(Linear: weight [16, 3]) has the rest of torch 'fc2' but no bias"), message
+    assert "bias_attr=False" in message and "fc1" not in message and len(message) < 350
+
+
 def test_an_extra_paddle_module_is_named_from_its_side():
     t = [mod("", "Net"), mod("fc", "Linear", {"weight": [2, 8]})]
     p = [mod("", "Port"), mod("fc", "Linear", {"weight": [8, 2]}), mod("extra", "Linear", {"weight": [8, 8]})]

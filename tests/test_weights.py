@@ -73,7 +73,8 @@ def test_fused_attention_projection_splits_and_round_trips():
 def test_every_paddle_tensor_must_be_filled():
     t = [mod("fc", "Linear", {"weight": [2, 3]})]
     p = [mod("fc", "Linear", {"weight": [3, 2], "bias": [2]})]
-    with pytest.raises(UsageError, match=r"nearest paddle 'fc': paddle has bias \[2\] that torch lacks"):
+    with pytest.raises(UsageError, match=r"^weight mapping: paddle 'fc.bias' \[2\] is filled by no torch tensor: torch "
+                                         r"'fc' \(Linear: weight \[2, 3\]\) has the rest of paddle 'fc' but no bias"):
         plan(t, p)
 
 

@@ -79,7 +79,7 @@ def judge_dropouts(session, result: CheckResult, ref: dict, other: dict) -> None
     result.keys += judged.keys + lone
     ref.update(mine)
     other.update(theirs)
-    if pairs or lone:
+    if lone or any(max(d.torch_site["p"], d.paddle_site["p"]) > 0 for d in pairs.values()):  # else nothing was off
         result.notes.append(f"dropout at p 0 in both frameworks for the train-mode steps (modules and functional "
                             f"dropout: each framework draws its own masks); the {len(pairs)} paired dropouts' "
                             f"probabilities and modes are compared as dropout:<module> keys, {len(lone)} without a "

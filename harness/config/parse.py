@@ -237,8 +237,10 @@ def _cross_checks(src: Source, cfg: RunConfig) -> None:
         raise src.error("lr_scheduler.name", f"unknown scheduler '{cfg.lr_scheduler.name}' (expected {', '.join(SCHEDULERS)}){suggest(cfg.lr_scheduler.name, SCHEDULERS)}")
     if cfg.optimizer.name not in OPTIMIZERS:
         raise src.error("optimizer.name", f"unknown optimizer '{cfg.optimizer.name}' (expected {', '.join(OPTIMIZERS)}){suggest(cfg.optimizer.name, OPTIMIZERS)}")
-    if not cfg.data.labels and (cfg.loss.kind != "pair" or cfg.metric.kind != "pair"):
-        raise src.error("data.labels", "built-in loss and metric need at least one label key")
+    if not cfg.data.labels and cfg.label_readers:
+        raise src.error("data.labels", f"is empty, but the {', '.join(cfg.label_readers)} check(s) compute a built-in "
+                                       "loss or metric, which reads a label: name one, or set [loss]/[metric] kind = "
+                                       "\"pair\" with the pair's own loss_*/metric_*")
 
 
 def parse_checks(value, fail) -> tuple:

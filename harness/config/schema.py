@@ -112,6 +112,15 @@ class RunConfig:
     mapping: dict = field(default_factory=dict)  # [mapping]: torch module prefix -> paddle module prefix
 
     @property
+    def label_readers(self) -> list:
+        """The checks of this run that read [data] labels: those computing a built-in loss or metric
+        (a pair's own loss_*/metric_* reads the batch as it likes)."""
+        builtin_loss = self.loss.kind != "pair"
+        builtin_metric = self.metric.kind != "pair"
+        return [c for c in self.checks
+                if (builtin_loss and c in ("loss", "backward", "train")) or (builtin_metric and c in ("metric", "train"))]
+
+    @property
     def total_steps(self) -> int:
         return self.lr_scheduler.total_steps or self.train.iters
 

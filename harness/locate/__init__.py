@@ -4,6 +4,7 @@ module, parameter, gradient, update or buffer that differs. Framework-free.
   matching.py   which torch module is which paddle module
   leaves.py     comparing traced tensors (size-1 axes aligned) and the Finding
   forward.py    judging a traced forward pass
+  upstream.py   which module's forward made a module's differing input
   gradients.py  judging a traced backward pass
   updates.py    judging the optimizer update and BatchNorm statistics
   driver.py     driving the workers step by step, choosing what to trace

@@ -92,7 +92,6 @@ class Locator:
             self.match = Match(infos["torch"]["modules"], infos["paddle"]["modules"], self.ctx.plan,
                                calls={side: infos[side].get("calls") for side in SIDES})
             self.match.complete(recs["torch"]["calls"], recs["paddle"]["calls"])
-            self.outcome.notes += self.match.notes
             self.forward = ForwardJudge(self.match, self.tol)
             self.gradients = GradientJudge(self.match, self.tol)
             self.updates = UpdateJudge(self.match, self.tol, self.ctx.adaptive)
@@ -145,6 +144,8 @@ def locate(ctx: Context, checks: list, *, always: bool = False) -> Outcome:
     except Exception as exc:  # noqa: BLE001 - a bug of ours must not cost the user the checks' verdicts
         loc.outcome.finding = None
         loc.outcome.notes.append(f"localization failed (internal error, please report it): {type(exc).__name__}: {exc}")
+    if failing is not None and loc.outcome.finding is None and loc.match is not None:
+        loc.outcome.notes += loc.match.notes  # modules nothing compared may hide the place
     loc.summarize()
     return loc.outcome
 

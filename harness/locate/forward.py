@@ -1,14 +1,17 @@
 """Judging one traced forward pass: the first module call (in the order calls finish, children
 before parents) whose output differs is the place. Its inputs agree and it has no differing
-child: its own computation or its parameters differ. Its inputs already differ: a functional
-operation in the calling module made the difference. Its children all agree but its output
-differs: a functional operation inside it."""
+child: its own computation or its parameters differ. Its children all agree but its output
+differs: a functional operation inside it. Its inputs already differ: the module whose forward
+made them is named (harness/locate/upstream.py): one paddle has no counterpart of, functional
+code in a module's forward, or modules wired differently. The model's own inputs differ: the
+pair feeds the two models differently."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from harness.locate.leaves import AROUND, Finding, compare_leaves, compare_loose, display, shape_of, summary, worst
+from harness.locate.upstream import Upstream
 from harness.mapping import weights
 
 
@@ -27,6 +30,9 @@ class ForwardJudge:
         if not output_differs and not (loss_diff and loss_diff.differs):
             return None  # what the check judges agrees: an intermediate gap here is no divergence
         rows = self.rows(tr, pr)
+        model = next((r for r in rows if r["call"]["key"] == "#0"), None)
+        if model is not None and model["in_differs"]:
+            return self._inputs(check, model, rows, step)
         first = next((r for r in rows if r["out_differs"]), None)
         if first is None:
             if output_differs:
@@ -37,29 +43,35 @@ class ForwardJudge:
             return Finding(check, "loss", None, step,
                            f"the model outputs agree, the losses differ ({summary([loss_diff])}): the loss function "
                            "differs (check reduction, class axis, label smoothing, ignore_index)")
-        return self._place(check, rows, rows.index(first), begin, step)
+        return self._place(check, rows, rows.index(first), begin, step, recs)
 
-    def _place(self, check: str, rows: list, index: int, begin: dict, step: int) -> Finding:
-        """The first differing call: a functional op around it, its parameters, a functional op
+    def _place(self, check: str, rows: list, index: int, begin: dict, step: int, recs: dict) -> Finding:
+        """The first differing call: what made its differing input, its parameters, a functional op
         inside it, or its own computation."""
         first = rows[index]
         call = first["call"]
-        parent_key = call["parent"]
         if first["in_differs"]:
-            where, layer = "inside", parent_key.rsplit("#", 1)[0] if parent_key else ""
-            before = self._previous_sibling(rows, index, parent_key)
-            detail = (f"the difference arises inside {display(layer)} ({self._type(layer)}): the input of "
-                      f"{display(call['name'])} already differs ({summary(first['ins'])})"
-                      + (f" while {display(before['call']['name'])} before it agrees" if before else "")
-                      + ": a functional operation (not a module) in its forward differs")
-            paddle_layer = self.match.pairs.get(layer)
+            before = self._previous_sibling(rows, index, call["parent"])
+            where, layer, paddle_layer, detail = Upstream(self.match, recs, rows).explain(
+                first, before and before["call"])
+            key = next((c["key"] for c in recs["torch"]["calls"] if c["name"] == layer), None)
         else:
-            layer, paddle_layer = call["name"], first["paddle"]["name"]
+            layer, paddle_layer, key = call["name"], first["paddle"]["name"], call["key"]
             where, detail = self._own(rows, index, begin)
         if step and check in ("backward", "train"):
             detail += f" (step {step}, both sides starting it from torch's weights)"
-        path = self._path(rows, parent_key if where == "inside" and first["in_differs"] else call["key"])
+        path = self._path(rows, key, recs["torch"]["calls"])
         return Finding(check, where, layer, step, detail, paddle_layer, path, self._around(rows, index))
+
+    def _inputs(self, check: str, model: dict, rows: list, step: int) -> Finding:
+        """The models are fed different inputs: the batch is one, so the pair's forward_* passes it on differently."""
+        bad = [d for d in model["ins"] if d.differs]
+        what = "; ".join(f"{_argument(d.key)}: {summary([d])}" for d in bad[:3])
+        return Finding(check, "inputs", "", step,
+                       f"the two models are given different inputs ({what}) before any module runs: both sides get "
+                       "the same batch, so the pair's forward_torch / forward_paddle (or [data] inputs) passes it on "
+                       "differently", model["paddle"]["name"], self._path(rows, "#0", []),
+                       self._around(rows, rows.index(model)))
 
     def _own(self, rows: list, index: int, begin: dict) -> tuple:
         """The call's inputs agree: (where, detail) for its parameters, its children or itself."""
@@ -125,9 +137,6 @@ class ForwardJudge:
                 and np.allclose(p_state[e.paddle_name], t_state[tname], rtol=0, atol=1e-7))
 
     # ------------------------------------------------------------ what the report shows
-    def _type(self, name: str) -> str:
-        return self.match.torch_modules.get(name, {}).get("type", "?")
-
     @staticmethod
     def _previous_sibling(rows, index, parent_key):
         for r in reversed(rows[:index]):
@@ -136,14 +145,17 @@ class ForwardJudge:
         return None
 
     @staticmethod
-    def _path(rows, key) -> list:
+    def _path(rows, key, calls: list) -> list:
+        """Root -> the call `key`, each with its output diff where it was compared."""
         by_key = {r["call"]["key"]: r for r in rows}
+        traced = {c["key"]: c for c in calls}
         chain = []
-        while key is not None and key in by_key:
-            r = by_key[key]
-            chain.append({"module": display(r["call"]["name"]), "type": r["call"]["type"],
-                          "diff": worst(r["outs"]), "differs": r["out_differs"]})
-            key = r["call"]["parent"]
+        while key is not None and (key in by_key or key in traced):
+            r = by_key.get(key)
+            c = r["call"] if r else traced[key]
+            chain.append({"module": display(c["name"]), "type": c["type"], "diff": worst(r["outs"]) if r else None,
+                          "differs": r["out_differs"] if r else None})
+            key = c["parent"]
         return list(reversed(chain))
 
     @staticmethod
@@ -159,3 +171,12 @@ class ForwardJudge:
                           "in_diff": worst(r["ins"]), "out_diff": worst(r["outs"]),
                           "status": ("HERE" if r is rows[index] else "DIFFERS") if r["out_differs"] else "agrees"})
         return table
+
+
+def _argument(leaf: str) -> str:
+    """A traced input leaf as the call took it: in.0.1 -> argument 1, in.1.input_ids -> input_ids."""
+    _, group, *rest = leaf.split(".")
+    if not rest:
+        return leaf
+    head = f"argument {rest[0]}" if group == "0" else rest[0]
+    return head + "".join(f"[{r}]" for r in rest[1:])

@@ -49,13 +49,17 @@ class Match:
         taken = set(self.pairs.values())
         left_t = _first_calls(torch_calls, lambda n: n not in self.pairs)
         left_p = _first_calls(paddle_calls, lambda n: n not in taken)
+        unmatched = []
         for kind in dict.fromkeys(weights.kind(t) for _, t in left_t):
             ts = [n for n, t in left_t if weights.kind(t) == kind]
             ps = [n for n, t in left_p if weights.kind(t) == kind]
             if len(ts) == len(ps):
                 self.pairs.update(zip(ts, ps))
             elif ts:
-                self.notes.append(f"{len(ts)} torch vs {len(ps)} paddle unmatched {kind} modules: not compared")
+                unmatched.append(f"{len(ts)} torch {kind}" + (f" (vs {len(ps)} paddle)" if ps else ""))
+        if unmatched:  # compared only through their neighbours: worth saying where nothing was located
+            self.notes.append(f"modules without a counterpart, compared only through what their neighbours take "
+                              f"and return: {', '.join(unmatched)}")
         if self.plan is None:
             entries = []
             for t, p in self.pairs.items():

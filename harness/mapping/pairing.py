@@ -236,6 +236,10 @@ class Pairer:
 
     def _leftovers(self) -> None:
         left_p = {n: m for n, m in self.left_p.items() if kind(m["type"]) != "mha"}  # holds no tensor itself
+        for side, left, pool in (("torch", self.left_t, self.left_p), ("paddle", left_p, self.left_t)):
+            lacking = _lacking(self.sig, side, next(iter(left.values())), pool) if left else None
+            if lacking:
+                raise UsageError(lacking)
         if self.left_t:
             tm = next(iter(self.left_t.values()))
             raise UsageError(f"weight mapping: torch {describe(tm)}{self._called('torch', tm)} has no paddle counterpart: "
@@ -275,3 +279,29 @@ class Pairer:
 
     def _paired(self, side: str, name: str) -> bool:
         return any((p.torch if side == "torch" else p.paddle) == name for p in self.pairs)
+
+
+def _lacking(sig: dict, side: str, m: dict, pool: dict) -> str | None:
+    """An unpaired module of the other side (`pool`) with one of m's tensors less or more (a Linear
+    without its bias): the message, starting with that tensor. sig: (side, name) -> signature."""
+    other = "paddle" if side == "torch" else "torch"
+    mine = dict(sig[side, m["name"]])
+    found = []
+    for om in pool.values():
+        theirs = dict(sig[other, om["name"]])
+        if kind(om["type"]) == kind(m["type"]) and mine != theirs and \
+                all(mine[k] == theirs[k] for k in mine.keys() & theirs.keys()):
+            found.append((difflib.SequenceMatcher(None, om["name"], m["name"]).ratio(), om))
+    if not found:
+        return None
+    om = max(found, key=lambda f: f[0])[1]
+    tm, pm = (m, om) if side == "torch" else (om, m)
+    t_sig, p_sig = dict(sig["torch", tm["name"]]), dict(sig["paddle", pm["name"]])
+    parts = [f"torch '{full_name(tm['name'], k)}' {list(t_sig[k])} has no paddle counterpart: paddle "
+             f"{describe(pm)} has the rest of torch '{tm['name']}' but no {k}" for k in t_sig if k not in p_sig]
+    parts += [f"paddle '{full_name(pm['name'], k)}' {list(p_sig[k])} is filled by no torch tensor: torch "
+              f"{describe(tm)} has the rest of paddle '{pm['name']}' but no {k}" for k in p_sig if k not in t_sig]
+    bias = "bias" in t_sig.keys() ^ p_sig.keys()
+    return ("weight mapping: " + "; ".join(parts)
+            + (" (a layer built without a bias on one side: bias_attr=False in paddle, bias=False in torch)"
+               if bias else "") + "; the port differs there: fix it, or convert with your own torch_to_paddle(state)")

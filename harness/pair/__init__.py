@@ -2,7 +2,7 @@
 and the data made from it once for both sides.
 
   loader.py   importing the pair module (and which libraries a process must not load)
-  stubs.py    stand-ins for a framework a process does not hold
+  stubs.py    a framework a process does not hold: hidden from libraries, a stand-in for the pair's code
   making.py   make_batch run and each batch checked, in the data worker (never in the coordinator)
   batches.py  every batch made once, from the run seed, asked of the data worker and kept
 

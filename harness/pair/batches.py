@@ -39,7 +39,8 @@ class BatchSource:
         self._group = WorkerGroup([WorkerSpec(DATA, {"threads": 1}, framework=DATA)], self.timeout)
         self._group.start()
         wire = {"pair": str(self.cfg.pair), "source": str(self.cfg.source), "seed": self.cfg.data.seed,
-                "needed": list(self.cfg.data.inputs or []) + list(self.cfg.data.labels)}
+                "needed": list(self.cfg.data.inputs or []) + (list(self.cfg.data.labels) if self.cfg.label_readers else []),
+                "readers": list(self.cfg.label_readers)}
         self._defined = self._ask(DataOp.LOAD_PAIR, wire, f"import of {self.cfg.pair.name}", self.startup_timeout,
                                   STARTUP_HINT)
 

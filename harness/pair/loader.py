@@ -14,7 +14,8 @@ from harness.pair import stubs
 
 FRAMEWORKS = ("torch", "paddle")
 # Libraries that import a framework on their own; in a process without it they must not load.
-_COMPANIONS = {"torch": ("torch", "torchvision", "torchaudio"), "paddle": ("paddle", "paddlenlp", "reprod_log")}
+_COMPANIONS = {"torch": ("torch", "torchvision", "torchaudio"),
+               "paddle": ("paddle", "paddlenlp", "paddleformers", "reprod_log")}
 
 
 def blocked_roots(keep: str | None) -> tuple:
@@ -26,12 +27,15 @@ def user_traceback(exc: BaseException) -> str:
 
 
 def load(path: Path, *, keep: str | None, where: str, guard=contextlib.nullcontext) -> ModuleType:
-    """Import the pair module; `guard` is the context that keeps the other framework out."""
+    """Import the pair module; `guard` is the context that keeps the other framework out, if the
+    process does not already (a worker hides it for good). The module's own imports of a framework
+    the process does not hold bind stand-ins (harness/pair/stubs.py)."""
     name = f"reprod_pair_{keep or 'data'}_{abs(hash(str(path)))}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None:  # not a .py: no loader for it
         raise UsageError(f"{path}: not a Python module (the pair module is a .py file)")
     module = importlib.util.module_from_spec(spec)
+    module.__dict__["__builtins__"] = stubs.pair_builtins(blocked_roots(keep), where)
     sys.modules[name] = module
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))  # the pair may import its sibling files

@@ -28,8 +28,9 @@ def answer(fn, *args) -> dict:
 class Maker:
     """The pair module of one config, and make_batch(rng, step) with a generator seeded [seed, step]."""
 
-    def __init__(self, *, pair: str, source: str, seed: int, needed: list):
+    def __init__(self, *, pair: str, source: str, seed: int, needed: list, readers: list = ()):
         self.pair, self.source, self.seed, self.needed = Path(pair), source, seed, list(needed)
+        self.readers = list(readers)  # the checks that read the labels (a built-in loss or metric)
         self.module = loader.load(self.pair, keep=None, where=WHERE)
         loader.require(self.module, self.pair, ["build_torch", "build_paddle", "make_batch"])
 
@@ -62,6 +63,7 @@ class Maker:
             out[str(key)] = arr
         missing = [k for k in self.needed if k not in out]
         if missing:
+            readers = f", which the {', '.join(self.readers)} check(s) read" if self.readers else ""
             raise UsageError(f"{where} returned keys {sorted(out)}, but [data] inputs/labels name {missing}"
-                             f" (file {self.source})")
+                             f"{readers} (file {self.source})")
         return out

@@ -1,18 +1,27 @@
-"""Import stand-ins for a framework a process must not load.
+"""A framework a process must not hold: hidden from every library, a stand-in for the pair's own code.
 
-A pair module may `import torch` and `import paddle` at the top. The coordinator (which only
-calls make_batch) and each worker (which only calls its own side's functions) load it with
-the other framework replaced by these stand-ins, so each process really holds one framework
-at most, and code that reaches across (the classic "torch on both sides" mistake) fails
-loudly instead of silently comparing torch with torch.
+A pair module may `import torch` and `import paddle` at the top. The coordinator (which only calls
+make_batch) and each worker (which only calls its own side's functions) hide the other framework:
+for libraries it is simply not installed (`import torch` raises ModuleNotFoundError,
+`importlib.util.find_spec("torch")` is None, nothing is in sys.modules), so scipy, datasets,
+transformers and PaddleNLP take their own no-torch paths and never meet anything strange. Only the
+pair's own code (the pair module, and the files it imports from outside site-packages and the
+standard library: its sibling files, a repository on sys.path) gets stand-ins: its `import torch`
+binds a stand-in to its own name, so a class over `torch.nn.Module` defines harmlessly, and code
+that reaches across (the classic "torch on both sides" mistake) fails loudly instead of silently
+comparing torch with torch. Each process really holds one framework at most.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
-import importlib.abc
+import functools
 import importlib.machinery
+import os
+import site
 import sys
+import sysconfig
 import types
 
 
@@ -59,10 +68,10 @@ class _Absent:
 
 
 class _AbsentModule(types.ModuleType):
+    """What the pair's `import torch` binds; never put in sys.modules."""
+
     def __init__(self, name: str, where: str):
         super().__init__(name)
-        self.__path__ = []  # a package, so `import torch.nn.functional` resolves here too
-        self.__reprod_stub__ = True
         self._where = where
 
     def __getattr__(self, name: str):
@@ -70,44 +79,107 @@ class _AbsentModule(types.ModuleType):
             raise AttributeError(name)
         return _Absent(f"{self.__name__}.{name}", self._where)
 
-
-class _AbsentFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def __init__(self, roots: tuple, where: str):
-        self.roots, self.where = roots, where
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname.split(".")[0] in self.roots:
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        return _AbsentModule(spec.name, self.where)
-
-    def exec_module(self, module):
-        pass
+    def __repr__(self):
+        return f"<{self.__name__}: not loaded in the {self._where}>"
 
 
 def is_absent(value) -> bool:
     return isinstance(value, (_Absent, _AbsentModule))
 
 
-def block(roots: tuple, where: str) -> _AbsentFinder:
-    """From now on, `import <root>` (and its submodules) yields stand-ins in this process."""
-    finder = _AbsentFinder(roots, where)
-    sys.meta_path.insert(0, finder)
-    return finder
+@functools.cache
+def pair_builtins(roots: tuple, where: str) -> dict:
+    """The builtins of the pair's own code: its `import <root>` (and `from <root>.x import y`)
+    yields a stand-in; every other import is the process's own."""
+
+    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 0 and name.partition(".")[0] in roots:
+            return _AbsentModule(name if fromlist else name.partition(".")[0], where)
+        return builtins.__import__(name, globals, locals, fromlist, level)
+
+    return {**vars(builtins), "__import__": guarded_import}
+
+
+@functools.cache
+def _library_dirs() -> tuple:
+    paths = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths.update(getattr(site, "getsitepackages", list)())
+    paths.add(getattr(site, "getusersitepackages", lambda: None)())
+    return tuple(os.path.realpath(p) + os.sep for p in paths if p)
+
+
+def is_pair_code(origin: str | None) -> bool:
+    """A Python source file outside the standard library and every site-packages: the user's own."""
+    if not origin or not origin.endswith(".py"):
+        return False
+    path = os.path.realpath(origin)
+    parts = path.split(os.sep)
+    return not path.startswith(_library_dirs()) and "site-packages" not in parts and "dist-packages" not in parts
+
+
+class _PairLoader:
+    """A user file's loader, run with the pair's builtins (its imports of `roots` are stand-ins)."""
+
+    def __init__(self, loader, names: dict):
+        self._loader, self._builtins = loader, names
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__dict__["__builtins__"] = self._builtins
+        self._loader.exec_module(module)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+class _Hiding:
+    """One finder of sys.meta_path that no longer finds `roots`, and loads the user's files with
+    the pair's builtins; every other attribute (invalidate_caches, find_distributions) is its own."""
+
+    def __init__(self, finder, roots: tuple, where: str):
+        self._finder, self._roots, self._where = finder, roots, where
+
+    def find_spec(self, fullname, path=None, target=None):
+        find = getattr(self._finder, "find_spec", None)
+        if fullname.partition(".")[0] in self._roots or find is None:
+            return None
+        spec = find(fullname, path, target)
+        if spec is not None and isinstance(spec.loader, importlib.machinery.SourceFileLoader) \
+                and is_pair_code(spec.origin):
+            spec.loader = _PairLoader(spec.loader, pair_builtins(self._roots, self._where))
+        return spec
+
+    def __getattr__(self, name):
+        return getattr(self._finder, name)
+
+    # `sys.meta_path.remove(finder)` and `finder in sys.meta_path` (setuptools' shim does both) find the wrapper
+    def __eq__(self, other):
+        return other is self or other is self._finder
+
+    def __hash__(self):
+        return hash(id(self._finder))
+
+
+def block(roots: tuple, where: str) -> None:
+    """From now on `roots` are hidden in this process (libraries find them not installed), and the
+    user's files imported from now on see stand-ins."""
+    sys.meta_path[:] = [_Hiding(f, roots, where) for f in sys.meta_path]
 
 
 @contextlib.contextmanager
 def absent(roots: tuple, where: str):
-    """Stand-ins for `roots` inside the block only; real modules already loaded come back after."""
-    saved = {n: sys.modules.pop(n) for n in list(sys.modules) if n.split(".")[0] in roots}
-    finder = block(roots, where)
+    """`roots` hidden inside the block only: real modules already loaded come back after, and the
+    user's files first loaded inside it are forgotten (their stand-ins stay theirs)."""
+    saved = {n: sys.modules.pop(n) for n in list(sys.modules) if n.partition(".")[0] in roots}
+    before = set(sys.modules)
+    block(roots, where)
     try:
         yield
     finally:
-        sys.meta_path.remove(finder)
-        for name in [n for n in sys.modules if n.split(".")[0] in roots]:
-            if getattr(sys.modules[name], "__reprod_stub__", False):
+        sys.meta_path[:] = [f._finder if isinstance(f, _Hiding) else f for f in sys.meta_path]
+        for name in set(sys.modules) - before:
+            if isinstance(getattr(sys.modules[name], "__loader__", None), _PairLoader):
                 del sys.modules[name]
         sys.modules.update(saved)

@@ -6,6 +6,7 @@ nothing (harness/report/summary.py ranks the keys)."""
 from __future__ import annotations
 
 import io
+import re
 
 from rich import box
 from rich.console import Console
@@ -34,36 +35,65 @@ def _shape(shape) -> str:
     return "x".join(map(str, shape)) if shape else "scalar" if shape == [] else "-"
 
 
-KEY_CELL = 28  # a worst-key cell: longer names keep their (most specific) end; the keys list shows them whole
+SEPARATOR = 3  # what a table puts between two columns (padding and rule)
+LIMIT_CELL = 22  # the narrowest "worst |d| vs limit" cell; its text wraps at spaces
 
 
-def _short(key: str, width: int = KEY_CELL) -> str:
-    return key if len(key) <= width else "…" + key[-(width - 1):]
+def wrap_name(name: str, width: int) -> str:
+    """A dotted name in lines of at most `width`, each ending after a dot where it can: a table
+    cell wraps a name instead of cutting it (`…ion.output.LayerNorm.weight` told nothing)."""
+    if len(name) <= width:
+        return name
+    lines, line = [], ""
+    for part in re.findall(r"[^.]*\.|[^.]+$", name):
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        while len(part) > width:
+            lines.append(part[:width])
+            part = part[width:]
+        line += part
+    return "\n".join(lines + ([line] if line else []))
 
 
-def summary_table(report: dict) -> Table:
-    """A row per check: keys compared, the worst key's measure against its named limit, verdict."""
-    table = _table()
-    table.add_column("check", no_wrap=True, min_width=max(len(c["name"]) for c in report["checks"]) if report["checks"] else 5)
-    table.add_column("keys", justify="right", no_wrap=True, min_width=5)
-    table.add_column("worst key", no_wrap=True, overflow="ellipsis")  # a key name is never broken
-    table.add_column("worst |d| vs limit", ratio=1, min_width=18)
-    table.add_column("verdict", no_wrap=True, min_width=4)
+def _span(widths: list) -> int:
+    return sum(widths) + SEPARATOR * (len(widths) - 1)
+
+
+def summary_table(report: dict, width: int = 100) -> Table:
+    """A row per check: keys compared, the worst key's measure against its named limit, verdict.
+    Every cell whole at any width: the worst key wraps after its dots, the limit at spaces, and the
+    verdict (with how many keys a named rule released, below it) is never squeezed."""
+    rows = []
     for check in report["checks"]:
-        w = summary.worst(check)
-        n = summary.released(check)
-        table.add_row(check["name"], f"{summary.compared(check)}/{len(check['keys'])}",
-                      escape(_short(w["key"]) if w else "-"), escape(summary.against(w)),
-                      _verdict(check["passed"]) + (f" [dim]{n} by rule[/]" if n else ""))
+        w, n = summary.worst(check), summary.released(check)
+        rows.append((check["name"], f"{summary.compared(check)}/{len(check['keys'])}", w["key"] if w else "-",
+                     summary.against(w), _verdict(check["passed"]) + (f"\n[dim]{n} by rule[/]" if n else ""),
+                     len(f"{n} by rule") if n else 4))
+    check_w = max([5] + [len(r[0]) for r in rows])
+    keys_w = max([4] + [len(r[1]) for r in rows])
+    verdict_w = max([7] + [r[5] for r in rows])
+    room = width - _span([check_w, keys_w, 0, LIMIT_CELL, verdict_w])
+    key_w = max(12, min(max([9] + [len(r[2]) for r in rows]), room))
+    table = _table()
+    table.add_column("check", no_wrap=True, width=check_w)
+    table.add_column("keys", justify="right", no_wrap=True, width=keys_w)
+    table.add_column("worst key", no_wrap=True, width=key_w)
+    table.add_column("worst |d| vs limit", ratio=1, min_width=LIMIT_CELL)
+    table.add_column("verdict", no_wrap=True, width=verdict_w)
+    for name, keys, key, measured, verdict, _ in rows:
+        table.add_row(name, keys, escape(wrap_name(key, key_w)), escape(measured), verdict)
     return table
 
 
-def key_table(check: dict, *, limit: int | None = None) -> Table:
-    """Every key with its statistics, failing first (-v, `compare`): a wide view."""
+def key_table(check: dict, *, limit: int | None = None, width: int = 160) -> Table:
+    """Every key with its statistics, failing first (-v, `compare`): a wide view, key names wrapped
+    after their dots where the width is short."""
     keys = sorted(check["keys"], key=lambda k: k["passed"])
     shown = keys if limit is None else keys[:limit]
+    key_w = max(16, min(max([3] + [len(k["key"]) for k in shown]), width // 3))
     table = _table(f"{escape(check['name'])}: {escape(check.get('reason', 'aligned'))}")
-    table.add_column("key", no_wrap=True, overflow="ellipsis")
+    table.add_column("key", no_wrap=True, width=key_w)
     table.add_column("shape", no_wrap=True)
     for col in ("mean |d|", "max |d|", "max rel"):
         table.add_column(col, justify="right", no_wrap=True)
@@ -71,7 +101,7 @@ def key_table(check: dict, *, limit: int | None = None) -> Table:
     table.add_column("verdict / reason", ratio=1)
     for k in shown:
         why = ("PASS" + (f" ({k['rule']})" if k.get("rule") else "")) if k["passed"] else k.get("reason", "")
-        table.add_row(escape(k["key"]), _shape(k.get("shape")), fmt(k.get("mean_abs")), fmt(k.get("max_abs")),
+        table.add_row(escape(wrap_name(k["key"], key_w)), _shape(k.get("shape")), fmt(k.get("mean_abs")), fmt(k.get("max_abs")),
                       fmt(k.get("max_rel")), escape(summary.limit_text(k)), escape(why),
                       style=None if k["passed"] else "red")
     if len(keys) > len(shown):  # a caption, not a row: it wraps, and never widens the key column
@@ -118,25 +148,67 @@ def _type(text: str) -> str:
     return parts[0] if len(parts) == 2 and parts[0].lower() == parts[1].lower() else text
 
 
-def around_table(div: dict) -> Table:
-    """Modules executed around the diverging one (or, for gradients, in backward order)."""
+def _prefix(names: list) -> str:
+    """The dotted prefix every name shares, short of the whole of any of them (table rows show the rest)."""
+    parts = [n.split(" [")[0].split(".") for n in names if n and n != "(model)"]
+    if not parts or len(parts) < len(names):
+        return ""
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    common = common[: min(len(p) for p in parts) - 1]
+    return ".".join(common) + "." if common else ""
+
+
+def _around_cells(rows: list, grad: bool) -> tuple:
+    """(title suffix, cells per row) with the names relative to the prefix all rows share."""
+    t_prefix, p_prefix = _prefix([r.get("module", "") for r in rows]), _prefix([r.get("paddle") or "" for r in rows])
+    cells = []
+    for r in rows:
+        module, paddle = (r.get("module") or "(model)")[len(t_prefix):], (r.get("paddle") or "")[len(p_prefix):]
+        cells.append({"module": module, "paddle": paddle if paddle != module.split(" [")[0] else "",
+                      "type": _type(r.get("type", "")), "in shape": _shape(r.get("in_shape")),
+                      "out shape": _shape(r.get("out_shape")), "in |d|": fmt(r.get("in_diff")),
+                      "out |d|": fmt(r.get("out_grad_diff") if grad else r.get("out_diff")),
+                      "status": r.get("status", "")})
+    where = f"in {t_prefix[:-1]}" if t_prefix else ""
+    if p_prefix and p_prefix != t_prefix:
+        where += f"{'; ' if where else ''}paddle {p_prefix[:-1]}"
+    return (f" ({where})" if where else ""), cells
+
+
+def around_table(div: dict, width: int = 160) -> Table:
+    """Modules executed around the diverging one (or, for gradients, in backward order). Where the
+    width is short the paddle name goes below the torch one, then the type and shape columns go,
+    then the names wrap: the diffs and the status stay."""
     rows = div["around"]
     grad = any("out_grad_diff" in r for r in rows)
-    table = _table("modules around it" + (" (backward order)" if grad else ""))
-    renamed = any(r.get("paddle") and r["paddle"] != r.get("module", "").split(" [")[0] for r in rows)
-    table.add_column("module", no_wrap=True, overflow="ellipsis")
-    if renamed:
-        table.add_column("paddle", no_wrap=True, overflow="ellipsis")
-    table.add_column("type")
-    for col in ("in shape", "out shape", "in |d|", "out grad |d|" if grad else "out |d|", "status"):
-        table.add_column(col, no_wrap=True)
-    for r in rows:
-        out_diff = r.get("out_grad_diff") if grad else r.get("out_diff")
-        status = r.get("status", "")
-        table.add_row(escape(r.get("module", "")), *([escape(r.get("paddle") or "")] if renamed else []),
-                      escape(_type(r.get("type", ""))), _shape(r.get("in_shape")), _shape(r.get("out_shape")),
-                      fmt(r.get("in_diff")), fmt(out_diff), status,
-                      style="bold red" if status == "HERE" else "red" if status == "DIFFERS" else None)
+    where, cells = _around_cells(rows, grad)
+    renamed = any(c["paddle"] for c in cells)
+    out_col = "out grad |d|" if grad else "out |d|"
+
+    def natural(col: str) -> int:
+        return max([len(col)] + [len(line) for c in cells for line in c[col].split("\n")])
+
+    for c in cells:
+        c["both"] = c["module"] + (f"\n→ {c['paddle']}" if c["paddle"] else "")
+    layouts = [["module", "paddle", "type", "in shape", "out shape"] if renamed else
+               ["module", "type", "in shape", "out shape"], ["both", "type", "in shape", "out shape"],
+               ["both", "type"], ["both"]]
+    fixed = ["in |d|", "out |d|", "status"]
+    columns = next((cols for cols in layouts if _span([natural(c) for c in cols + fixed]) <= width), layouts[-1])
+    name_w = max(12, width - _span([natural(c) for c in fixed] + [0]))
+    table = _table("modules around it" + (" (backward order)" if grad else "") + where)
+    headers = {"both": "module" + (" → paddle" if renamed else ""), "out |d|": out_col}
+    for col in columns + fixed:
+        table.add_column(headers.get(col, col), no_wrap=True)
+    for c in cells:
+        values = [escape(wrap_name(c[col], name_w) if col == "both" and columns == layouts[-1] else c[col])
+                  for col in columns + fixed]
+        status = c["status"]
+        table.add_row(*values, style="bold red" if status == "HERE" else "red" if status == "DIFFERS" else None)
     return table
 
 
@@ -145,7 +217,7 @@ def print_divergence(console: Console, div: dict) -> None:
     if div.get("path"):
         console.print(divergence_tree(div["path"]))
     if div.get("around"):
-        console.print(around_table(div))
+        console.print(around_table(div, console.width))
 
 
 def _notes(report: dict, checks: list) -> list:
@@ -184,19 +256,31 @@ def print_report(console: Console, report: dict, out_dir: str | None = None, ver
         if out_dir:
             console.print(f"artifacts: {escape(out_dir)}", highlight=False, soft_wrap=True)
         return
-    console.print(summary_table(report))
+    console.print(summary_table(report, console.width))
     bad = summary.failing_checks(report)
     if report.get("first_divergence"):
         print_divergence(console, report["first_divergence"])
     if verbose:
         for check in report["checks"]:
-            console.print(key_table(check))
+            console.print(key_table(check, width=console.width))
     elif bad:
         print_failing_keys(console, bad[0])
         _folded(console, bad[0], bad[1:])
     for note in _notes(report, report["checks"] if verbose or not bad else bad[:1]):
         console.print(f"[yellow]note[/]: {escape(note)}", highlight=False)
+    _warnings(console, report.get("warnings", []), verbose=verbose, misaligned=bool(bad))
     _footer(console, report, out_dir)
+
+
+def _warnings(console: Console, warned: list, *, verbose: bool, misaligned: bool) -> None:
+    """Python warnings raised in the workers (a library's deprecation, setuptools replacing
+    distutils): in report.json, on the console with -v; a misaligned run counts them, since one
+    (a loss broadcasting its target) may be the clue; an aligned run says nothing of them."""
+    if verbose:
+        for text in warned:
+            console.print(f"[dim]warning[/]: {escape(text)}", highlight=False)
+    elif warned and misaligned:
+        console.print(f"[dim]{len(warned)} warning(s) raised in the workers: -v or report.json[/]", highlight=False)
 
 
 def _footer(console: Console, report: dict, out_dir: str | None) -> None:

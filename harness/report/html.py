@@ -163,7 +163,9 @@ def _facts(report: dict) -> str:
     timing = report.get("timing") or {}
     rows += [f"<tr><td>{_e(k)}</td><td>{_e(v)} s</td></tr>" for k, v in timing.items()]
     notes = "".join(f"<li>{_e(n)}</li>" for n in report.get("notes", []))
-    return (f'{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}<h2>Environment and timing</h2>'
+    warned = "".join(f"<li>{_e(n)}</li>" for n in report.get("warnings", []))
+    return (f'{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}'
+            f'{f"<h2>Warnings raised in the workers</h2><ul>{warned}</ul>" if warned else ""}<h2>Environment and timing</h2>'
             + _table(["", ""], rows, "facts"))
 
 

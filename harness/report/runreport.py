@@ -36,7 +36,8 @@ class RunReport:
     environment: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
     first_divergence: Divergence | None = None
-    notes: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # what bears on the verdict: the console shows them
+    warnings: list = field(default_factory=list)  # Python warnings the workers' code raised: -v shows them
     out_dir: Path | None = None  # where the artifacts (report.json, report.html) are; not part of the JSON
     weight_map: dict | None = None  # how each weight pair was decided (harness/mapping/weights.py Plan.to_json)
 
@@ -60,6 +61,7 @@ class RunReport:
             "environment": self.environment,
             "timing": self.timing,
             "notes": self.notes,
+            "warnings": self.warnings,
             "weight_map": self.weight_map,
         }
 

@@ -89,8 +89,10 @@ class CheckResult:
     def why(self) -> str:
         if self.reason:
             return self.reason
-        if self.compared == 0:
-            return "no keys compared"
+        if self.compared == 0:  # what stopped every key (NaN/Inf, a shape) says what happened
+            bad = [k for k in self.keys if not k.passed and k.reason]
+            more = f"; {len(bad) - 1} more key(s) not compared" if len(bad) > 1 else ""
+            return f"{bad[0].key}: {bad[0].reason}{more}" if bad else "no keys compared"
         bad = self.failing
         return f"{len(bad)} of {len(self.keys)} keys differ" if bad else ""
 
@@ -235,7 +237,7 @@ def _compare_float(res: KeyResult, a: np.ndarray, b: np.ndarray, tol: Tolerance,
         if not (tol.allow_nan and bad.same):
             side = "both" if bad.in_a and bad.in_b else "torch" if bad.in_a else "paddle"
             where = [int(i) for i in np.unravel_index(bad.first, a.shape)]
-            res.reason = f"{bad.count} NaN/Inf value(s) ({side}), first at {where}"
+            res.reason = f"{bad.count} NaN/Inf value(s) ({side})" + (f", first at {where}" if where else "")
             res.worst_index = where
             return res
         if sums.count == 0:
