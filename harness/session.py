@@ -14,7 +14,7 @@ import numpy as np
 from harness.config.parse import mapping_error
 from harness.config.schema import RunConfig
 from harness.errors import UsageError
-from harness.mapping import checkpoints, weights
+from harness.mapping import checkpoints, layout, weights
 from harness.pair.batches import BatchSource
 from harness.report.artifacts import ArtifactWriter
 from harness.workers import ranks
@@ -211,7 +211,22 @@ class Session:
                                      traces=traces, renames=self.cfg.mapping)
         except weights.RenameError as exc:
             raise mapping_error(self.cfg, exc.key, exc.reason) from None
+        self._measure_layouts()
         self.writer.text("weight_map.txt", self.plan.table())
+
+    def _measure_layouts(self) -> None:
+        """Square weights' layout from the traced forward (harness/mapping/layout.py): torch records
+        the modules' inputs and outputs, paddle replays them in each candidate layout."""
+        todo = layout.measurements(self.plan)
+        if not todo:
+            return
+        self.progress(f"measuring the layout of square weights in {len(todo)} module(s)")
+        recorded = self.one("torch", Op.RECORD_PROBES, batch=self.data.batch(0),
+                            modules={m.torch: m.probed for m in todo})
+        asks = {m.paddle: {**recorded[m.torch], "candidates": m.candidates()} for m in todo
+                if "error" not in recorded[m.torch]}
+        replies = self.one("paddle", Op.REPLAY_PROBES, modules=asks) if asks else {}
+        layout.settle(self.plan, todo, {m.paddle: replies.get(m.paddle, recorded[m.torch]) for m in todo})
 
     def _share_weights(self, state: dict, *, torch_has_it: bool) -> None:
         """Every worker starts from `state` (torch's). Readers first: torch rank 0 holds the
