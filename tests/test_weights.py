@@ -235,7 +235,7 @@ def test_two_unused_same_shape_heads_exit_2_naming_both_then_mapping_settles_it(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = (tmp_path / "m" / "weight_map.txt").read_text()
     assert 'head_a.weight  [4, 4]       aux_2.weight' in table and '[mapping] "head_a" = "aux_2"' in table
-    assert "head_b.bias" in table and "type order (the only one of its type and shapes; never called)" in table
+    assert "head_b.bias" in table and "type order (the only one of its shapes; never called)" in table
 
     toml.write_text(toml.read_text().replace('"head_a" = "aux_2"', '"head_c" = "aux_2"'))
     proc = cli("run", toml, "--out", tmp_path / "u", "--checks", "forward")

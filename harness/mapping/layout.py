@@ -108,9 +108,8 @@ def settle(plan: Plan, todo: list, replies: dict) -> None:
             best = m.layouts()[fits[0]]
             for j, e in enumerate(m.square):
                 other = min(err for i, err in enumerate(errors) if m.layouts()[i][j] != best[j])
-                said = _way(best[j])
-                _decide(plan, [e], f"{LAYOUT_MEASURED} ({said} reproduces torch's output to {errors[fits[0]]:.1e}, "
-                                   f"{_way(not best[j])} is off by {other:.2g})", transpose=best[j])
+                _decide(plan, [e], f"{LAYOUT_MEASURED} ({_way(best[j])} reproduces torch's output ({errors[fits[0]]:.1e}), "
+                                   f"{_way(not best[j])} does not ({other:.2g}))", transpose=best[j])
         elif fits:
             _decide(plan, m.square, f"{LAYOUT_RULE} (every layout reproduces torch's output: the module does not "
                                     "depend on these values)")

@@ -185,7 +185,7 @@ class Pairer:
             self._ambiguous(tu, pu, "neither forward calls them, so there is no call order to go by")
 
     def _calls_note(self, tm: dict, pm: dict) -> str:
-        note = "the only one of its type and shapes"
+        note = "the only one of its shapes"
         tt, tp = self.traces.get("torch"), self.traces.get("paddle")
         if tt is None or tp is None:
             return note
