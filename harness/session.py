@@ -14,7 +14,7 @@ import numpy as np
 from harness.config.parse import mapping_error
 from harness.config.schema import RunConfig
 from harness.errors import UsageError
-from harness.mapping import checkpoints, layout, weights
+from harness.mapping import checkpoints, identify, layout, weights
 from harness.pair.batches import BatchSource
 from harness.report.artifacts import ArtifactWriter
 from harness.workers import ranks
@@ -76,6 +76,7 @@ class Session:
         self.data = BatchSource(cfg)
         self.root_writer = self.writer = writer or ArtifactWriter(opts.out_dir)  # writer: the current precision's
         self.plan: weights.Plan | None = None
+        self.identity: weights.Plan | None = None  # with the pair's torch_to_paddle: what each tensor became
         self.initial_torch: dict = {}
         self.precision = "float32"
         self.infos: dict = {}
@@ -155,7 +156,7 @@ class Session:
             self._starting = False
 
     def _build(self, initial: dict | None) -> None:
-        self.plan = None
+        self.plan = self.identity = None
         batch = self.data.batch(0)
         if self.layout.world > 1:
             ranks.validate(self.layout, next(iter(batch.values())).shape[0])
@@ -204,7 +205,6 @@ class Session:
             if self.cfg.mapping:
                 raise UsageError(f"{self.cfg.source}: [mapping] and the pair's torch_to_paddle(state) both say how "
                                  "the weights convert: keep one (torch_to_paddle then does all of it)")
-            self.writer.text("weight_map.txt", "converted by the pair's torch_to_paddle(state)\n")
             return
         try:
             self.plan = weights.plan(self.infos["torch"]["modules"], self.infos["paddle"]["modules"],
@@ -232,12 +232,26 @@ class Session:
         """Every worker starts from `state` (torch's). Readers first: torch rank 0 holds the
         files and replaces them when it loads."""
         self.every_rank("paddle", Op.IMPORT_STATE, **self.to_paddle(state))
+        if self.plan is None:
+            self._identify(state)
         # every rank starts from rank 0's weights, as DDP would broadcast them
         self.call({name: Request(Op.LOAD_STATE, {"state": state}) for name in self.ranks["torch"][1:]})
         if not torch_has_it:
             self.one("torch", Op.LOAD_STATE, state=state)
             state = self.one("torch", Op.EXPORT_STATE)  # in this precision
         self.initial_torch = state
+
+    def _identify(self, torch_state: dict) -> None:
+        """With the pair's own torch_to_paddle: which paddle tensor each torch tensor became, by
+        value (harness/mapping/identify.py), so parameters and gradients are compared by name."""
+        self.progress("identifying by value the paddle tensor each torch tensor became")
+        try:  # the automatic plan, where one can be made, as the guess for splits and ties
+            guess = weights.plan(self.infos["torch"]["modules"], self.infos["paddle"]["modules"])
+        except UsageError:
+            guess = None
+        self.identity = identify.identify(torch_state, self.one("paddle", Op.EXPORT_STATE), guess=guess)
+        self.writer.text("weight_map.txt", "converted by the pair's torch_to_paddle(state); each paddle tensor "
+                                           "identified by its values:\n\n" + self.identity.table())
 
     def to_paddle(self, torch_state: dict) -> dict:
         """The arguments that load a torch state into paddle: through the plan, or the pair's own
@@ -269,12 +283,18 @@ class Session:
         """Per side, the modules that drop out (p > 0)."""
         return {side: [m["name"] for m in self.infos[side]["modules"] if m.get("dropout")] for side in SIDES}
 
+    @property
+    def naming(self) -> weights.Plan | None:
+        """What each paddle tensor is under torch's names: the plan, or what the values identified."""
+        return self.plan or self.identity
+
     def by_torch_name(self, torch_arrays: dict, paddle_arrays: dict) -> tuple:
-        """Paddle arrays renamed and laid out as torch's, so one key names one parameter. With the
-        pair's own torch_to_paddle the correspondence is unknown: nothing to compare."""
-        if self.plan is None:
+        """Paddle arrays renamed and laid out as torch's, so one key names one parameter; a tensor
+        no value identified (the pair's own torch_to_paddle) is left out on both sides."""
+        if self.naming is None:
             return {}, {}
-        return torch_arrays, self.plan.paddle_to_torch_names(paddle_arrays)
+        paddle = self.naming.paddle_to_torch_names(paddle_arrays)
+        return {k: v for k, v in torch_arrays.items() if self.plan is not None or k in paddle}, paddle
 
 
 def environment(session: Session) -> dict:

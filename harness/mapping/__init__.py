@@ -6,6 +6,7 @@ paddle one (layout, names, fused projections), for the initial weights and for c
   dropouts.py     dropout sites of both sides, paired, with their probabilities
   weights.py      per-tensor conversion and the plan (weight_map.txt)
   layout.py       square weights' layout, measured on the traced forward
+  identify.py     what each torch tensor became under the pair's own torch_to_paddle, by value
   checkpoints.py  reading, converting and writing .pt / .pdparams through the workers
 
 May import: harness.errors, harness.safety, harness.workers
