@@ -1,5 +1,6 @@
 """The examples run as their READMEs say and are reported aligned."""
 
+import importlib.metadata
 import importlib.util
 import os
 
@@ -10,6 +11,24 @@ from conftest import ROOT, check, cli, report
 pytestmark = pytest.mark.e2e  # every test here starts workers
 
 HAVE_BERT_LIBS = all(importlib.util.find_spec(m) is not None for m in ("transformers", "paddlenlp"))
+REQUIRED = os.environ.get("REPROD_REQUIRE_EXAMPLES") == "1"
+
+
+def todays_stack() -> tuple:
+    """(extra `run` arguments, why the Llama example cannot run): an interpreter per framework
+    where the test environment names them, else this one if it has transformers 5 and paddleformers."""
+    torch_python, paddle_python = (os.environ.get(f"REPROD_TEST_{side}_PYTHON") for side in ("TORCH", "PADDLE"))
+    if torch_python and paddle_python:
+        return ["--torch-python", torch_python, "--paddle-python", paddle_python], ""
+    try:
+        major = int(importlib.metadata.version("transformers").split(".")[0])
+    except importlib.metadata.PackageNotFoundError:
+        major = 0
+    if major >= 5 and importlib.util.find_spec("paddleformers") is not None:
+        return [], ""
+    return None, ("needs transformers>=5 and paddleformers (examples/llama/README.md): set REPROD_TEST_TORCH_PYTHON and "
+                  "REPROD_TEST_PADDLE_PYTHON to an interpreter of each, or run in one that has both; "
+                  "REPROD_REQUIRE_EXAMPLES=1 turns this skip into a failure")
 
 
 def test_transformer_encoder_example_every_check(tmp_path):
@@ -31,3 +50,22 @@ def test_bert_hf_vs_paddlenlp_is_aligned(tmp_path):
     assert forward["mean_abs"] < 1e-7  # measured about 6e-9 on CPU
     table = (tmp_path / "o" / "weight_map.txt").read_text()
     assert "attention.self.query.weight" in table and "self_attn.q_proj.weight" in table
+
+
+def test_llama_hf_transformers_vs_paddleformers_every_check_with_parameters_and_gradients(tmp_path):
+    args, why = todays_stack()
+    if args is None:
+        pytest.fail(why) if REQUIRED else pytest.skip(why)
+    proc = cli("run", ROOT / "examples" / "llama" / "pair.toml", "--out", tmp_path / "o", *args, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rep = report(tmp_path / "o")
+    assert [c["name"] for c in rep["checks"]] == ["forward", "metric", "loss", "lr", "backward", "train"]
+    assert check(rep, "forward")["keys"][0]["max_abs"] < 1e-6  # measured 1.2e-7 on CPU
+    compared = {k["key"] for k in check(rep, "backward")["keys"]}
+    for name in ("model.layers.0.input_layernorm.weight", "model.layers.1.self_attn.q_proj.weight", "lm_head.weight"):
+        assert f"param:{name}" in compared and f"grad:{name}" in compared
+    how = {p["torch"]: (p["paddle"], p["transform"], p["layout"]) for p in rep["weight_map"]["pairs"]}
+    assert how["model.layers.0.input_layernorm.weight"][0] == "model.layers.0.input_layernorm.weight"  # LlamaRMSNorm / RMSNorm
+    assert how["lm_head.weight"][1:] == ("copy", "shape")  # PaddleFormers keeps torch's [vocab, hidden]
+    q = how["model.layers.0.self_attn.q_proj.weight"]
+    assert q[1] == "transpose" and q[2].startswith("measured (transposed")  # square: measured
