@@ -3,6 +3,7 @@
 import importlib.metadata
 import importlib.util
 import os
+import shutil
 
 import pytest
 
@@ -69,3 +70,31 @@ def test_llama_hf_transformers_vs_paddleformers_every_check_with_parameters_and_
     assert how["lm_head.weight"][1:] == ("copy", "shape")  # PaddleFormers keeps torch's [vocab, hidden]
     q = how["model.layers.0.self_attn.q_proj.weight"]
     assert q[1] == "transpose" and q[2].startswith("measured (transposed")  # square: measured
+
+
+def test_paconvert_output_as_is_aligns_without_a_converter(tmp_path):
+    proc = cli("run", ROOT / "examples" / "paconvert" / "pair.toml", "--out", tmp_path / "o")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rep = report(tmp_path / "o")
+    assert [c["name"] for c in rep["checks"]] == ["forward", "metric", "loss", "lr", "backward", "train"]
+    assert check(rep, "forward")["keys"][0]["max_abs"] < 1e-6  # measured 1.5e-7
+    how = {p["torch"]: (p["transform"], p["layout"]) for p in rep["weight_map"]["pairs"]}
+    q = how["blocks.0.attn.q.weight"]  # paddle.compat.nn.Linear, square: only the forward tells
+    assert q[0] == "copy" and q[1].startswith("measured (as is")
+    assert how["blocks.0.fc1.weight"] == ("copy", "shape")
+
+
+@pytest.mark.parametrize("edit, layer", [
+    (("softmax(scores, dim=-1)", "softmax(scores, dim=-2)"), "blocks.0.attn"),
+    (("self.norm1 = paddle.nn.LayerNorm(dim, eps=1e-05)", "self.norm1 = paddle.nn.LayerNorm(dim, eps=1e-03)"),
+     "blocks.0.norm1"),
+], ids=["softmax_axis", "layernorm_epsilon"])
+def test_one_hand_edited_line_of_the_paconvert_output_is_caught_at_its_module(tmp_path, edit, layer):
+    folder = tmp_path / "pair"
+    shutil.copytree(ROOT / "examples" / "paconvert", folder)
+    source = (folder / "model_paddle.py").read_text()
+    assert source.count(edit[0]) == 1
+    (folder / "model_paddle.py").write_text(source.replace(*edit))
+    proc = cli("run", folder / "pair.toml", "--out", tmp_path / "o", "--checks", "forward")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert report(tmp_path / "o")["first_divergence"]["layer"] == layer
