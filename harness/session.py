@@ -211,47 +211,21 @@ class Session:
                                      traces=traces, renames=self.cfg.mapping)
         except weights.RenameError as exc:
             raise mapping_error(self.cfg, exc.key, exc.reason) from None
-        self._measure_layouts()
+        layout.measure(self)
         self.writer.text("weight_map.txt", self.plan.table())
-
-    def _measure_layouts(self) -> None:
-        """Square weights' layout from the traced forward (harness/mapping/layout.py): torch records
-        the modules' inputs and outputs, paddle replays them in each candidate layout."""
-        todo = layout.measurements(self.plan)
-        if not todo:
-            return
-        self.progress(f"measuring the layout of square weights in {len(todo)} module(s)")
-        recorded = self.one("torch", Op.RECORD_PROBES, batch=self.data.batch(0),
-                            modules={m.torch: m.probed for m in todo})
-        asks = {m.paddle: {**recorded[m.torch], "candidates": m.candidates()} for m in todo
-                if "error" not in recorded[m.torch]}
-        replies = self.one("paddle", Op.REPLAY_PROBES, modules=asks) if asks else {}
-        layout.settle(self.plan, todo, {m.paddle: replies.get(m.paddle, recorded[m.torch]) for m in todo})
 
     def _share_weights(self, state: dict, *, torch_has_it: bool) -> None:
         """Every worker starts from `state` (torch's). Readers first: torch rank 0 holds the
         files and replaces them when it loads."""
         self.every_rank("paddle", Op.IMPORT_STATE, **self.to_paddle(state))
         if self.plan is None:
-            self._identify(state)
+            self.identity = identify.by_value(self, state)
         # every rank starts from rank 0's weights, as DDP would broadcast them
         self.call({name: Request(Op.LOAD_STATE, {"state": state}) for name in self.ranks["torch"][1:]})
         if not torch_has_it:
             self.one("torch", Op.LOAD_STATE, state=state)
             state = self.one("torch", Op.EXPORT_STATE)  # in this precision
         self.initial_torch = state
-
-    def _identify(self, torch_state: dict) -> None:
-        """With the pair's own torch_to_paddle: which paddle tensor each torch tensor became, by
-        value (harness/mapping/identify.py), so parameters and gradients are compared by name."""
-        self.progress("identifying by value the paddle tensor each torch tensor became")
-        try:  # the automatic plan, where one can be made, as the guess for splits and ties
-            guess = weights.plan(self.infos["torch"]["modules"], self.infos["paddle"]["modules"])
-        except UsageError:
-            guess = None
-        self.identity = identify.identify(torch_state, self.one("paddle", Op.EXPORT_STATE), guess=guess)
-        self.writer.text("weight_map.txt", "converted by the pair's torch_to_paddle(state); each paddle tensor "
-                                           "identified by its values:\n\n" + self.identity.table())
 
     def to_paddle(self, torch_state: dict) -> dict:
         """The arguments that load a torch state into paddle: through the plan, or the pair's own
@@ -283,18 +257,13 @@ class Session:
         """Per side, the modules that drop out (p > 0)."""
         return {side: [m["name"] for m in self.infos[side]["modules"] if m.get("dropout")] for side in SIDES}
 
-    @property
-    def naming(self) -> weights.Plan | None:
-        """What each paddle tensor is under torch's names: the plan, or what the values identified."""
-        return self.plan or self.identity
-
     def by_torch_name(self, torch_arrays: dict, paddle_arrays: dict) -> tuple:
-        """Paddle arrays renamed and laid out as torch's, so one key names one parameter; a tensor
-        no value identified (the pair's own torch_to_paddle) is left out on both sides."""
-        if self.naming is None:
-            return {}, {}
-        paddle = self.naming.paddle_to_torch_names(paddle_arrays)
-        return {k: v for k, v in torch_arrays.items() if self.plan is not None or k in paddle}, paddle
+        """Paddle arrays renamed and laid out as torch's, so one key names one parameter; with the
+        pair's own torch_to_paddle, a tensor no value identified is left out on both sides."""
+        if self.plan is not None:
+            return torch_arrays, self.plan.paddle_to_torch_names(paddle_arrays)
+        paddle = self.identity.paddle_to_torch_names(paddle_arrays) if self.identity else {}
+        return {k: v for k, v in torch_arrays.items() if k in paddle}, paddle
 
 
 def environment(session: Session) -> dict:

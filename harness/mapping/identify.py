@@ -16,7 +16,10 @@ import dataclasses
 
 import numpy as np
 
+from harness.errors import UsageError
+from harness.mapping import weights
 from harness.mapping.weights import Entry, Plan
+from harness.workers.protocol import Op
 
 SAMPLES = 64
 VALUE = "value"
@@ -40,6 +43,20 @@ def _equal(torch_value, paddle_value, transpose: bool, part: tuple | None = None
         value = np.split(value, part[1], axis=0)[part[0]]
     return value.shape[::-1 if transpose else 1] == np.shape(paddle_value) and \
         np.array_equal(value.T if transpose else value, np.asarray(paddle_value))
+
+
+def by_value(session, torch_state: dict) -> Plan:
+    """What each torch tensor of `torch_state` became in the paddle worker's model, once the
+    pair's torch_to_paddle loaded it there; written to weight_map.txt."""
+    session.progress("identifying by value the paddle tensor each torch tensor became")
+    try:  # the automatic plan, where one can be made, as the guess for splits and ties
+        guess = weights.plan(session.infos["torch"]["modules"], session.infos["paddle"]["modules"])
+    except UsageError:
+        guess = None
+    found = identify(torch_state, session.one("paddle", Op.EXPORT_STATE), guess=guess)
+    session.writer.text("weight_map.txt", "converted by the pair's torch_to_paddle(state); each paddle tensor "
+                                          "identified by its values:\n\n" + found.table())
+    return found
 
 
 def identify(torch_state: dict, paddle_state: dict, *, guess: Plan | None = None) -> Plan:

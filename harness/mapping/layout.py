@@ -24,6 +24,7 @@ import itertools
 from dataclasses import dataclass
 
 from harness.mapping.weights import LAYOUT_MEASURED, LAYOUT_RULE, Entry, Plan, module_of
+from harness.workers.protocol import Op
 
 REPRODUCES = 1e-3  # relative to torch's largest output value; float32 round-off is ~1e-6, a wrong layout ~1
 MAX_SQUARE = 4  # square tensors measured together in one module: 2**4 candidate layouts at most
@@ -62,6 +63,21 @@ def _source(e: Entry) -> str:
 
 def _under(name: str, prefix: str) -> bool:
     return not prefix or name == prefix or name.startswith(prefix + ".")
+
+
+def measure(session) -> None:
+    """Settle session.plan's square weights: torch records the modules' inputs and outputs, paddle
+    replays them in each candidate layout."""
+    todo = measurements(session.plan)
+    if not todo:
+        return
+    session.progress(f"measuring the layout of square weights in {len(todo)} module(s)")
+    recorded = session.one("torch", Op.RECORD_PROBES, batch=session.data.batch(0),
+                           modules={m.torch: m.probed for m in todo})
+    asks = {m.paddle: {**recorded[m.torch], "candidates": m.candidates()} for m in todo
+            if "error" not in recorded[m.torch]}
+    replies = session.one("paddle", Op.REPLAY_PROBES, modules=asks) if asks else {}
+    settle(session.plan, todo, {m.paddle: replies.get(m.paddle, recorded[m.torch]) for m in todo})
 
 
 def measurements(plan: Plan) -> list:

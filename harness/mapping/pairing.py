@@ -82,6 +82,28 @@ def suggest(word: str, names) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def order_notes(pairs: list, traces: dict, signatures: dict) -> list:
+    """Same-shape pairs decided by name (or [mapping]) that the two forwards call in different
+    orders: either the port computes in another order, or it swapped the names. Not an error (a
+    real port bug must still reach the checks), but the reader should look."""
+    tt, tp = traces.get("torch"), traces.get("paddle")
+    if tt is None or tp is None:
+        return []
+    groups: dict = {}
+    for p in pairs:
+        if tt.calls(p.torch) and tp.calls(p.paddle):
+            groups.setdefault((p.fused, signatures["torch", p.torch]), []).append(p)
+    notes = []
+    for group in groups.values():
+        by_torch = sorted(group, key=lambda p: tt.first[p.torch])
+        if [p.paddle for p in by_torch] != [p.paddle for p in sorted(group, key=lambda p: tp.first[p.paddle])]:
+            notes.append(f"paired by {by_torch[0].decided_by} but called in another order: torch calls "
+                         f"{', '.join(p.torch for p in by_torch)}, paddle calls their counterparts "
+                         f"{', '.join(p.paddle for p in sorted(group, key=lambda p: tp.first[p.paddle]))}; "
+                         "if the port renamed them, say which is which in [mapping]")
+    return notes
+
+
 class Pairer:
     def __init__(self, *, torch_rows: list, paddle_rows: list, signatures: dict, fused: dict, traces: dict,
                  renames: dict, all_names: dict):
@@ -110,27 +132,6 @@ class Pairer:
                 self._by_order(ts, ps)
         self._leftovers()
         return self.pairs
-
-    def order_notes(self) -> list:
-        """Same-type, same-shape pairs decided by name (or [mapping]) that the two forwards call in
-        different orders: either the port computes in another order, or it swapped the names.
-        Not an error (a real port bug must still reach the checks), but the reader should look."""
-        tt, tp = self.traces.get("torch"), self.traces.get("paddle")
-        if tt is None or tp is None:
-            return []
-        groups: dict = {}
-        for p in self.pairs:
-            if tt.calls(p.torch) and tp.calls(p.paddle):
-                groups.setdefault((p.fused, self.sig["torch", p.torch]), []).append(p)
-        notes = []
-        for group in groups.values():
-            by_torch = sorted(group, key=lambda p: tt.first[p.torch])
-            if [p.paddle for p in by_torch] != [p.paddle for p in sorted(group, key=lambda p: tp.first[p.paddle])]:
-                notes.append(f"paired by {by_torch[0].decided_by} but called in another order: torch calls "
-                             f"{', '.join(p.torch for p in by_torch)}, paddle calls their counterparts "
-                             f"{', '.join(p.paddle for p in sorted(group, key=lambda p: tp.first[p.paddle]))}; "
-                             "if the port renamed them, say which is which in [mapping]")
-        return notes
 
     # ------------------------------------------------------------------ the rules
     def _check_renames(self) -> None:

@@ -297,7 +297,7 @@ def plan(torch_modules: list, paddle_modules: list, *, traces: dict | None = Non
     result.dropouts, result.unpaired_dropouts = dropouts.pair(
         torch_modules=torch_modules, paddle_modules=paddle_modules, calls=calls,
         module_pairs=[(p.torch, p.paddle) for p in pairs])
-    result.notes = _notes(traces, calls, pairs) + pairer.order_notes()
+    result.notes = _notes(traces, calls, pairs) + pairing.order_notes(pairs, pairer.traces, planner.signatures)
     result.modules, result.calls = pairs, calls
     return result
 
