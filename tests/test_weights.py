@@ -53,14 +53,19 @@ def test_batchnorm_renames_and_drops_counter():
     assert pl.dropped == [("bn.num_batches_tracked", "no paddle counterpart")]
 
 
-def test_fused_attention_projection_splits_and_round_trips():
+def fused_attention() -> tuple:
+    """torch's MultiheadAttention vs paddle's MultiHeadAttention: the plan, and a torch state."""
     t = [mod("att", "MultiheadAttention", {"in_proj_weight": [12, 4], "in_proj_bias": [12]}),
          mod("att.out_proj", "NonDynamicallyQuantizableLinear", {"weight": [4, 4], "bias": [4]})]
     p = [mod("att", "MultiHeadAttention")] + [
         mod(f"att.{c}", "Linear", {"weight": [4, 4], "bias": [4]}) for c in ("q_proj", "k_proj", "v_proj", "out_proj")]
     pl = plan(t, p)
     rng = np.random.default_rng(0)
-    state = {e.torch_name: rng.standard_normal(e.torch_shape).astype(np.float32) for e in pl.entries}
+    return pl, {e.torch_name: rng.standard_normal(e.torch_shape).astype(np.float32) for e in pl.entries}
+
+
+def test_fused_attention_projection_splits_and_round_trips():
+    pl, state = fused_attention()
     converted = pl.to_paddle(state)
     np.testing.assert_array_equal(converted["att.k_proj.weight"], state["att.in_proj_weight"][4:8].T)
     np.testing.assert_array_equal(converted["att.v_proj.bias"], state["att.in_proj_bias"][8:])
@@ -294,13 +299,7 @@ def test_values_identify_each_paddle_tensor_and_ambiguity_is_settled_by_name_or_
 def test_a_fused_projection_split_by_the_converter_is_identified_through_the_automatic_guess():
     from harness.mapping.identify import identify
 
-    t = [mod("att", "MultiheadAttention", {"in_proj_weight": [12, 4], "in_proj_bias": [12]}),
-         mod("att.out_proj", "NonDynamicallyQuantizableLinear", {"weight": [4, 4], "bias": [4]})]
-    p = [mod("att", "MultiHeadAttention")] + [
-        mod(f"att.{c}", "Linear", {"weight": [4, 4], "bias": [4]}) for c in ("q_proj", "k_proj", "v_proj", "out_proj")]
-    guess = plan(t, p)
-    rng = np.random.default_rng(1)
-    state = {e.torch_name: rng.standard_normal(e.torch_shape).astype(np.float32) for e in guess.entries}
+    guess, state = fused_attention()
     converted = {k: np.asarray(v) for k, v in guess.to_paddle(state).items()}
     ident = identify(state, converted, guess=guess)
     assert not ident.dropped and len(ident.entries) == 8
