@@ -28,10 +28,12 @@ class LayoutOps:
         removers: list = []
         for name in modules:
             removers += self.hook_forward(by_name[name], lambda args, kwargs, name=name: self._first_input(
-                inputs, name, args, kwargs), lambda output: None)
+                inputs, name, args, kwargs, len(modules)), lambda output: None)
         try:  # grad stays on, as for the call order: torch's fused no_grad paths skip submodules
             with self.preserved_rng():
                 self.run_forward(self.tensors(batch))
+        except _AllRecorded:  # the rest of the forward (an LLM's lm_head, say) is not needed
+            pass
         finally:
             for remove in removers:
                 remove()
@@ -71,12 +73,14 @@ class LayoutOps:
                 out[name] = {"errors": errors}
         return out
 
-    def _first_input(self, inputs: dict, name: str, args, kwargs) -> None:
+    def _first_input(self, inputs: dict, name: str, args, kwargs, wanted: int) -> None:
         if name not in inputs:
             try:
                 inputs[name] = self._portable((tuple(args), dict(kwargs or {})))
             except TypeError as exc:
                 inputs[name] = str(exc)
+            if len(inputs) == wanted:
+                raise _AllRecorded
 
     def _call_with(self, module, record, values: dict) -> list:
         """The module's output leaves on the recorded input with `values` in its tensors; its own
@@ -110,6 +114,10 @@ class LayoutOps:
         if isinstance(value, dict):
             return {k: self._live(v) for k, v in value.items()}
         return value
+
+
+class _AllRecorded(Exception):
+    """Every module asked for has its input: the forward stops there."""
 
 
 def _laid_out(value: np.ndarray, part: tuple | None, transpose: bool) -> np.ndarray:
