@@ -305,3 +305,16 @@ def test_a_fused_projection_split_by_the_converter_is_identified_through_the_aut
     assert not ident.dropped and len(ident.entries) == 8
     back = ident.paddle_to_torch_names(converted)
     np.testing.assert_array_equal(back["att.in_proj_weight"], state["att.in_proj_weight"])
+
+
+def test_a_zero_split_that_other_zeros_equal_is_settled_by_the_automatic_guess():
+    from harness.mapping.identify import identify
+
+    guess, state = fused_attention()
+    state["att.in_proj_bias"][:] = 0  # as torch initialises it, like the out_proj bias below
+    state["att.out_proj.bias"][:] = 0
+    converted = {k: np.asarray(v) for k, v in guess.to_paddle(state).items()}
+    ident = identify(state, converted, guess=guess)
+    assert not ident.dropped
+    found = {e.paddle_name: (e.torch_name, e.part) for e in ident.entries}
+    assert found["att.k_proj.bias"] == ("att.in_proj_bias", (1, 3)) and found["att.out_proj.bias"][0] == "att.out_proj.bias"

@@ -71,9 +71,9 @@ def identify(torch_state: dict, paddle_state: dict, *, guess: Plan | None = None
     for pname, pvalue in paddle_state.items():
         matches = [(t, tr, None) for t, tr in index.get(_sample(pvalue, False), []) if _equal(torch_state[t], pvalue, tr)]
         g = guessed.get(pname)
-        if not matches and g is not None and g.torch_name in torch_state:
+        if g is not None and g.part and g.torch_name in torch_state:  # a split: no whole tensor equals it
             ways = (g.transpose, not g.transpose) if np.ndim(pvalue) == 2 else (False,)
-            matches = [(g.torch_name, tr, g.part) for tr in ways if _equal(torch_state[g.torch_name], pvalue, tr, g.part)]
+            matches += [(g.torch_name, tr, g.part) for tr in ways if _equal(torch_state[g.torch_name], pvalue, tr, g.part)]
         chosen, why = _resolve(pname, matches, g)
         if chosen is None:
             left[pname] = why
