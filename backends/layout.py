@@ -65,10 +65,14 @@ class LayoutOps:
                 values = {local: _laid_out(probe(tname, tuple(shape), own[local]), part, transpose)
                           for local, (tname, shape, part, transpose) in candidate.items()}
                 try:
-                    errors.append(_relative(self._call_with(by_name[name], ask["input"], values), ask["output"]))
+                    got = self._call_with(by_name[name], ask["input"], values)
                 except Exception as exc:  # noqa: BLE001 - a module that cannot take torch's input
                     out[name] = {"error": _why(exc)}
                     break
+                if [np.shape(g) for g in got] != [np.shape(w) for w in ask["output"]]:
+                    out[name] = {"error": f"its output's tensors are {_shapes(got)}, torch's {_shapes(ask['output'])}"}
+                    break
+                errors.append(_relative(got, ask["output"]))
             else:
                 out[name] = {"errors": errors}
         return out
@@ -126,9 +130,11 @@ def _laid_out(value: np.ndarray, part: tuple | None, transpose: bool) -> np.ndar
     return np.ascontiguousarray(value.T) if transpose else value
 
 
+def _shapes(arrays: list) -> str:
+    return ", ".join(str(list(np.shape(a))) for a in arrays) or "none"
+
+
 def _relative(got: list, want: list) -> float:
-    if len(got) != len(want) or any(np.shape(g) != np.shape(w) for g, w in zip(got, want)):
-        return float("inf")
     scale = max((float(np.max(np.abs(w))) for w in want if np.size(w)), default=0.0) or 1.0
     error = max((float(np.max(np.abs(np.asarray(g, np.float64) - w))) for g, w in zip(got, want) if np.size(w)),
                 default=0.0) / scale

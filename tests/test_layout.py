@@ -101,3 +101,70 @@ def test_square_weights_in_four_layouts_align_without_a_converter(tmp_path):
     assert how["b.weight"][0] == "transpose" and how["b.weight"][1].startswith("measured (transposed")
     assert how["c.weight"][0] == "copy" and how["c.weight"][1].startswith("measured (as is")  # zeros in torch
     assert how["lm_head.weight"] == ("copy", "shape")
+
+
+def test_a_fused_attention_is_laid_out_by_type_rule_without_a_wasted_forward():
+    t = [mod("", "Net"), mod("attn", "MultiheadAttention", {"in_proj_weight": [12, 4], "in_proj_bias": [12]}),
+         mod("attn.out_proj", "NonDynamicallyQuantizableLinear", {"weight": [4, 4], "bias": [4]})]
+    p = [mod("", "Port"), mod("attn", "MultiHeadAttention")] + [
+        mod(f"attn.{c}", "Linear", {"weight": [4, 4], "bias": [4]}) for c in ("q_proj", "k_proj", "v_proj", "out_proj")]
+    pl = plan(t, p, traces=traced(["", "attn"], ["", "attn", "attn.q_proj", "attn.k_proj", "attn.v_proj",
+                                                 "attn.out_proj"]))
+    assert layout.measurements(pl) == []
+    q = next(e for e in pl.entries if e.paddle_name == "attn.q_proj.weight")
+    assert q.transpose and q.layout == "type rule (torch's fused attention and paddle's are called differently)"
+
+
+LAYERS = '''
+import numpy as np, torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(4, 4)
+        self.b = torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.b(torch.tanh(self.a(x))))
+
+
+class Pair(torch.nn.Module):  # answers with two tensors where torch's Linear gives one
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(4, 4))
+
+    def forward(self, x):
+        return x @ self.weight.T, x
+
+
+def build_torch(): return Net()
+def build_paddle(): raise AssertionError("never built: both ops run on the torch side here")
+def make_batch(rng, step): return {"x": rng.standard_normal((2, 4), dtype=np.float32), "y": rng.integers(0, 3, 2)}
+'''
+
+
+@pytest.mark.e2e
+def test_torch_records_and_replays_its_own_modules_in_process(make_pair, tmp_path):
+    """backends/layout.py over the torch primitives, both ops in one process: the as-is layout
+    reproduces, the recording forward stops after the last module asked for, and a module that
+    answers with other tensors is named rather than judged."""
+    from backends.torch.runner import Runner  # the framework only in this test, not at collection
+    from harness.config import parse
+    from harness.pair.batches import BatchSource
+
+    cfg = parse.load(make_pair(LAYERS, '[data]\ninputs = ["x"]\nlabels = ["y"]\n'))
+    runner = Runner({"threads": 1, "device": "cpu", "shm_dir": str(tmp_path)})
+    runner.setup(cfg.to_wire())
+    called = []
+    runner.model.head.register_forward_pre_hook(lambda m, args: called.append("head"))
+    recorded = runner.record_probes(BatchSource(cfg).batch(0), {"a": ["a.weight", "a.bias"], "b": ["b.weight"]})
+    assert not called  # b's input was the last one needed
+    asks = {"a": {**recorded["a"], "candidates": [{"weight": ("a.weight", [4, 4], None, t),
+                                                   "bias": ("a.bias", [4], None, False)} for t in (False, True)]}}
+    errors = runner.replay_probes(asks)["a"]["errors"]
+    assert errors[0] < 1e-6 < 0.1 < errors[1]
+    runner.model.b = runner.pair.Pair()
+    reply = runner.replay_probes({"b": {**recorded["b"], "candidates": [{"weight": ("b.weight", [4, 4], None, False)}]}})
+    assert reply["b"]["error"] == "its output's tensors are [2, 4], [2, 4], torch's [2, 4]"

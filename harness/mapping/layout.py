@@ -13,8 +13,9 @@ a weight whose values cannot tell (zeros, ones, a symmetric matrix) is still mea
 modules are hooked and only their input is kept: a few activations, not every module's.
 
 Where no candidate or several reproduce it (the module itself differs, or ignores the weight), or
-the module cannot be called on torch's input, or a side never calls it, the type rule decides and
-the weight map says why.
+the module cannot be called on torch's input or answers with other tensors, or a side never calls
+it, or it is torch's fused attention (whose call paddle's attention does not take), the type rule
+decides and the weight map says why.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def measurements(plan: Plan) -> list:
 
 
 def _unmeasurable(pair, called: dict, count: int) -> str | None:
+    if pair.fused:  # torch's takes key_padding_mask, need_weights and returns its weights; paddle's does not
+        return "torch's fused attention and paddle's are called differently"
     for side, name in (("torch", pair.torch), ("paddle", pair.paddle)):
         if called.get(side) is None:
             return f"no traced {side} forward"
