@@ -33,8 +33,7 @@ def _sample(arr, transpose: bool) -> tuple:
         return shape, b""
     flat = np.linspace(0, size - 1, num=min(SAMPLES, size), dtype=np.int64)
     index = np.unravel_index(flat, shape)
-    values = arr.load() if hasattr(arr, "load") else np.asarray(arr)
-    return shape, np.asarray(values[tuple(reversed(index))] if transpose else values[index], np.float64).tobytes()
+    return shape, np.asarray(arr[tuple(reversed(index))] if transpose else arr[index], np.float64).tobytes()
 
 
 def _equal(torch_value, paddle_value, transpose: bool, part: tuple | None = None) -> bool:
@@ -62,6 +61,9 @@ def by_value(session, torch_state: dict) -> Plan:
 def identify(torch_state: dict, paddle_state: dict, *, guess: Plan | None = None) -> Plan:
     """torch_state / paddle_state: the initial states (arrays or shared-memory handles) after the
     converter ran; guess: the automatic plan, where one could be made, for splits and ties."""
+    # each shared-memory handle opened once, memory-mapped: only sampled and matched values are read
+    torch_state = {k: np.asarray(v) for k, v in torch_state.items()}
+    paddle_state = {k: np.asarray(v) for k, v in paddle_state.items()}
     index: dict = {}
     for name, value in torch_state.items():
         for transpose in (False, True) if np.ndim(value) == 2 else (False,):
