@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backends.layout import LayoutOps
 from backends.metrics import evaluate
 from backends.primitives import Primitives
 from backends.state import StateOps
@@ -23,7 +24,7 @@ NEEDS_NO_MODEL = (Op.SETUP, Op.PING)
 KEEPS_FORWARD = (Op.FORWARD, Op.METRIC, Op.LOSS, Op.LR_SCHEDULE, Op.PING, Op.EXPORT_STATE)
 
 
-class Runner(StateOps, TraceOps, TrainOps, Primitives):
+class Runner(StateOps, TraceOps, LayoutOps, TrainOps, Primitives):
     def __init__(self, options: dict):
         self.options = options
         self.cfg: dict = {}
@@ -47,7 +48,8 @@ class Runner(StateOps, TraceOps, TrainOps, Primitives):
                      Op.READ_CHECKPOINT: self.read_state_file, Op.WRITE_CHECKPOINT: self.write_state_file,
                      Op.FORWARD: self.forward, Op.LOSS: self.loss, Op.METRIC: self.metric,
                      Op.LR_SCHEDULE: self.lr_schedule, Op.TRAIN: self.train, Op.TRACE_BEGIN: self.trace_begin,
-                     Op.TRACE_STEP: self.trace_step}
+                     Op.TRACE_STEP: self.trace_step, Op.RECORD_PROBES: self.record_probes,
+                     Op.REPLAY_PROBES: self.replay_probes}
         missing = [op.value for op in Op if op not in self._ops]
         if missing:
             raise TypeError(f"{type(self).__name__} does not serve {missing}")

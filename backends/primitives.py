@@ -18,6 +18,11 @@ TRACE_SHM_MIN_BYTES = 64 << 10
 FUNCTIONAL_DROPOUT = ("dropout", "dropout_p", "dropout_prob", "attention_dropout", "attn_dropout")
 
 
+def class_path(obj) -> str:
+    """paddle.compat.nn.Linear or paddle.nn.layer.common.Linear: the weight plan's type rule tells them apart."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
 def dropout_site(module) -> dict | None:
     """Where a module drops out, for pairing the dropouts of the two sides (harness/mapping/dropouts.py):
     a Dropout module's p and mode, or the float probability of a functional dropout it calls."""

@@ -140,7 +140,7 @@ def weight_map(session: Session) -> dict | None:
     if session.plan is not None:
         return session.plan.to_json()
     if session.infos.get("paddle", {}).get("custom_mapping"):
-        return {"custom": "torch_to_paddle", "pairs": []}
+        return {"custom": "torch_to_paddle", **(session.identity.to_json() if session.identity else {"pairs": []})}
     return None
 
 

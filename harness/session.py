@@ -14,7 +14,7 @@ import numpy as np
 from harness.config.parse import mapping_error
 from harness.config.schema import RunConfig
 from harness.errors import UsageError
-from harness.mapping import checkpoints, weights
+from harness.mapping import checkpoints, identify, layout, weights
 from harness.pair.batches import BatchSource
 from harness.report.artifacts import ArtifactWriter
 from harness.workers import interpreters, ranks
@@ -94,6 +94,7 @@ class Session:
         self.data = _batches(cfg, opts)
         self.root_writer = self.writer = writer or ArtifactWriter(opts.out_dir)  # writer: the current precision's
         self.plan: weights.Plan | None = None
+        self.identity: weights.Plan | None = None  # with the pair's torch_to_paddle: what each tensor became
         self.initial_torch: dict = {}
         self.precision = "float32"
         self.infos: dict = {}
@@ -177,7 +178,7 @@ class Session:
             self._starting = False
 
     def _build(self, initial: dict | None) -> None:
-        self.plan = None
+        self.plan = self.identity = None
         batch = self.data.batch(0)
         if self.layout.world > 1:
             ranks.validate(self.layout, next(iter(batch.values())).shape[0])
@@ -226,19 +227,21 @@ class Session:
             if self.cfg.mapping:
                 raise UsageError(f"{self.cfg.source}: [mapping] and the pair's torch_to_paddle(state) both say how "
                                  "the weights convert: keep one (torch_to_paddle then does all of it)")
-            self.writer.text("weight_map.txt", "converted by the pair's torch_to_paddle(state)\n")
             return
         try:
             self.plan = weights.plan(self.infos["torch"]["modules"], self.infos["paddle"]["modules"],
                                      traces=traces, renames=self.cfg.mapping)
         except weights.RenameError as exc:
             raise mapping_error(self.cfg, exc.key, exc.reason) from None
+        layout.measure(self)
         self.writer.text("weight_map.txt", self.plan.table())
 
     def _share_weights(self, state: dict, *, torch_has_it: bool) -> None:
         """Every worker starts from `state` (torch's). Readers first: torch rank 0 holds the
         files and replaces them when it loads."""
         self.every_rank("paddle", Op.IMPORT_STATE, **self.to_paddle(state))
+        if self.plan is None:
+            self.identity = identify.by_value(self, state)
         # every rank starts from rank 0's weights, as DDP would broadcast them
         self.call({name: Request(Op.LOAD_STATE, {"state": state}) for name in self.ranks["torch"][1:]})
         if not torch_has_it:
@@ -280,11 +283,12 @@ class Session:
         return {side: [m["name"] for m in self.infos[side]["modules"] if m.get("dropout")] for side in SIDES}
 
     def by_torch_name(self, torch_arrays: dict, paddle_arrays: dict) -> tuple:
-        """Paddle arrays renamed and laid out as torch's, so one key names one parameter. With the
-        pair's own torch_to_paddle the correspondence is unknown: nothing to compare."""
-        if self.plan is None:
-            return {}, {}
-        return torch_arrays, self.plan.paddle_to_torch_names(paddle_arrays)
+        """Paddle arrays renamed and laid out as torch's, so one key names one parameter; with the
+        pair's own torch_to_paddle, a tensor no value identified is left out on both sides."""
+        if self.plan is not None:
+            return torch_arrays, self.plan.paddle_to_torch_names(paddle_arrays)
+        paddle = self.identity.paddle_to_torch_names(paddle_arrays) if self.identity else {}
+        return {k: v for k, v in torch_arrays.items() if k in paddle}, paddle
 
 
 def environment(session: Session) -> dict:

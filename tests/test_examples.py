@@ -1,10 +1,34 @@
 """The examples run as their READMEs say and are reported aligned."""
 
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+
 import pytest
 
 from conftest import PAIRS, ROOT, check, cli, needs_bert_libs, report
 
 pytestmark = pytest.mark.e2e  # every test here starts workers
+
+REQUIRED = os.environ.get("REPROD_REQUIRE_EXAMPLES") == "1"
+
+
+def todays_stack() -> tuple:
+    """(extra `run` arguments, why the Llama example cannot run): an interpreter per framework
+    where the test environment names them, else this one if it has transformers 5 and paddleformers."""
+    torch_python, paddle_python = (os.environ.get(f"REPROD_TEST_{side}_PYTHON") for side in ("TORCH", "PADDLE"))
+    if torch_python and paddle_python:
+        return ["--torch-python", torch_python, "--paddle-python", paddle_python], ""
+    try:
+        major = int(importlib.metadata.version("transformers").split(".")[0])
+    except importlib.metadata.PackageNotFoundError:
+        major = 0
+    if major >= 5 and importlib.util.find_spec("paddleformers") is not None:
+        return [], ""
+    return None, ("needs transformers>=5 and paddleformers (examples/llama/README.md): set REPROD_TEST_TORCH_PYTHON and "
+                  "REPROD_TEST_PADDLE_PYTHON to an interpreter of each, or run in one that has both; "
+                  "REPROD_REQUIRE_EXAMPLES=1 turns this skip into a failure")
 
 
 def test_transformer_encoder_example_every_check(tmp_path):
@@ -41,3 +65,48 @@ def test_a_pair_importing_torch_paddle_and_their_libraries_at_the_top_runs(tmp_p
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert report(tmp_path / "o")["aligned"]
     assert "PyTorch version" not in proc.stderr  # datasets, in the paddle worker, finds no torch to announce
+def test_llama_hf_transformers_vs_paddleformers_every_check_with_parameters_and_gradients(tmp_path):
+    args, why = todays_stack()
+    if args is None:
+        pytest.fail(why) if REQUIRED else pytest.skip(why)
+    proc = cli("run", ROOT / "examples" / "llama" / "pair.toml", "--out", tmp_path / "o", *args, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rep = report(tmp_path / "o")
+    assert [c["name"] for c in rep["checks"]] == ["forward", "metric", "loss", "lr", "backward", "train"]
+    assert check(rep, "forward")["keys"][0]["max_abs"] < 1e-6  # measured 1.2e-7 on CPU
+    compared = {k["key"] for k in check(rep, "backward")["keys"]}
+    for name in ("model.layers.0.input_layernorm.weight", "model.layers.1.self_attn.q_proj.weight", "lm_head.weight"):
+        assert f"param:{name}" in compared and f"grad:{name}" in compared
+    how = {p["torch"]: (p["paddle"], p["transform"], p["layout"]) for p in rep["weight_map"]["pairs"]}
+    assert how["model.layers.0.input_layernorm.weight"][0] == "model.layers.0.input_layernorm.weight"  # LlamaRMSNorm / RMSNorm
+    assert how["lm_head.weight"][1:] == ("copy", "shape")  # PaddleFormers keeps torch's [vocab, hidden]
+    q = how["model.layers.0.self_attn.q_proj.weight"]
+    assert q[1] == "transpose" and q[2].startswith("measured (transposed")  # square: measured
+
+
+def test_paconvert_output_as_is_aligns_without_a_converter(tmp_path):
+    proc = cli("run", ROOT / "examples" / "paconvert" / "pair.toml", "--out", tmp_path / "o")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rep = report(tmp_path / "o")
+    assert [c["name"] for c in rep["checks"]] == ["forward", "metric", "loss", "lr", "backward", "train"]
+    assert check(rep, "forward")["keys"][0]["max_abs"] < 1e-6  # measured 1.5e-7
+    how = {p["torch"]: (p["transform"], p["layout"]) for p in rep["weight_map"]["pairs"]}
+    q = how["blocks.0.attn.q.weight"]  # paddle.compat.nn.Linear, square: only the forward tells
+    assert q[0] == "copy" and q[1].startswith("measured (as is")
+    assert how["blocks.0.fc1.weight"] == ("copy", "shape")
+
+
+@pytest.mark.parametrize("edit, layer", [
+    (("softmax(scores, dim=-1)", "softmax(scores, dim=-2)"), "blocks.0.attn"),
+    (("self.norm1 = paddle.nn.LayerNorm(dim, eps=1e-05)", "self.norm1 = paddle.nn.LayerNorm(dim, eps=1e-03)"),
+     "blocks.0.norm1"),
+], ids=["softmax_axis", "layernorm_epsilon"])
+def test_one_hand_edited_line_of_the_paconvert_output_is_caught_at_its_module(tmp_path, edit, layer):
+    folder = tmp_path / "pair"
+    shutil.copytree(ROOT / "examples" / "paconvert", folder)
+    source = (folder / "model_paddle.py").read_text()
+    assert source.count(edit[0]) == 1
+    (folder / "model_paddle.py").write_text(source.replace(*edit))
+    proc = cli("run", folder / "pair.toml", "--out", tmp_path / "o", "--checks", "forward")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert report(tmp_path / "o")["first_divergence"]["layer"] == layer

@@ -47,7 +47,7 @@ def test_reordered_definitions_pair_by_call_order_not_definition_order():
     w = np.arange(8 * 8 * 9, dtype=np.float32).reshape(8, 8, 3, 3)
     state = {e.torch_name: np.zeros(e.torch_shape, np.float32) for e in pl.entries} | {"conv1.weight": w}
     np.testing.assert_array_equal(pl.to_paddle(state)["first.weight"], w)
-    assert "call order (conv2d #1 of 2 of these shapes)" in pl.table()
+    assert "call order (#1 of 2 of these shapes)" in pl.table()
 
 
 def test_a_block_moved_and_renamed_pairs_by_call_order():
@@ -286,3 +286,48 @@ def test_mapping_of_a_fused_attention_takes_its_out_proj_along():
                                                  "cross.out_proj"]), renames={"attn": "cross"})
     assert pairs(pl)["attn.out_proj.weight"] == "cross.out_proj.weight"
     assert decided(pl)["attn.out_proj.bias"] == "user" and decided(pl)["attn.in_proj_weight"] == "user"
+
+
+# ---------------------------------------------------------------------------- what modules are, not what they are called
+def test_same_name_same_tensors_pair_whatever_the_classes_are_called():
+    """HF's LlamaRMSNorm and PaddleFormers' RMSNorm, HF's Linear and a port's own matmul layer."""
+    t = [mod("", "LlamaForCausalLM"), mod("model.norm", "LlamaRMSNorm", {"weight": [32]}),
+         mod("model.q_proj", "Linear", {"weight": [32, 32]}), mod("lm_head", "Linear", {"weight": [100, 32]})]
+    p = [mod("", "LlamaForCausalLM"), mod("model.norm", "RMSNorm", {"weight": [32]}),
+         mod("model.q_proj", "Linear", {"weight": [32, 32]}), mod("lm_head", "LlamaLMHead", {"weight": [100, 32]})]
+    pl = plan(t, p, traces=traced(["", "model.q_proj", "model.norm", "lm_head"], ["", "model.q_proj", "model.norm",
+                                                                                    "lm_head"]))
+    assert pairs(pl) == {"model.norm.weight": "model.norm.weight", "model.q_proj.weight": "model.q_proj.weight",
+                         "lm_head.weight": "lm_head.weight"}
+    assert set(decided(pl).values()) == {"same name"}
+    head = next(e for e in pl.entries if e.torch_name == "lm_head.weight")
+    assert head.transform == "copy" and head.layout == "shape"  # [vocab, hidden] on both sides
+
+
+def test_renamed_modules_of_other_classes_pair_by_call_order_and_an_undecidable_pair_is_named():
+    t = [mod("", "Net"), mod("n1", "LlamaRMSNorm", {"weight": [8]}), mod("n2", "LlamaRMSNorm", {"weight": [8]})]
+    p = [mod("", "Port"), mod("x", "RMSNorm", {"weight": [8]}), mod("y", "RMSNorm", {"weight": [8]})]
+    pl = plan(t, p, traces=traced(["", "n1", "n2"], ["", "y", "x"]))
+    assert pairs(pl) == {"n1.weight": "y.weight", "n2.weight": "x.weight"}
+    with pytest.raises(UsageError, match=r"cannot tell which paddle module is which torch one among torch 'n1' "
+                                         r"\(never called\), 'n2' \(never called\) and paddle 'x'"):
+        plan(t, p, traces=traced([""], [""]))
+
+
+def test_paddle_statistics_names_and_a_torch_only_counter_need_no_class_name():
+    t = [mod("", "Net"), mod("norm", "BatchNorm1d", {"weight": [4], "bias": [4]},
+                             {"running_mean": [4], "running_var": [4], "num_batches_tracked": []})]
+    p = [mod("", "Port"), mod("norm", "MyBatchNorm", {"weight": [4], "bias": [4], "_mean": [4], "_variance": [4]})]
+    pl = plan(t, p, traces=traced(["", "norm"], ["", "norm"]))
+    assert pairs(pl)["norm.running_var"] == "norm._variance"
+    assert pl.dropped == [("norm.num_batches_tracked", "no paddle counterpart")]
+
+
+def test_a_2d_weight_in_torch_layout_pairs_and_its_shape_decides_the_layout():
+    """PaConvert's paddle.compat.nn.Linear keeps torch's [out, in]: it pairs, and loads as is."""
+    t = [mod("", "Net"), mod("fc", "Linear", {"weight": [6, 4], "bias": [6]})]
+    p = [mod("", "Port"), {**mod("fc", "Linear", {"weight": [6, 4], "bias": [6]}), "class": "paddle.compat.nn.Linear"}]
+    pl = plan(t, p, traces=traced(["", "fc"], ["", "fc"]))
+    fc = next(e for e in pl.entries if e.torch_name == "fc.weight")
+    assert (fc.transform, fc.layout) == ("copy", "shape")
+    assert "layout of 2-D tensors by: shape 1" in pl.table() and pl.to_json()["pairs"][0]["layout"] == "shape"

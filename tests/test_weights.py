@@ -53,14 +53,19 @@ def test_batchnorm_renames_and_drops_counter():
     assert pl.dropped == [("bn.num_batches_tracked", "no paddle counterpart")]
 
 
-def test_fused_attention_projection_splits_and_round_trips():
+def fused_attention() -> tuple:
+    """torch's MultiheadAttention vs paddle's MultiHeadAttention: the plan, and a torch state."""
     t = [mod("att", "MultiheadAttention", {"in_proj_weight": [12, 4], "in_proj_bias": [12]}),
          mod("att.out_proj", "NonDynamicallyQuantizableLinear", {"weight": [4, 4], "bias": [4]})]
     p = [mod("att", "MultiHeadAttention")] + [
         mod(f"att.{c}", "Linear", {"weight": [4, 4], "bias": [4]}) for c in ("q_proj", "k_proj", "v_proj", "out_proj")]
     pl = plan(t, p)
     rng = np.random.default_rng(0)
-    state = {e.torch_name: rng.standard_normal(e.torch_shape).astype(np.float32) for e in pl.entries}
+    return pl, {e.torch_name: rng.standard_normal(e.torch_shape).astype(np.float32) for e in pl.entries}
+
+
+def test_fused_attention_projection_splits_and_round_trips():
+    pl, state = fused_attention()
     converted = pl.to_paddle(state)
     np.testing.assert_array_equal(converted["att.k_proj.weight"], state["att.in_proj_weight"][4:8].T)
     np.testing.assert_array_equal(converted["att.v_proj.bias"], state["att.in_proj_bias"][8:])
@@ -124,13 +129,36 @@ def torch_to_paddle(state):
 
 
 @pytest.mark.e2e
-def test_a_correct_user_mapping_passes_backward_without_comparing_unknown_layouts(make_pair, tmp_path):
+def test_a_pair_with_its_own_converter_compares_parameters_and_gradients_identified_by_value(make_pair, tmp_path):
     toml = make_pair(CORRECT_USER_MAPPING, '[data]\ninputs = ["x"]\n', name="usermap")
     proc = cli("run", toml, "--out", tmp_path / "o", "--checks", "forward,backward")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    rep = report(tmp_path / "o")
+    compared = {k["key"] for k in check(rep, "backward")["keys"]}
+    for name in ("fc1.weight", "fc2.weight", "fc2.bias", "head.weight"):  # fc2 is square: only its values tell
+        assert f"param:{name}" in compared and f"grad:{name}" in compared
+    assert not any("not compared" in n for n in check(rep, "backward")["notes"])
+    assert {p["torch"]: p["transform"] for p in rep["weight_map"]["pairs"]}["fc2.weight"] == "transpose"
+    assert rep["weight_map"]["custom"] == "torch_to_paddle"
+    assert "identified by its values" in (tmp_path / "o" / "weight_map.txt").read_text()
+
+
+CHANGING_USER_MAPPING = CORRECT_USER_MAPPING.replace(
+    'return {k: (v.T if k.endswith("weight") else v) for k, v in state.items()}',
+    'out = {k: (v.T if k.endswith("weight") else v) for k, v in state.items()}\n'
+    '    out["fc1.bias"] = out["fc1.bias"] * 0.5  # the converter changes values: no tensor equals it\n'
+    '    return out')
+
+
+@pytest.mark.e2e
+def test_a_tensor_the_converter_changed_is_left_out_by_name(make_pair, tmp_path):
+    toml = make_pair(CHANGING_USER_MAPPING, '[data]\ninputs = ["x"]\n', name="changing")
+    proc = cli("run", toml, "--out", tmp_path / "o", "--checks", "backward")
     backward = check(report(tmp_path / "o"), "backward")
-    assert all(k["key"].startswith("loss_") for k in backward["keys"])
-    assert any("not compared" in n for n in backward["notes"])
+    compared = {k["key"] for k in backward["keys"]}
+    assert "param:fc1.weight" in compared and not any("fc1.bias" in k for k in compared), proc.stdout
+    assert any("not compared, no paddle tensor identified by value: fc1.bias" in n for n in backward["notes"])
+    assert "paddle 'fc1.bias' equals no torch tensor" in (tmp_path / "o" / "weight_map.txt").read_text()
 
 
 REORDERED_PORT = '''
@@ -236,7 +264,7 @@ def test_two_unused_same_shape_heads_exit_2_naming_both_then_mapping_settles_it(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = (tmp_path / "m" / "weight_map.txt").read_text()
     assert 'head_a.weight  [4, 4]       aux_2.weight' in table and '[mapping] "head_a" = "aux_2"' in table
-    assert "head_b.bias" in table and "type order (the only one of its type and shapes; never called)" in table
+    assert "head_b.bias" in table and "type order (the only one of its shapes; never called)" in table
 
     toml.write_text(toml.read_text().replace('"head_a" = "aux_2"', '"head_c" = "aux_2"'))
     proc = cli("run", toml, "--out", tmp_path / "u", "--checks", "forward")
@@ -246,3 +274,48 @@ def test_two_unused_same_shape_heads_exit_2_naming_both_then_mapping_settles_it(
     assert f"pair.toml:{line}: mapping.\"head_c\"" in proc.stderr
     assert re.search(r"mapping.\"head_c\": the torch model has no module 'head_c' \(did you mean 'head_[ab]'\?\)$",
                      proc.stderr.strip())
+
+
+# ---------------------------------------------------------------------------- the pair's own converter, identified by value
+def test_values_identify_each_paddle_tensor_and_ambiguity_is_settled_by_name_or_left_out():
+    from harness.mapping.identify import identify
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 4)).astype(np.float32)
+    torch_state = {"fc.weight": w, "fc.bias": np.zeros(4, np.float32), "out.bias": np.zeros(4, np.float32),
+                   "gate.weight": np.zeros((4, 4), np.float32), "emb.weight": rng.standard_normal((6, 4))}
+    paddle_state = {"lin.weight": w.T.copy(), "fc.bias": np.zeros(4, np.float32), "proj.bias": np.zeros(4, np.float32),
+                    "gate.weight": np.zeros((4, 4), np.float32), "emb.weight": torch_state["emb.weight"] * 2}
+    ident = identify(torch_state, paddle_state)
+    found = {e.paddle_name: (e.torch_name, e.transform) for e in ident.entries}
+    assert found == {"lin.weight": ("fc.weight", "transpose"), "fc.bias": ("fc.bias", "copy")}  # square: values tell
+    why = dict(ident.dropped)
+    assert set(why) == {"out.bias", "gate.weight", "emb.weight"}
+    notes = " | ".join(ident.notes)
+    assert "paddle 'proj.bias' left out: equals 2 torch tensors (fc.bias, out.bias)" in notes
+    assert "paddle 'gate.weight' left out: equals 'gate.weight' both as is and transposed" in notes
+    assert "paddle 'emb.weight' left out: equals no torch tensor, as is or transposed" in notes
+
+
+def test_a_fused_projection_split_by_the_converter_is_identified_through_the_automatic_guess():
+    from harness.mapping.identify import identify
+
+    guess, state = fused_attention()
+    converted = {k: np.asarray(v) for k, v in guess.to_paddle(state).items()}
+    ident = identify(state, converted, guess=guess)
+    assert not ident.dropped and len(ident.entries) == 8
+    back = ident.paddle_to_torch_names(converted)
+    np.testing.assert_array_equal(back["att.in_proj_weight"], state["att.in_proj_weight"])
+
+
+def test_a_zero_split_that_other_zeros_equal_is_settled_by_the_automatic_guess():
+    from harness.mapping.identify import identify
+
+    guess, state = fused_attention()
+    state["att.in_proj_bias"][:] = 0  # as torch initialises it, like the out_proj bias below
+    state["att.out_proj.bias"][:] = 0
+    converted = {k: np.asarray(v) for k, v in guess.to_paddle(state).items()}
+    ident = identify(state, converted, guess=guess)
+    assert not ident.dropped
+    found = {e.paddle_name: (e.torch_name, e.part) for e in ident.entries}
+    assert found["att.k_proj.bias"] == ("att.in_proj_bias", (1, 3)) and found["att.out_proj.bias"][0] == "att.out_proj.bias"

@@ -13,7 +13,7 @@ import paddle.nn.functional as F
 
 from backends import base
 from backends.paddle.optim import build_stepper
-from backends.primitives import Stepper, dropout_off, dropout_site, identity, no_dropout_p
+from backends.primitives import Stepper, class_path, dropout_off, dropout_site, identity, no_dropout_p
 from harness.safety.safeload import load_pdparams
 
 
@@ -63,7 +63,8 @@ class Runner(base.Runner):
             # paddle's RNN cells hold the same tensors as the RNN layer itself: identities reveal that
             ids = {k: t.name for k, t in [*layer.named_parameters(include_sublayers=False),
                                          *layer.named_buffers(include_sublayers=False)]}
-            table.append({"name": name, "type": type(layer).__name__, "params": params, "buffers": buffers, "ids": ids,
+            table.append({"name": name, "type": type(layer).__name__, "class": class_path(layer), "params": params,
+                          "buffers": buffers, "ids": ids,
                           "dropout": float(getattr(layer, "p", 0.0) or 0.0) if "Dropout" in type(layer).__name__ else 0.0,
                           "dropout_site": dropout_site(layer)})
         return table
@@ -188,3 +189,4 @@ class Runner(base.Runner):
 
 def paddle_dtype_name(dtype) -> str:
     return str(dtype).replace("paddle.", "")
+

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from backends import base
-from backends.primitives import Stepper, dropout_off, dropout_site, identity, no_dropout_p
+from backends.primitives import Stepper, class_path, dropout_off, dropout_site, identity, no_dropout_p
 from backends.torch.optim import build_stepper
 
 
@@ -62,7 +62,8 @@ class Runner(base.Runner):
             buffers = {k: list(b.shape) for k, b in mod.named_buffers(recurse=False) if k not in mod._non_persistent_buffers_set}
             # identities reveal tied tensors (one tensor under two names)
             ids = {k: str(id(t)) for k, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]}
-            table.append({"name": name, "type": type(mod).__name__, "params": params, "buffers": buffers, "ids": ids,
+            table.append({"name": name, "type": type(mod).__name__, "class": class_path(mod), "params": params,
+                          "buffers": buffers, "ids": ids,
                           "dropout": float(getattr(mod, "p", 0.0) or 0.0) if "Dropout" in type(mod).__name__ else 0.0,
                           "dropout_site": dropout_site(mod)})
         return table
@@ -163,3 +164,4 @@ class Runner(base.Runner):
     def hook_grad(self, tensor, fn) -> None:
         if tensor.requires_grad:
             tensor.register_hook(lambda g: fn(g) and None)
+

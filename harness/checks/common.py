@@ -109,9 +109,12 @@ def judge_updates(session, ref: dict, other: dict, out: dict, overrides: dict | 
     evidence = Evidence(session.initial_torch, grads["torch"], grads["paddle"], session.adaptive(overrides),
                         fallback=session.precision == "float32")
     result = judge("backward", ref, other, session.cfg.tolerance, evidence)
-    if session.plan is None:
-        result.notes.append("parameters and gradients not compared: the pair converts weights with its own "
-                            "torch_to_paddle, so which paddle tensor is which torch one is unknown; losses are compared")
+    if session.plan is None and session.identity is not None:
+        left = [name for name, _ in session.identity.dropped if name in out["torch"]["params"]]
+        result.notes.append("the pair converts weights with its own torch_to_paddle: parameters and gradients are "
+                            "compared under the torch tensor each paddle one equals" + (
+                                f"; not compared, no paddle tensor identified by value: {', '.join(left[:8])}"
+                                f"{' ...' if len(left) > 8 else ''} (weight_map.txt says why)" if left else ""))
     return result, params, grads
 
 

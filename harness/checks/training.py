@@ -79,9 +79,10 @@ def _running_means(session, out: dict) -> dict:
     variances are left out: torch updates them with the unbiased batch variance, paddle with the
     biased one, a gap of up to 1/(N-1) in a correct port (`--locate` judges them with that gap)."""
     means = {side: {} for side in SIDES}
-    if session.plan is None:
+    naming = session.plan or session.identity  # the weight plan, or the pair's converter identified by value
+    if naming is None:
         return means
-    paddle_buffers = session.plan.paddle_to_torch_names(out["paddle"]["buffers"])
+    paddle_buffers = naming.paddle_to_torch_names(out["paddle"]["buffers"])
     for name, value in out["torch"]["buffers"].items():
         if name.endswith("running_mean") and name in paddle_buffers:
             means["torch"][Key(Kind.BUFFER, name)] = value

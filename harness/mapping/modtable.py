@@ -1,9 +1,16 @@
-"""The module tables both workers report, read the same way on both sides: one vocabulary of
-module kinds, the conversion rules per kind, and a module's *signature*, the (paddle-side local
-name, shape) of every tensor it holds once converted. Two modules can only be a pair when their
-kinds and signatures are equal (harness/mapping/pairing.py); the tensors then convert entry by entry
-(harness/mapping/weights.py). Each table row is {name, type, params, buffers, ids, dropout, dropout_site}
-in definition order."""
+"""The module tables both workers report, read the same way on both sides, and a module's
+*signature*: the (local name, shape) of every tensor it holds, in one vocabulary for both
+frameworks. Two modules can only be a pair when their signatures are equal
+(harness/mapping/pairing.py); the tensors then convert entry by entry (harness/mapping/weights.py).
+
+A signature says what a module holds, never what its class is called: tensor names in one
+vocabulary (paddle's BatchNorm `_mean` is torch's `running_mean`), a 2-D tensor's shape in either
+layout (torch's Linear is [out, in], paddle's [in, out], PaConvert's `paddle.compat.nn.Linear` and
+PaddleFormers' `lm_head` [out, in]: which one a pair has is decided per tensor by its shape, or by
+measurement where it is square), and torch's fused attention projection (`in_proj_weight`) seen
+as the three q/k/v projections paddle's attention holds in children. Class names serve only the
+type rule for a square weight no forward measured, and messages. Each table row is {name, type,
+class, params, buffers, ids, dropout, dropout_site} in definition order."""
 
 from __future__ import annotations
 
@@ -16,9 +23,9 @@ _KIND_ALIASES = {
     "multiheadattention": "mha",
 }
 
-RENAMES = {"batchnorm": {"running_mean": "_mean", "running_var": "_variance"}, "prelu": {"weight": "_weight"}}
-DROPPED = {"batchnorm": {"num_batches_tracked": "no paddle counterpart"}}
-TRANSPOSED = {"linear": {"weight"}}
+# paddle's names for tensors torch names otherwise (BatchNorm's statistics, PReLU's weight)
+PADDLE_NAMES = {"_mean": "running_mean", "_variance": "running_var", "_weight": "weight"}
+TORCH_ONLY = {"num_batches_tracked": "no paddle counterpart"}
 FUSED_QKV = {"in_proj_weight": "weight", "in_proj_bias": "bias"}
 SEPARATE_QKV = {"q_proj_weight": "q_proj.weight", "k_proj_weight": "k_proj.weight", "v_proj_weight": "v_proj.weight"}
 MHA_CHILDREN = ("q_proj", "k_proj", "v_proj")
@@ -51,37 +58,63 @@ def tensors(module: dict) -> dict:
     return {**module["params"], **module["buffers"]}
 
 
+def either_layout(shape) -> tuple:
+    """A shape as a signature holds it: a 2-D tensor fits in torch's layout or transposed."""
+    shape = tuple(shape)
+    return tuple(sorted(shape)) if len(shape) == 2 else shape
+
+
+def fused(module: dict) -> bool:
+    """torch's attention with its q/k/v projections in one tensor (or in three of its own)."""
+    return any(local in FUSED_QKV or local in SEPARATE_QKV for local in tensors(module))
+
+
 def torch_signature(module: dict) -> tuple:
-    """The (paddle local name, shape) pairs a torch module's tensors become: transposed, renamed
-    and split by its kind, torch-only tensors left out. Tied tensors count: which of two tied
-    modules holds the tensor first is a matter of definition order, not of what they compute."""
-    k = kind(module["type"])
+    """The tensors a torch module holds, torch-only ones left out. Tied tensors count: which of
+    two tied modules holds the tensor first is a matter of definition order, not of what they compute."""
+    return tuple(sorted((local, either_layout(s)) for local, s in tensors(module).items() if local not in TORCH_ONLY))
+
+
+def fused_signature(module: dict) -> tuple | None:
+    """A fused torch attention's tensors as paddle's attention holds them: split into q/k/v children."""
+    if not fused(module):
+        return None
     out = []
     for local, shape in tensors(module).items():
-        if local in DROPPED.get(k, {}):
-            continue
-        shape = tuple(shape)
-        if k == "mha" and local in FUSED_QKV:
-            part = (shape[0] // 3, *shape[1:]) if shape and shape[0] % 3 == 0 else shape
-            out += [(f"{child}.{FUSED_QKV[local]}", tuple(reversed(part)) if len(shape) == 2 else part)
-                    for child in MHA_CHILDREN]
-        elif k == "mha" and local in SEPARATE_QKV:
-            out.append((SEPARATE_QKV[local], tuple(reversed(shape))))
-        else:
-            transposed = local in TRANSPOSED.get(k, set()) and len(shape) == 2
-            out.append((RENAMES.get(k, {}).get(local, local), tuple(reversed(shape)) if transposed else shape))
+        if local in FUSED_QKV:
+            part = (shape[0] // 3, *shape[1:]) if shape and shape[0] % 3 == 0 else tuple(shape)
+            out += [(f"{child}.{FUSED_QKV[local]}", either_layout(part)) for child in MHA_CHILDREN]
+        elif local in SEPARATE_QKV:
+            out.append((SEPARATE_QKV[local], either_layout(shape)))
+        elif local not in TORCH_ONLY:
+            out.append((local, either_layout(shape)))
     return tuple(sorted(out))
 
 
-def paddle_signature(module: dict, by_name: dict) -> tuple:
-    """A paddle module's (local name, shape) pairs, aliases included (as for torch's tied ones);
-    an attention module counts its q/k/v projections as its own, since torch fuses them."""
-    out = [(local, tuple(s)) for local, s in tensors(module).items()]
-    if kind(module["type"]) == "mha":
-        for child in MHA_CHILDREN:
-            row = by_name.get(full_name(module["name"], child))
-            out += [(f"{child}.{local}", tuple(s)) for local, s in tensors(row).items()] if row else []
-    return tuple(sorted(out))
+def paddle_signature(module: dict) -> tuple:
+    """A paddle module's tensors under torch's names, aliases included (as for torch's tied ones)."""
+    return tuple(sorted((PADDLE_NAMES.get(local, local), either_layout(s)) for local, s in tensors(module).items()
+                        if local not in TORCH_ONLY))
+
+
+def container_signature(module: dict, by_name: dict) -> tuple | None:
+    """A paddle module holding no tensor itself but q/k/v projections in children, seen as one
+    attention: what a fused torch attention pairs with."""
+    if tensors(module):
+        return None
+    rows = [by_name.get(full_name(module["name"], child)) for child in MHA_CHILDREN]
+    if not all(row and tensors(row) for row in rows):
+        return None
+    return tuple(sorted((f"{child}.{local}", either_layout(s))
+                        for child, row in zip(MHA_CHILDREN, rows) for local, s in tensors(row).items()))
+
+
+def paddle_local(torch_local: str, paddle_module: dict) -> str | None:
+    """The paddle tensor of a paired module that a torch tensor fills: the same name or paddle's own."""
+    held = tensors(paddle_module)
+    if torch_local in held:
+        return torch_local
+    return next((p for p, t in PADDLE_NAMES.items() if t == torch_local and p in held), None)
 
 
 def describe(module: dict) -> str:
@@ -90,12 +123,15 @@ def describe(module: dict) -> str:
     return f"'{module['name']}' ({module['type']}: {shapes})"
 
 
+def _shape(shape: tuple) -> str:
+    return f"{list(shape)}{' (either layout)' if len(shape) == 2 else ''}"
+
+
 def difference(torch_sig: tuple, paddle_sig: tuple) -> str:
     """What keeps two signatures apart, each tensor named once: a tensor only one side has, or
-    shapes that differ once torch's is laid out as paddle's."""
+    shapes that differ in either layout."""
     t, p = dict(torch_sig), dict(paddle_sig)
-    parts = [f"torch has {k} {list(t[k])} that paddle lacks" for k in t if k not in p]
-    parts += [f"paddle has {k} {list(p[k])} that torch lacks" for k in p if k not in t]
-    parts += [f"{k} is {list(t[k])} from torch{' (in paddle layout)' if len(t[k]) > 1 else ''} but {list(p[k])} in paddle"
-              for k in t if k in p and t[k] != p[k]]
+    parts = [f"torch has {k} {_shape(t[k])} that paddle lacks" for k in t if k not in p]
+    parts += [f"paddle has {k} {_shape(p[k])} that torch lacks" for k in p if k not in t]
+    parts += [f"{k} is {_shape(t[k])} from torch but {list(p[k])} in paddle" for k in t if k in p and t[k] != p[k]]
     return "; ".join(parts) or "same tensors"

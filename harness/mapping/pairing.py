@@ -1,13 +1,15 @@
 """Which torch module is which paddle module, for the weight plan (harness/mapping/weights.py).
 
-Only modules of the same kind and signature (harness/mapping/modtable.py: every tensor's paddle-side
-name and shape) can pair. Among those, each rule decides what the previous ones left:
+Only modules of the same signature (harness/mapping/modtable.py: every tensor's name and shape, a
+2-D one in either layout) can pair, whatever their classes are called. Among those, each rule
+decides what the previous ones left:
 
   user              a [mapping] prefix rename in the TOML made the structured names agree
   same name         the structured names agree
   call order        the k-th such module each forward calls first (one traced eval-mode forward
                     of batch 0 per side), called as often on both sides
-  type order        the only such module left on each side (e.g. never called)
+  type order        the only such module left on each side (e.g. never called): the only one of
+                    its signature, whatever its type
   definition order  the k-th in definition order: only where a side has no traced forward
 
 A port that moves or renames a block still pairs by call order. What no rule decides (two
@@ -22,7 +24,7 @@ import difflib
 from dataclasses import dataclass
 
 from harness.errors import UsageError
-from harness.mapping.modtable import MHA_CHILDREN, describe, difference, full_name, kind
+from harness.mapping.modtable import MHA_CHILDREN, describe, difference, full_name, tensors
 
 USER, NAME, CALL, TYPE, DEFINITION = "user", "same name", "call order", "type order", "definition order"
 REMEDY = ("settle it with a [mapping] table in the pair's TOML (torch module prefix = paddle module prefix{example}) "
@@ -37,6 +39,7 @@ class Pair:
     paddle: str
     decided_by: str
     detail: str = ""
+    fused: bool = False  # torch's fused attention with paddle's q/k/v children (modtable.fused_signature)
 
 
 @dataclass(frozen=True)
@@ -79,17 +82,38 @@ def suggest(word: str, names) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def order_notes(pairs: list, traces: dict, signatures: dict) -> list:
+    """Same-shape pairs decided by name (or [mapping]) that the two forwards call in different
+    orders: either the port computes in another order, or it swapped the names. Not an error (a
+    real port bug must still reach the checks), but the reader should look."""
+    tt, tp = traces.get("torch"), traces.get("paddle")
+    if tt is None or tp is None:
+        return []
+    groups: dict = {}
+    for p in pairs:
+        if tt.calls(p.torch) and tp.calls(p.paddle):
+            groups.setdefault((p.fused, signatures["torch", p.torch]), []).append(p)
+    notes = []
+    for group in groups.values():
+        by_torch = sorted(group, key=lambda p: tt.first[p.torch])
+        if [p.paddle for p in by_torch] != [p.paddle for p in sorted(group, key=lambda p: tp.first[p.paddle])]:
+            notes.append(f"paired by {by_torch[0].decided_by} but called in another order: torch calls "
+                         f"{', '.join(p.torch for p in by_torch)}, paddle calls their counterparts "
+                         f"{', '.join(p.paddle for p in sorted(group, key=lambda p: tp.first[p.paddle]))}; "
+                         "if the port renamed them, say which is which in [mapping]")
+    return notes
+
+
 class Pairer:
-    def __init__(self, *, torch_rows: list, paddle_rows: list, signatures: dict, traces: dict, renames: dict,
-                 all_names: dict):
+    def __init__(self, *, torch_rows: list, paddle_rows: list, signatures: dict, fused: dict, traces: dict,
+                 renames: dict, all_names: dict):
         self.left_t = {m["name"]: m for m in torch_rows}
         self.left_p = {m["name"]: m for m in paddle_rows}
         self.sig = signatures  # (side, module name) -> signature
+        self.fused = fused  # (side, module name) -> a fused attention's signature, or a q/k/v container's
         self.traces = traces  # side -> Trace | None
         self.renames = dict(renames or {})
         self.all_names = all_names  # side -> every module name (containers too)
-        self.types = {**{("torch", m["name"]): m["type"] for m in torch_rows},
-                      **{("paddle", m["name"]): m["type"] for m in paddle_rows}}
         self.renamed: set = set()
         self.pairs: list = []
 
@@ -108,27 +132,6 @@ class Pairer:
                 self._by_order(ts, ps)
         self._leftovers()
         return self.pairs
-
-    def order_notes(self) -> list:
-        """Same-type, same-shape pairs decided by name (or [mapping]) that the two forwards call in
-        different orders: either the port computes in another order, or it swapped the names.
-        Not an error (a real port bug must still reach the checks), but the reader should look."""
-        tt, tp = self.traces.get("torch"), self.traces.get("paddle")
-        if tt is None or tp is None:
-            return []
-        groups: dict = {}
-        for p in self.pairs:
-            if tt.calls(p.torch) and tp.calls(p.paddle):
-                groups.setdefault((self.types["torch", p.torch], self.sig["torch", p.torch]), []).append(p)
-        notes = []
-        for group in groups.values():
-            by_torch = sorted(group, key=lambda p: tt.first[p.torch])
-            if [p.paddle for p in by_torch] != [p.paddle for p in sorted(group, key=lambda p: tp.first[p.paddle])]:
-                notes.append(f"paired by {by_torch[0].decided_by} but called in another order: torch calls "
-                             f"{', '.join(p.torch for p in by_torch)}, paddle calls their counterparts "
-                             f"{', '.join(p.paddle for p in sorted(group, key=lambda p: tp.first[p.paddle]))}; "
-                             "if the port renamed them, say which is which in [mapping]")
-        return notes
 
     # ------------------------------------------------------------------ the rules
     def _check_renames(self) -> None:
@@ -153,7 +156,7 @@ class Pairer:
         if pm is not None and self._fits(tm, pm):
             self._take(tm, pm, USER, f'[mapping] "{key}" = "{self.renames[key]}"')
         elif tm["name"] == key:  # the named module itself must fit; its children may pair by the other rules
-            why = (f"does not fit paddle {describe(pm)}: {difference(self.sig['torch', tm['name']], self.sig['paddle', target])}"
+            why = (f"does not fit paddle {describe(pm)}: {self._difference(tm['name'], target)}"
                    if pm is not None else f"has no paddle counterpart '{target}' holding tensors that are still unpaired")
             raise UsageError(f"weight mapping: [mapping] \"{key}\" = \"{self.renames[key]}\": torch {describe(tm)} {why}; "
                              "map it to a paddle module of the same type and shapes")
@@ -174,7 +177,7 @@ class Pairer:
             self._ambiguous(ts, ps, "their forwards call them a different number of times, so the call order does "
                                     "not say which is which")
         for i, (tm, pm) in enumerate(zip(tc, pc)):
-            self._take(tm, pm, CALL, f"{kind(tm['type'])} #{i + 1} of {len(tc)} of these shapes")
+            self._take(tm, pm, CALL, f"#{i + 1} of {len(tc)} of these shapes")
         tu = [m for m in ts if not tt.calls(m["name"])]
         pu = [m for m in ps if not tp.calls(m["name"])]
         if len(tu) == len(pu) == 1:
@@ -183,7 +186,7 @@ class Pairer:
             self._ambiguous(tu, pu, "neither forward calls them, so there is no call order to go by")
 
     def _calls_note(self, tm: dict, pm: dict) -> str:
-        note = "the only one of its type and shapes"
+        note = "the only one of its shapes"
         tt, tp = self.traces.get("torch"), self.traces.get("paddle")
         if tt is None or tp is None:
             return note
@@ -192,13 +195,23 @@ class Pairer:
 
     # ------------------------------------------------------------------ bookkeeping
     def _fits(self, tm: dict, pm: dict) -> bool:
-        return kind(tm["type"]) == kind(pm["type"]) and self.sig["torch", tm["name"]] == self.sig["paddle", pm["name"]]
+        """Same tensors, as they are or seen as one attention; never by class name."""
+        t, p = ("torch", tm["name"]), ("paddle", pm["name"])
+        return bool(tensors(pm)) and self.sig[t] == self.sig[p] or self.fused.get(t) is not None and \
+            self.fused.get(t) == self.fused.get(p)
+
+    def _difference(self, torch_name: str, paddle_name: str) -> str:
+        t, p = ("torch", torch_name), ("paddle", paddle_name)
+        if self.fused.get(p) is not None and self.fused.get(t) is not None:
+            return difference(self.fused[t], self.fused[p])
+        return difference(self.sig[t], self.sig[p])
 
     def _take(self, tm: dict, pm: dict, how: str, detail: str = "") -> None:
-        self.pairs.append(Pair(tm["name"], pm["name"], how, detail))
+        as_attention = not tensors(pm)  # _fits: a container of q/k/v children
+        self.pairs.append(Pair(tm["name"], pm["name"], how, detail, fused=as_attention))
         del self.left_t[tm["name"]]
         del self.left_p[pm["name"]]
-        if kind(tm["type"]) != "mha":
+        if not as_attention:
             return
         for child in MHA_CHILDREN:  # filled from the fused tensor, part of this pair
             self.left_p.pop(full_name(pm["name"], child), None)
@@ -208,12 +221,14 @@ class Pairer:
             self._take(t_out, p_out, how, f"with its attention '{tm['name']}'")
 
     def _groups(self, attention: bool) -> list:
-        """(torch rows, paddle rows) of one kind and signature each, in definition order."""
+        """(torch rows, paddle rows) of one signature each, in definition order: fused attentions
+        with q/k/v containers, or modules by the tensors they hold."""
         groups: dict = {}
         for side, left in (("torch", self.left_t), ("paddle", self.left_p)):
             for m in left.values():
-                if (kind(m["type"]) == "mha") == attention:
-                    key = (kind(m["type"]), self.sig[side, m["name"]])
+                key = self.fused.get((side, m["name"])) if attention else \
+                    (self.sig[side, m["name"]] if side == "torch" or tensors(m) else None)
+                if key is not None:
                     groups.setdefault(key, ([], []))[side == "paddle"].append(m)
         return [(ts, ps) for ts, ps in groups.values() if ts and ps]
 
@@ -235,7 +250,7 @@ class Pairer:
             + remedy(ts[0]["name"], ps[0]["name"]))
 
     def _leftovers(self) -> None:
-        left_p = {n: m for n, m in self.left_p.items() if kind(m["type"]) != "mha"}  # holds no tensor itself
+        left_p = {n: m for n, m in self.left_p.items() if tensors(m)}  # a q/k/v container holds no tensor itself
         for side, left, pool in (("torch", self.left_t, self.left_p), ("paddle", left_p, self.left_t)):
             lacking = _lacking(self.sig, side, next(iter(left.values())), pool) if left else None
             if lacking:
@@ -243,13 +258,13 @@ class Pairer:
         if self.left_t:
             tm = next(iter(self.left_t.values()))
             raise UsageError(f"weight mapping: torch {describe(tm)}{self._called('torch', tm)} has no paddle counterpart: "
-                             f"no paddle {kind(tm['type'])} module with the same tensors is left "
+                             f"no paddle module with the same tensors is left "
                              f"({len(self.left_t)} torch, {len(left_p)} paddle module(s) unpaired){self._nearest('torch', tm)}; "
                              + FIX + remedy())
         if left_p:
             pm = next(iter(left_p.values()))
             raise UsageError(f"weight mapping: paddle {describe(pm)}{self._called('paddle', pm)} is filled by no torch "
-                             f"tensor: the torch model has no {kind(pm['type'])} module with the same tensors left"
+                             f"tensor: the torch model has no module with the same tensors left"
                              f"{self._nearest('paddle', pm)}; " + FIX + remedy())
 
     def _called(self, side: str, m: dict) -> str:
@@ -257,16 +272,14 @@ class Pairer:
         return "" if trace is None or trace.calls(m["name"]) else " (never called)"
 
     def _nearest(self, side: str, m: dict) -> str:
-        """The other side's closest candidates, by kind, then name, then shared tensors."""
+        """The other side's closest candidates, by name, then shared tensors."""
         other = "paddle" if side == "torch" else "torch"
-        pool = [(n, s) for (sd, n), s in self.sig.items() if sd == other]
+        pool = [(n, s) for (sd, n), s in self.sig.items() if sd == other and s]
         mine = dict(self.sig[side, m["name"]])
 
         def score(item):
             name, sig = item
-            same_kind = kind(self.types[other, name]) == kind(m["type"])
-            return (same_kind, difflib.SequenceMatcher(None, name, m["name"]).ratio(),
-                    sum(mine.get(k) == v for k, v in sig))
+            return (difflib.SequenceMatcher(None, name, m["name"]).ratio(), sum(mine.get(k) == v for k, v in sig))
 
         best = sorted(pool, key=score, reverse=True)[:2]
         if not best:
@@ -289,8 +302,8 @@ def _lacking(sig: dict, side: str, m: dict, pool: dict) -> str | None:
     found = []
     for om in pool.values():
         theirs = dict(sig[other, om["name"]])
-        if kind(om["type"]) == kind(m["type"]) and mine != theirs and \
-                all(mine[k] == theirs[k] for k in mine.keys() & theirs.keys()):
+        shared = mine.keys() & theirs.keys()
+        if shared and mine != theirs and all(mine[k] == theirs[k] for k in shared):
             found.append((difflib.SequenceMatcher(None, om["name"], m["name"]).ratio(), om))
     if not found:
         return None

@@ -1,13 +1,14 @@
 """torch -> paddle weight mapping, framework-free, driven by the module tables both workers report.
 
-Each worker reports its modules in definition order as {name, type, params, buffers, ids, ...}
-and the order one eval-mode forward of batch 0 calls them in. harness/mapping/pairing.py pairs torch
-modules with paddle modules (a [mapping] rename, same structured name, call order, the only
-candidate of its type and shapes; definition order only without a traced forward), only ever
-two of the same kind and converted shapes. Here each pair's tensors are converted by module
-type (copy, transpose, rename, split of a fused projection), every paddle tensor must be filled
-exactly once, and the plan records how each pair was decided. A Linear weight is transposed
-because of its module type, so a square one cannot slip through.
+Each worker reports its modules in definition order as {name, type, class, params, buffers, ids,
+...} and the order one eval-mode forward of batch 0 calls them in. harness/mapping/pairing.py pairs
+torch modules with paddle modules (a [mapping] rename, same structured name, call order, the only
+candidate of its shapes; definition order only without a traced forward), only ever two that hold
+the same tensors, whatever their classes are called. Here each pair's tensors are converted (copy,
+transpose, rename, split of a fused projection), every paddle tensor must be filled exactly once,
+and the plan records how each pair was decided and how each tensor's layout was: by its shape
+where only one layout fits, by measurement where the weight is square (harness/mapping/layout.py),
+by the type rule (torch's Linear is [out, in], paddle's [in, out]) only where no forward measured it.
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ import numpy as np
 from harness.errors import UsageError
 from harness.mapping import dropouts, pairing
 from harness.mapping.modtable import (
-    DROPPED,
     FUSED_QKV,
     MHA_CHILDREN,
-    RENAMES,
     SEPARATE_QKV,
-    TRANSPOSED,
+    TORCH_ONLY,
+    container_signature,
+    either_layout,
     full_name,
+    fused_signature,
     kind,
     module_of,
+    paddle_local,
     paddle_signature,
     tensors,
     torch_signature,
@@ -52,6 +55,13 @@ class Entry:
     alias_of: str | None = None  # paddle tensor that is the same object as another one
     decided_by: str = ""  # the pairing rule of its module (harness/mapping/pairing.py), for the reader to check
     detail: str = ""
+    layout: str = ""  # how transpose-or-not was decided: shape, measured, type rule (LAYOUT_*), with why
+
+    @property
+    def square(self) -> bool:
+        """A 2-D tensor that fits paddle's either way: only its values can tell (harness/mapping/layout.py)."""
+        shape = self.paddle_shape
+        return len(shape) == 2 and shape[0] == shape[1] > 1
 
     @property
     def transform(self) -> str:
@@ -78,6 +88,8 @@ class Plan:
     dropouts: list = field(default_factory=list)  # dropouts.DropoutPair
     unpaired_dropouts: list = field(default_factory=list)  # {side, name, p, why}
     notes: list = field(default_factory=list)
+    modules: list = field(default_factory=list)  # pairing.Pair: which module is which
+    calls: dict = field(default_factory=dict)  # side -> the traced forward's module calls, or None
 
     def to_paddle(self, state: dict) -> dict:
         """torch state -> paddle state. Each converted tensor is made only when it is sent (a
@@ -104,13 +116,16 @@ class Plan:
         return all(e.paddle_name in arrays for e in self.entries if e.torch_name == torch_name and not e.alias_of)
 
     def table(self) -> str:
-        rows = [("torch name", "torch shape", "paddle name", "paddle shape", "transform", "decided by")]
+        rows = [("torch name", "torch shape", "paddle name", "paddle shape", "transform", "decided by", "layout by")]
         rows += [(e.torch_name, str(list(e.torch_shape)), e.paddle_name, str(list(e.paddle_shape)), e.transform,
-                  e.decided_by + (f" ({e.detail})" if e.detail else "")) for e in self.entries]
-        rows += [(name, "", "-", "", f"dropped: {why}", "") for name, why in self.dropped]
+                  e.decided_by + (f" ({e.detail})" if e.detail else ""), e.layout or "-") for e in self.entries]
+        rows += [(name, "", "-", "", f"dropped: {why}", "", "") for name, why in self.dropped]
         text = _columns(rows)
         counts = Counter(e.decided_by for e in self.entries if not e.alias_of)
         text += "\ndecided by, per tensor: " + ", ".join(f"{k} {n}" for k, n in counts.most_common()) + "\n"
+        layouts = Counter(e.layout.split(" (")[0] for e in self.entries if e.layout and not e.alias_of)
+        if layouts:
+            text += "layout of 2-D tensors by: " + ", ".join(f"{k} {n}" for k, n in layouts.most_common()) + "\n"
         if self.dropouts or self.unpaired_dropouts:
             text += "\ndropout sites (torch -> paddle: probability, mode; paired by the weight pair called before them)\n"
             drows = [(d.torch, _site(d.torch_site), d.paddle, _site(d.paddle_site), f"after '{d.after}'" if d.after else "first")
@@ -123,7 +138,7 @@ class Plan:
     def to_json(self) -> dict:
         """report.json's weight_map: every tensor pair and how it was decided, and the dropout sites."""
         return {"pairs": [{"torch": e.torch_name, "paddle": e.paddle_name, "transform": e.transform,
-                           "decided_by": e.decided_by, "detail": e.detail} for e in self.entries],
+                           "decided_by": e.decided_by, "detail": e.detail, "layout": e.layout} for e in self.entries],
                 "dropped": [{"torch": name, "why": why} for name, why in self.dropped],
                 "dropout": [d.to_json() for d in self.dropouts], "dropout_unpaired": self.unpaired_dropouts,
                 "notes": self.notes}
@@ -152,6 +167,25 @@ def _site(site: dict) -> str:
     return f"p={site['p']:g} {site['mode']}" + (" (functional)" if site["functional"] else "")
 
 
+LAYOUT_SHAPE, LAYOUT_MEASURED, LAYOUT_RULE = "shape", "measured", "type rule"
+
+
+def type_rule(torch_module: dict, paddle_module: dict, local: str) -> bool:
+    """Whether a square weight is transposed when no forward measured it: torch's Linear weight is
+    [out, in], paddle's [in, out], except PaConvert's paddle.compat.nn.Linear, which keeps torch's."""
+    return (local == "weight" and kind(torch_module["type"]) == "linear"
+            and not paddle_module.get("class", "").startswith("paddle.compat."))
+
+
+def layout_of(torch_shape: tuple, paddle_shape: tuple, rule: bool) -> tuple:
+    """(transpose, how decided) for one tensor: by shape unless it is square."""
+    if len(torch_shape) != 2 or torch_shape[0] == torch_shape[1] == 1:
+        return False, ""
+    if torch_shape[0] != torch_shape[1]:
+        return tuple(paddle_shape) != tuple(torch_shape), LAYOUT_SHAPE
+    return rule, f"{LAYOUT_RULE} (not measured)"
+
+
 class _Planner:
     def __init__(self, torch_modules: list, paddle_modules: list):
         self.entries: list = []
@@ -163,11 +197,14 @@ class _Planner:
         for m in paddle_modules:
             for local, shape in tensors(m).items():
                 self.paddle_shapes[full_name(m["name"], local)] = tuple(shape)
-        self.torch_modules = [m for m in torch_modules if self._owns_tensors(m, torch=True)]
-        self.paddle_modules = [m for m in paddle_modules if kind(m["type"]) == "mha" or self._owns_tensors(m, torch=False)]
         by_name = {m["name"]: m for m in paddle_modules}
+        self.torch_modules = [m for m in torch_modules if self._owns_tensors(m, torch=True)]
+        self.fused = {("torch", m["name"]): fused_signature(m) for m in self.torch_modules}
+        self.fused.update({("paddle", m["name"]): container_signature(m, by_name) for m in paddle_modules})
+        self.paddle_modules = [m for m in paddle_modules
+                               if self.fused["paddle", m["name"]] is not None or self._owns_tensors(m, torch=False)]
         self.signatures = {**{("torch", m["name"]): torch_signature(m) for m in self.torch_modules},
-                           **{("paddle", m["name"]): paddle_signature(m, by_name) for m in self.paddle_modules}}
+                           **{("paddle", m["name"]): paddle_signature(m) for m in self.paddle_modules}}
 
     def _owns_tensors(self, m: dict, torch: bool) -> bool:
         names = [full_name(m["name"], k) for k in tensors(m)]
@@ -176,44 +213,38 @@ class _Planner:
 
     # ------------------------------------------------------------------ tensors
     def convert(self, tm: dict, pm: dict, pair: pairing.Pair) -> None:
-        k = kind(tm["type"])
         how = {"decided_by": pair.decided_by, "detail": pair.detail}
         for local, shape in tensors(tm).items():
             tname = full_name(tm["name"], local)
             if tname in self.torch_tied:
                 self.dropped.append((tname, f"tied to {self.torch_tied[tname]}"))
                 continue
-            if local in DROPPED.get(k, {}):
-                self.dropped.append((tname, DROPPED[k][local]))
-                continue
             shape = tuple(shape)
-            if k == "mha" and local in FUSED_QKV:
+            if pair.fused and local in FUSED_QKV:  # paddle's q/k/v Linears are [in, out]
                 for i, child in enumerate(MHA_CHILDREN):
                     self._add(tname, shape, full_name(pm["name"], f"{child}.{FUSED_QKV[local]}"),
-                              transpose=len(shape) == 2, part=(i, 3), how=how)
-            elif k == "mha" and local in SEPARATE_QKV:
-                self._add(tname, shape, full_name(pm["name"], SEPARATE_QKV[local]), transpose=True, how=how)
+                              rule=len(shape) == 2, part=(i, 3), how=how)
+            elif pair.fused and local in SEPARATE_QKV:
+                self._add(tname, shape, full_name(pm["name"], SEPARATE_QKV[local]), rule=True, how=how)
+            elif (plocal := paddle_local(local, pm)) is None and local in TORCH_ONLY:
+                self.dropped.append((tname, TORCH_ONLY[local]))
             else:
-                self._add(tname, shape, full_name(pm["name"], RENAMES.get(k, {}).get(local, local)),
-                          transpose=local in TRANSPOSED.get(k, set()) and len(shape) == 2, how=how)
+                self._add(tname, shape, full_name(pm["name"], plocal or local), rule=type_rule(tm, pm, local), how=how)
 
-    def _add(self, tname: str, shape: tuple, pname: str, *, transpose: bool = False, part: tuple | None = None,
-             how: dict) -> None:
+    def _add(self, tname: str, shape: tuple, pname: str, *, rule: bool, part: tuple | None = None, how: dict) -> None:
         """One tensor of a pair whose signatures agree (harness/mapping/pairing.py): these checks only
         guard the conversion rules against drifting from modtable's signatures."""
         expect = (shape[0] // part[1], *shape[1:]) if part else shape
-        if transpose:
-            expect = tuple(reversed(expect))
         got = self.paddle_shapes.get(pname)
-        if got != expect:
-            layout = f" ({list(expect)} in paddle's layout)" if expect != shape else ""
-            raise UsageError(f"weight mapping: torch '{tname}' {list(shape)}{layout} does not fit paddle '{pname}' "
+        if got is None or either_layout(got) != either_layout(expect):
+            raise UsageError(f"weight mapping: torch '{tname}' {list(shape)} does not fit paddle '{pname}' "
                              f"{list(got) if got else '(absent)'}; " + pairing.remedy())
+        transpose, layout = layout_of(expect, got, rule)
         root = self.paddle_alias.get(pname, pname)  # one paddle tensor under several names is filled once
         if root in self.filled:
             raise UsageError(f"weight mapping: paddle '{pname}' would be filled twice (from "
                              f"{self.filled[root].torch_name} and {tname}); " + pairing.remedy())
-        self.filled[root] = Entry(tname, shape, pname, got, transpose, part, **how)
+        self.filled[root] = Entry(tname, shape, pname, got, transpose, part, layout=layout, **how)
         self.entries.append(self.filled[root])
 
     def finish(self) -> Plan:
@@ -255,7 +286,7 @@ def plan(torch_modules: list, paddle_modules: list, *, traces: dict | None = Non
     calls = {side: (traces.get(side) or {}).get("calls") for side in ("torch", "paddle")}
     planner = _Planner(torch_modules, paddle_modules)
     pairer = pairing.Pairer(torch_rows=planner.torch_modules, paddle_rows=planner.paddle_modules,
-                            signatures=planner.signatures, traces={s: pairing.Trace.of(c) for s, c in calls.items()},
+                            signatures=planner.signatures, fused=planner.fused, traces={s: pairing.Trace.of(c) for s, c in calls.items()},
                             renames=renames or {}, all_names={"torch": {m["name"] for m in torch_modules},
                                                               "paddle": {m["name"] for m in paddle_modules}})
     rows = {("torch", m["name"]): m for m in torch_modules} | {("paddle", m["name"]): m for m in paddle_modules}
@@ -266,7 +297,8 @@ def plan(torch_modules: list, paddle_modules: list, *, traces: dict | None = Non
     result.dropouts, result.unpaired_dropouts = dropouts.pair(
         torch_modules=torch_modules, paddle_modules=paddle_modules, calls=calls,
         module_pairs=[(p.torch, p.paddle) for p in pairs])
-    result.notes = _notes(traces, calls, pairs) + pairer.order_notes()
+    result.notes = _notes(traces, calls, pairs) + pairing.order_notes(pairs, pairer.traces, planner.signatures)
+    result.modules, result.calls = pairs, calls
     return result
 
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 import weakref
+import zlib
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -42,6 +43,8 @@ class Op(str, Enum):
     TRAIN = "train"
     TRACE_BEGIN = "trace_begin"
     TRACE_STEP = "trace_step"
+    RECORD_PROBES = "record_probes"
+    REPLAY_PROBES = "replay_probes"
 
     def __str__(self) -> str:  # messages name the op as the wire does
         return self.value
@@ -55,6 +58,13 @@ class DataOp(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+def probe(name: str, shape: tuple, dtype) -> np.ndarray:
+    """The values both workers put in torch's tensor `name` (in torch's layout) to measure which
+    way a square weight goes (backends/layout.py): random, at the scale of a default init, the
+    same in every process (seeded by the name, not by Python's per-process hash)."""
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    scale = 1.0 / np.sqrt(shape[-1]) if len(shape) and shape[-1] else 1.0
+    return (rng.standard_normal(shape) * scale).astype(dtype)
 
 
 @dataclass
