@@ -160,9 +160,24 @@ class Primitives(abc.ABC):
     @abc.abstractmethod
     def dropout_off(self, model): """Context: every dropout of the model and the framework off (see dropout_off)."""
     @abc.abstractmethod
-    def preserved_rng(self): """Context: the random generators' state restored on exit (a set-up forward draws nothing)."""
+    def rng_state(self): """The framework's random generators' state (on this worker's device too)."""
+    @abc.abstractmethod
+    def set_rng_state(self, state) -> None: ...
+
+    # ---------------------------------------------------------------- the pair's own data (backends/data.py)
+    @abc.abstractmethod
+    def default_collate(self): """The framework's default collate_fn: a list of items -> one batch."""
 
     # ---------------------------------------------------------------- written once over the primitives
+    @contextlib.contextmanager
+    def preserved_rng(self):
+        """The framework's random generators restored on exit (a set-up forward draws nothing)."""
+        state = self.rng_state()
+        try:
+            yield
+        finally:
+            self.set_rng_state(state)
+
     def snapshot(self, tensors: dict) -> dict:
         """Numpy copies that later training cannot change."""
         return {k: np.array(self.to_numpy(t)) for k, t in tensors.items()}

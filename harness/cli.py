@@ -124,7 +124,7 @@ def _resolve(pair_toml: Optional[Path], zoo: Optional[str], *, checks: Optional[
         raise UsageError("give exactly one of PAIR_TOML or --zoo NAME (see `reprod-harness zoo`)")
     cfg = parse.load_zoo(zoo) if zoo else parse.load(pair_toml)
     if checks:
-        cfg = cfg.replace(checks=parse.parse_checks(checks, lambda m: UsageError(f"--checks: {m}")))
+        cfg = cfg.replace(checks=parse.parse_checks(checks, lambda m: UsageError(f"--checks: {m}")), checks_given=True)
     if iters:
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, iters=iters))
     return cfg

@@ -18,6 +18,7 @@ from harness.mapping import checkpoints, weights
 from harness.pair.batches import BatchSource
 from harness.report.artifacts import ArtifactWriter
 from harness.workers import ranks
+from harness.workers.feed import Feed
 from harness.workers.process import WorkerGroup, WorkerSpec
 from harness.workers.protocol import SIDES, Op, Request
 
@@ -72,8 +73,8 @@ class Session:
 
     def __init__(self, cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lambda msg: None,
                  *, writer: ArtifactWriter | None = None):
-        self.cfg, self.options, self.progress = cfg, opts, progress
-        self.data = BatchSource(cfg)
+        self.options, self.progress = opts, progress
+        self.data, self.cfg = pair_data(cfg)
         self.root_writer = self.writer = writer or ArtifactWriter(opts.out_dir)  # writer: the current precision's
         self.plan: weights.Plan | None = None
         self.initial_torch: dict = {}
@@ -121,14 +122,13 @@ class Session:
 
     # ------------------------------------------------------------------ set-up
     def start(self) -> None:
-        self.data.batch(0)  # a broken make_batch is a usage error: find it before any process starts
         self.progress("starting the torch and paddle workers")
         self.group.start()
         self._setup()
 
     def use(self, cfg: RunConfig) -> None:
         """The same workers serve another pair: both models rebuilt, weights shared again."""
-        self.cfg, self.data = cfg, BatchSource(cfg)
+        self.data, self.cfg = pair_data(cfg)
         self._setup()
 
     def use_precision(self, precision: str) -> None:
@@ -143,6 +143,7 @@ class Session:
     def restart(self) -> None:
         """Fresh float32 workers (after a failure in another precision stopped them)."""
         self.group.close()
+        self.data = getattr(self.data, "pair", self.data)  # a Feed's batches were in the closed workers' memory
         self.precision, self.writer = "float32", self.root_writer
         self.group.start()
         self._setup()
@@ -156,11 +157,14 @@ class Session:
 
     def _build(self, initial: dict | None) -> None:
         self.plan = None
+        built = self.submit(setup_requests(self, initial))
+        if not needs_models(self.cfg):
+            self.infos = {side: built.wait()[side] for side in SIDES}
+            return
+        self.data = feed(self.data, self.call, self.cfg)
         batch = self.data.batch(0)
         if self.layout.world > 1:
             ranks.validate(self.layout, next(iter(batch.values())).shape[0])
-        setup = {"cfg": self.cfg.to_wire(), "precision": self.precision}
-        built = self.submit({name: Request(Op.SETUP, setup) for name in self.group.names})
         # sent at once, so each side traces as soon as it is built rather than when both are. A
         # pair that converts its weights itself needs no call order for them: traced only if
         # localization runs (trace_call_order)
@@ -260,6 +264,37 @@ class Session:
         if self.plan is None:
             return {}, {}
         return torch_arrays, self.plan.paddle_to_torch_names(paddle_arrays)
+
+
+def pair_data(cfg: RunConfig) -> tuple:
+    """The pair's module read in the coordinator: its batches (make_batch's, until the workers are up
+    for a [data] source of the pair's own data) and the run's config with the checks it can run,
+    all checked before any process starts."""
+    data = BatchSource(cfg)
+    cfg = cfg.replace(checks=data.checks())
+    if data.source == "make_batch" and needs_models(cfg):
+        data.batch(0)  # a broken make_batch is a usage error: find it before any process starts
+    return data, cfg
+
+
+def setup_requests(session: Session, initial: dict | None) -> dict:
+    """Every worker loads the pair and builds its model (unless the data check runs alone); rank 0
+    of each side also summarises its fresh model for the init check, before any weight is copied."""
+    init = "init" in session.cfg.checks and initial is None
+    setup = {"cfg": session.cfg.to_wire(), "precision": session.precision, "build": needs_models(session.cfg)}
+    return {name: Request(Op.SETUP, {**setup, "init": init and name in SIDES}) for name in session.group.names}
+
+
+def needs_models(cfg: RunConfig) -> bool:
+    """Whether any check needs the models (the data check alone needs the pair's data only)."""
+    return any(c != "data" for c in cfg.checks)
+
+
+def feed(data, call: Callable, cfg: RunConfig):
+    """The batches every check runs on: make_batch's, or those of the [data] source's own data."""
+    if data.source == "make_batch" or isinstance(data, Feed):
+        return data
+    return Feed(call, data.source, pair=data, heldout_count=cfg.data.eval_batches, check=data.check_keys)
 
 
 def environment(session: Session) -> dict:

@@ -16,9 +16,6 @@ from harness.verdict.diff import CheckResult
 from harness.verdict.keys import Key, Kind
 from harness.workers.protocol import SIDES, Op
 
-# The held-out evaluation batches of the train check are make_batch(rng, step) at these steps.
-HELDOUT_STEP = 1_000_000
-
 
 @check
 def backward(session, *, overrides: dict | None = None, write: bool = True) -> CheckResult:
@@ -40,11 +37,6 @@ def backward(session, *, overrides: dict | None = None, write: bool = True) -> C
     return result
 
 
-def heldout_steps(session) -> range:
-    """Batches the trained models are scored on: never among the training steps."""
-    return range(HELDOUT_STEP, HELDOUT_STEP + session.cfg.data.eval_batches)
-
-
 @check
 def train(session) -> CheckResult:
     """train_iters steps in train mode: loss curves and final metric within the relative train
@@ -53,7 +45,7 @@ def train(session) -> CheckResult:
     iters = cfg.train.train_iters
     out = yield session.for_both(Op.TRAIN, batches=session.data.batches(range(iters)), mode="train",
                        total_steps=cfg.lr_scheduler.total_steps or iters,
-                       eval_batches=session.data.batches(heldout_steps(session)))
+                       eval_batches=session.data.heldout())  # never among the training batches
     sides = {side: {**keys.losses(out[side]["loss"]), **keys.named(Kind.METRIC, out[side]["metric"])} for side in SIDES}
     result = judge("train", sides["torch"], sides["paddle"], cfg.tolerance)
     # running means are judged in absolute terms, like parameters: a relative rule would call

@@ -10,7 +10,10 @@ from harness.config.schema import RunConfig
 from harness.errors import UsageError
 from harness.pair import loader, stubs
 
+# The held-out evaluation batches of the train check are make_batch(rng, step) at these steps.
+HELDOUT_STEP = 1_000_000
 WHERE = "coordinator (which makes the data with numpy only)"
+DATA_FUNCTIONS = ("data_torch", "data_paddle")  # the pair's own data, each made in its own worker
 
 
 class BatchSource:
@@ -21,10 +24,52 @@ class BatchSource:
         self.cfg = cfg
         self._guard = functools.partial(stubs.absent, loader.blocked_roots(None), WHERE)
         module = loader.load(cfg.pair, keep=None, where=WHERE, guard=self._guard)
-        loader.require(module, cfg.pair, ["build_torch", "build_paddle", "make_batch"])
-        self._make = module.make_batch
         self._module = module
+        own = [n for n in DATA_FUNCTIONS if self.defines(n)]
+        if len(own) == 1:
+            other = next(n for n in DATA_FUNCTIONS if n not in own)
+            raise UsageError(f"{cfg.pair}: the pair defines {own[0]} but not {other}: the data check compares the two")
+        self.defines_data = bool(own)
+        models = [] if set(cfg.checks) <= {"data"} else ["build_torch", "build_paddle"]  # Step 2 needs no model
+        loader.require(module, cfg.pair, models + ([] if self.defines_data else ["make_batch"]))
+        self._make = getattr(module, "make_batch", None)
         self._cache: dict[int, dict] = {}
+
+    def checks(self) -> tuple:
+        """The run's checks: the data check needs the pair's own data; only a default list drops it."""
+        if "data" in self.cfg.checks and not self.defines_data:
+            if self.cfg.checks_given:
+                raise UsageError(f"{self.cfg.source}: checks name data, but {self.cfg.pair} defines no "
+                                 "data_torch(split) and data_paddle(split) (see `reprod-harness init`)")
+            return tuple(c for c in self.cfg.checks if c != "data")
+        return self.cfg.checks
+
+    @property
+    def source(self) -> str:
+        """Which batches the checks run on: [data] source, else make_batch where the pair has one."""
+        chosen = self.cfg.data.source or ("make_batch" if self.defines("make_batch") else "torch")
+        if chosen == "make_batch" and not self.defines("make_batch"):
+            raise UsageError(f"{self.cfg.source}: [data] source = \"make_batch\" but {self.cfg.pair} defines no "
+                             "make_batch(rng, step)")
+        if chosen != "make_batch" and not self.defines_data:
+            raise UsageError(f"{self.cfg.source}: [data] source = \"{chosen}\" takes the batches from "
+                             f"data_{chosen}(split), which {self.cfg.pair} does not define")
+        return chosen
+
+    def evaluation(self):
+        """The metric check's batches, in chunks (a loader's are streamed): here one chunk."""
+        yield self.batches(range(self.cfg.data.eval_batches))
+
+    def eval_count(self) -> None:
+        return None  # a few batches: no progress counts
+
+    def check_keys(self, batch: dict, where: str) -> None:
+        """The batch holds every [data] inputs and labels key (a batch of the pair's own data too)."""
+        self._check_keys(batch, where)
+
+    def heldout(self) -> list:
+        """The train check's held-out batches: make_batch at steps no training step uses."""
+        return self.batches(range(HELDOUT_STEP, HELDOUT_STEP + self.cfg.data.eval_batches))
 
     def defines(self, name: str) -> bool:
         """Whether the pair module defines a function `name` (as the coordinator loads it, stubbed)."""
