@@ -19,6 +19,20 @@ import numpy as np
 from harness.pair import stubs
 
 SPLITS = ("train", "eval")
+
+
+class PipelineError(RuntimeError):
+    """The pair's own data raised: said with where (data_torch('eval') item 3), its traceback kept."""
+
+
+@contextlib.contextmanager
+def calling(where: str):
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as exc:
+        raise PipelineError(f"{where} raised {type(exc).__name__}: {exc}") from exc
 # a batch sampler is read up to this many batches past the loader's own length: one that never ends
 # is named rather than followed
 SAMPLER_SLACK = 1
@@ -59,7 +73,7 @@ class DataOps:
             where = f"data_{self.framework}('{split}')"
             if fn is None:
                 raise ValueError(f"the pair module defines no data_{self.framework}(split)")
-            with self._data_rng(None, fresh=True):
+            with self._data_rng(None, fresh=True), calling(where):
                 obj = fn(split)
             if stubs.is_absent(obj):
                 raise TypeError(f"{where} returned {obj!r}: build {self.framework}'s own pipeline there")
@@ -118,7 +132,7 @@ class DataOps:
             return None  # no order to read, or none that says where it ends
         limit = s.batch_count() + SAMPLER_SLACK
         lists = []
-        with self._data_rng(None, fresh=True):
+        with self._data_rng(None, fresh=True), calling(f"{s.where}'s batch sampler"):
             for idx in s.batch_sampler:
                 lists.append(list(idx))
                 if len(lists) > limit:
@@ -134,7 +148,9 @@ class DataOps:
         out = {}
         with self._data_rng(None, fresh=True):
             for i in indices:
-                out[str(i)] = self.data_fields(s.dataset[int(i)], f"{s.where} item {i}")
+                with calling(f"{s.where} item {i}"):
+                    item = s.dataset[int(i)]
+                out[str(i)] = self.data_fields(item, f"{s.where} item {i}")
         return out
 
     def data_batches(self, split: str, start: int = 0, count: int = 1, max_bytes: int = 64 << 20,
@@ -149,15 +165,19 @@ class DataOps:
         restart = s.passing is None or start != s.position
         with self._data_rng(s, fresh=restart):
             if restart:
-                s.passing, s.position = self._restart(s), 0
+                with calling(s.where):
+                    s.passing, s.position = self._restart(s), 0
                 for _ in range(start):
-                    if next(s.passing, None) is None:
+                    with calling(f"{s.where} batch {s.position}"):
+                        done = next(s.passing, None) is None
+                    if done:
                         s.passing = None
                         return {"batches": [], "end": True}
                     s.position += 1
             batches, size = [], 0
             while len(batches) < count and size < max_bytes:
-                batch = next(s.passing, None)
+                with calling(f"{s.where} batch {s.position}"):
+                    batch = next(s.passing, None)
                 if batch is None:
                     s.passing = None
                     return {"batches": batches, "end": True}
@@ -179,18 +199,23 @@ class DataOps:
         if s.dataset is None:
             raise ValueError(f"{s.where} has no dataset to collate items from")
         for i, idx in enumerate(indices):
-            items = [s.dataset[int(j)] for j in idx]
+            with calling(f"{s.where} items {idx}"):
+                items = [s.dataset[int(j)] for j in idx]
             if stacked:
                 yield _stack([self.data_fields(item, f"{s.where} item {j}") for item, j in zip(items, idx)],
                              f"{s.where} batch {i}")
             else:
-                yield self.data_fields(s.collate(items), f"{s.where} batch {i} (collated)")
+                with calling(f"{s.where}'s collate_fn on items {idx}"):
+                    batch = s.collate(items)
+                yield self.data_fields(batch, f"{s.where} batch {i} (collated)")
 
     # ---------------------------------------------------------------- fields
     def data_fields(self, value, where: str) -> dict:
         """A batch or an item as named numpy arrays: a dict's keys, a tuple's positions (named by
         [data] fields, else "0", "1", ...) or one array ("0"); nested dicts as dotted names."""
         names = list(self.cfg["data"].get("fields") or [])
+        if stubs.is_absent(value):
+            raise TypeError(f"{where} is {value!r}: each side's data must be made with its own framework")
         if isinstance(value, Mapping) or _dict_like(value):
             items = [(str(k), v) for k, v in value.items()]
         elif isinstance(value, (list, tuple)):
@@ -207,6 +232,8 @@ class DataOps:
     def _field(self, value, name: str, where: str) -> dict:
         if value is None:
             return {}
+        if stubs.is_absent(value):
+            raise TypeError(f"{where} field '{name}' is {value!r}: each side's data must be made with its own framework")
         if isinstance(value, self.tensor_types):
             return {name: np.array(self.to_numpy(value))}
         if isinstance(value, Mapping) or _dict_like(value):
@@ -214,8 +241,6 @@ class DataOps:
             for k, v in value.items():
                 out.update(self._field(v, f"{name}.{k}", where))
             return out
-        if stubs.is_absent(value):
-            raise TypeError(f"{where} field '{name}' is {value!r}: each side's data must be made with its own framework")
         if isinstance(value, (list, tuple)) and any(isinstance(v, self.tensor_types) for v in value):
             value = [self.to_numpy(v) for v in value]
         if isinstance(value, (np.ndarray, np.generic, bool, int, float, str, bytes, list, tuple)):
@@ -285,4 +310,5 @@ def _type_name(obj) -> str:
 
 
 def _what(value) -> str:
-    return f"a {_type_name(value)}"
+    name = _type_name(value)
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"

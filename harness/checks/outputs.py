@@ -39,7 +39,7 @@ def metric(session, *, overrides: dict | None = None) -> CheckResult:
         chunk, first = following, False
     result = record(session, "metric", keys.values(out["torch"]), keys.values(out["paddle"]))
     if session.data.source != "make_batch":
-        result.notes.append(f"over the whole eval split of data_{session.data.source}('eval'): {seen} batches")
+        result.notes.append(session.data.described(seen))
     return result
 
 

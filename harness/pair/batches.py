@@ -63,6 +63,12 @@ class BatchSource:
     def eval_count(self) -> None:
         return None  # a few batches: no progress counts
 
+    def described(self, seen: int) -> str:
+        return f"over {seen} batches of make_batch ([data] eval_batches)"
+
+    def short(self, got: int, asked: int, what: str) -> None:
+        return None  # make_batch makes every step asked for
+
     def check_keys(self, batch: dict, where: str) -> None:
         """The batch holds every [data] inputs and labels key (a batch of the pair's own data too)."""
         self._check_keys(batch, where)

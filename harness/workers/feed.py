@@ -73,17 +73,32 @@ class Feed:
         return self._eval_count
 
     def evaluation(self) -> Iterator[list]:
-        """The whole eval split, chunk by chunk, from a fresh pass."""
-        start = 0
+        """The whole eval split, chunk by chunk, from a fresh pass; one with no len(), whose end
+        cannot be known in advance, only its first `heldout_count` batches ([data] eval_batches)."""
+        start, limit = 0, self.eval_count()
         while True:
-            reply = self._fetch("eval", start, CHUNK_BATCHES)
+            want = CHUNK_BATCHES if limit is not None else self.heldout_count - start
+            reply = self._fetch("eval", start, want)
             start += len(reply["batches"])
             if reply["batches"]:
                 yield reply["batches"]
-            if reply["end"]:
-                if not start:
-                    raise UsageError(f"{self.where('eval')} yields no batch: the metric check needs one at least")
+            if not start and reply["end"]:
+                raise UsageError(f"{self.where('eval')} yields no batch: the metric check needs one at least")
+            if reply["end"] or limit is None and start >= self.heldout_count:
                 return
+
+    def described(self, seen: int) -> str:
+        """What the metric ran over, for its note."""
+        if self.eval_count() is None:
+            return (f"over the first {seen} batches of {self.where('eval')} ([data] eval_batches): it has no len(), "
+                    "so where it ends is not known")
+        return f"over the whole eval split of {self.where('eval')}: {seen} batches"
+
+    def short(self, got: int, asked: int, what: str) -> str | None:
+        """A note when the train split has fewer batches than a check asked for (never padded)."""
+        if got >= asked:
+            return None
+        return f"{what} asked for {asked} steps, {self.where('train')} has {got} batches: {got} steps ran"
 
     def heldout(self) -> list:
         """The train check's held-out batches: the first of the eval split."""
