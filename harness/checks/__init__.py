@@ -8,10 +8,10 @@ May import: harness.errors, harness.config, harness.verdict, harness.report, har
 
 from __future__ import annotations
 
-from harness.checks import data, outputs, training
+from harness.checks import data, init, outputs, training
 
 # name -> function(session) -> CheckResult, in the guide's order
-CHECKS = {"data": data.data, "forward": outputs.forward, "metric": outputs.metric,
+CHECKS = {"data": data.data, "init": init.init, "forward": outputs.forward, "metric": outputs.metric,
           "loss": outputs.loss, "lr": outputs.lr, "backward": training.backward, "train": training.train}
 # checks that float64 cannot decide and localization cannot trace: the data, and the models as built
 PRECISION_FREE = ("data", "init")
