@@ -59,6 +59,7 @@ def test_values_exact_offsets_and_channels():
 
 def test_strings_compare_exactly_and_floats_by_the_data_tolerance():
     assert judge_field("k", np.array(["a b", "c"]), np.array(["a b", "c"]), TOL).passed
+    assert judge_field("k", np.array(["a b", "c"]), np.array(["a b", "c"], dtype="<U9"), TOL).passed  # text, any width
     bad = judge_field("k", np.array(["Hello", "c"]), np.array(["hello", "c"]), TOL)
     assert not bad.passed and bad.reason == "1 of 2 values differ, first at [0]: 'Hello' vs 'hello'"
     x = np.ones(8, np.float32)
