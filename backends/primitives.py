@@ -206,9 +206,11 @@ class Primitives(abc.ABC):
 
     def tensors(self, batch: dict) -> dict:
         """Batch arrays as tensors; floating inputs in the worker's precision (the coordinator
-        makes float32 data, float64 arbitration computes on the same values upcast)."""
+        makes float32 data, float64 arbitration computes on the same values upcast). Text (a
+        pipeline's raw sentences) stays a numpy array: no framework has string tensors."""
         wide = self.precision == "float64"
-        return {k: self.to_tensor(v.astype(np.float64) if wide and v.dtype.kind == "f" else v) for k, v in batch.items()}
+        return {k: v if v.dtype.kind in "US" else self.to_tensor(v.astype(np.float64) if wide and v.dtype.kind == "f" else v)
+                for k, v in batch.items()}
 
     def flatten(self, value, prefix: str = "out", source: str = "the model") -> dict:
         """Outputs of any nesting -> {"out": ..} / {"out.0": ..} / {"out.logits": ..}. Only what

@@ -113,13 +113,15 @@ def pad(items, width=None):
     return ids, np.array([y for _, y in items], np.int64)
 
 
-class TorchRows(torch.utils.data.Dataset):
+class Rows:
     def __init__(self, split):
         self.rows = rows(split)
 
     def __len__(self):
         return len(self.rows)
 
+
+class TorchRows(Rows, torch.utils.data.Dataset):
     def __getitem__(self, i):
         x, y = self.rows[i]
         return {{"input_ids": x, "labels": y}}
@@ -133,13 +135,7 @@ def data_torch(split):
                                        collate_fn=collate)
 
 
-class PaddleRows(paddle.io.Dataset):
-    def __init__(self, split):
-        self.rows = rows(split)
-
-    def __len__(self):
-        return len(self.rows)
-
+class PaddleRows(Rows, paddle.io.Dataset):
     def __getitem__(self, i):
         x, y = self.rows[i]
         return x[:5] if BUG == "truncate" else x, y + (1 if BUG == "label" else 0)

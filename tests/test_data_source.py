@@ -57,13 +57,15 @@ def build_paddle():
     return PaddleNet()
 
 
-class TorchRows(torch.utils.data.Dataset):
+class Rows:
     def __init__(self, split):
         self.rows = rows(split)
 
     def __len__(self):
         return len(self.rows)
 
+
+class TorchRows(Rows, torch.utils.data.Dataset):
     def __getitem__(self, i):
         x, y = self.rows[i]
         if BUG == "paddle_tensor":
@@ -80,13 +82,7 @@ def data_torch(split):
     return torch.utils.data.DataLoader(TorchRows(split), batch_size=4)
 
 
-class PaddleRows(paddle.io.Dataset):
-    def __init__(self, split):
-        self.rows = rows(split)
-
-    def __len__(self):
-        return len(self.rows)
-
+class PaddleRows(Rows, paddle.io.Dataset):
     def __getitem__(self, i):
         if BUG == "raise" and i == 3:
             raise ValueError("row 3 is broken")
