@@ -235,3 +235,42 @@ def test_plain_iterables_write_step_2s_artifacts(tmp_path):
     log = (tmp_path / "out" / "data_diff.log").read_text()
     assert "train.batch_0.0: " in log and "diff check passed" in log
     assert rep["weight_map"] is None  # the data check alone builds no model
+
+
+# ------------------------------------------------------------------ configuration, before any worker
+MAKE_BATCH_ONLY = '''
+import numpy as np
+
+def build_torch(): pass
+def build_paddle(): pass
+def make_batch(rng, step):
+    return {"x": np.zeros((2, 3), np.float32), "label": np.zeros(2, np.int64)}
+'''
+
+
+@pytest.mark.parametrize("body,needle", [
+    ('checks = ["data"]\n', "checks name data, but"),
+    ('[data]\nsource = "paddle"\n', 'source = "paddle" takes the batches from data_paddle(split)'),
+    ('[data]\nfields = ["ids", "ids"]\n', "data.fields: expected distinct non-empty names"),
+    ('[data]\nsource = "tf"\n', "'tf' is not one of make_batch, torch, paddle"),
+])
+def test_data_settings_a_pair_cannot_meet_are_usage_errors(tmp_path, body, needle):
+    from harness.errors import HarnessError
+    from harness.session import pair_data
+
+    with pytest.raises(HarnessError) as info:
+        pair_data(parse.load(pair_folder(tmp_path, "p", MAKE_BATCH_ONLY, body)))
+    assert info.value.exit_code == 2 and needle in str(info.value), str(info.value)
+
+
+def test_data_runs_first_only_where_the_pair_defines_it(tmp_path):
+    from harness.session import pair_data
+
+    _, cfg = pair_data(parse.load(pair_folder(tmp_path, "p", MAKE_BATCH_ONLY)))
+    assert cfg.checks == ("forward", "metric", "loss", "lr", "backward", "train")
+    own = MAKE_BATCH_ONLY + "\ndef data_torch(split): return []\ndef data_paddle(split): return []\n"
+    data_source, cfg = pair_data(parse.load(pair_folder(tmp_path, "q", own)))
+    assert cfg.checks[0] == "data" and "init" not in cfg.checks and data_source.source == "make_batch"
+    one_sided = MAKE_BATCH_ONLY + "\ndef data_torch(split): return []\n"
+    with pytest.raises(Exception, match="defines data_torch but not data_paddle"):
+        pair_data(parse.load(pair_folder(tmp_path, "r", one_sided)))
