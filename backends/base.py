@@ -8,23 +8,25 @@ from pathlib import Path
 
 import numpy as np
 
+from backends.pairdata import DataOps
 from backends.layout import LayoutOps
-from backends.metrics import evaluate
+from backends.metrics import Evaluation, evaluate
 from backends.primitives import Primitives
-from backends.state import StateOps
+from backends.state import StateOps, init_summary
 from backends.trace import TraceOps
 from backends.training import TrainOps
 from harness.pair import loader
 from harness.workers.protocol import Op
 
-NEEDS_NO_MODEL = (Op.SETUP, Op.PING)
+NEEDS_NO_MODEL = (Op.SETUP, Op.PING, Op.DATA_OPEN, Op.DATA_ITEMS, Op.DATA_BATCHES)  # the data needs the pair only
 # ops across which the forward check's output is kept for the loss check (checks run forward,
 # metric, loss, lr in order); any other op drops it, so no model output is held through training.
 # Whether it still applies is decided by the initial state it came from (Runner._output_of).
-KEEPS_FORWARD = (Op.FORWARD, Op.METRIC, Op.LOSS, Op.LR_SCHEDULE, Op.PING, Op.EXPORT_STATE)
+KEEPS_FORWARD = (Op.FORWARD, Op.METRIC, Op.LOSS, Op.LR_SCHEDULE, Op.PING, Op.EXPORT_STATE, Op.DATA_OPEN, Op.DATA_ITEMS,
+                 Op.DATA_BATCHES)
 
 
-class Runner(StateOps, TraceOps, LayoutOps, TrainOps, Primitives):
+class Runner(StateOps, TraceOps, LayoutOps, TrainOps, DataOps, Primitives):
     def __init__(self, options: dict):
         self.options = options
         self.cfg: dict = {}
@@ -38,6 +40,8 @@ class Runner(StateOps, TraceOps, LayoutOps, TrainOps, Primitives):
         self._tracer = None
         self._eval_forward = None  # (initial state, batch, output) of the last forward check
         self.forward_needs_grad = False  # this model's forward fails under no_grad (see eval_forward)
+        self._data: dict = {}  # split -> backends.pairdata.Split: the pair's own data, made on first use
+        self._evaluation = None  # the metric of a streamed eval split, between its parts
         self.progress = lambda done, total: None  # the worker loop sends these to the coordinator
         # called between a step's forward, backward and update: the worker may resize the
         # framework's thread pool there (backends/worker.CoreShare), as at each step's end
@@ -49,13 +53,14 @@ class Runner(StateOps, TraceOps, LayoutOps, TrainOps, Primitives):
                      Op.FORWARD: self.forward, Op.LOSS: self.loss, Op.METRIC: self.metric,
                      Op.LR_SCHEDULE: self.lr_schedule, Op.TRAIN: self.train, Op.TRACE_BEGIN: self.trace_begin,
                      Op.TRACE_STEP: self.trace_step, Op.RECORD_PROBES: self.record_probes,
-                     Op.REPLAY_PROBES: self.replay_probes}
+                     Op.REPLAY_PROBES: self.replay_probes, Op.DATA_OPEN: self.data_open,
+                     Op.DATA_ITEMS: self.data_items, Op.DATA_BATCHES: self.data_batches}
         missing = [op.value for op in Op if op not in self._ops]
         if missing:
             raise TypeError(f"{type(self).__name__} does not serve {missing}")
 
     def handle(self, op: Op, kwargs: dict):
-        if op not in NEEDS_NO_MODEL and self.model is None:
+        if op not in (Op.SETUP, Op.PING) and (self.pair is None or op not in NEEDS_NO_MODEL and self.model is None):
             raise RuntimeError(f"'{op}' before 'setup'")
         if Op(op) not in KEEPS_FORWARD:
             self._eval_forward = None
@@ -120,15 +125,27 @@ class Runner(StateOps, TraceOps, LayoutOps, TrainOps, Primitives):
         return {"shape": list(np.shape(arrays[0])) if len(arrays) == 1 else [len(arrays)],
                 "sum": float(sum(np.sum(a) for a in arrays))}
 
-    def setup(self, cfg: dict, precision: str = "float32") -> dict:
+    def setup(self, cfg: dict, precision: str = "float32", build: bool = True, init: bool = False) -> dict:
+        """Loads the pair and builds its model (not for a run of the data check alone); `init`: the
+        fresh model's per-tensor summary for the init check, taken before any weight is loaded."""
         self.cfg = cfg
         self.use_precision(precision)
         path = Path(cfg["pair"])
         self.pair = loader.load(path, keep=self.framework, where=f"{self.framework} worker")
+        self._data = {}
+        if not build:
+            return {"framework": self.framework, "version": self.version(), "device": self.device(), "modules": [],
+                    "custom_mapping": False, "custom_optimizer": False}
+        info = self._build_model(path)
+        if init:
+            info["init"] = init_summary(self, self.cfg["data"]["seed"])
+        return info
+
+    def _build_model(self, path: Path) -> dict:
         build = self.pair_fn("build")
         if build is None:
             raise ValueError(f"{path} defines no build_{self.framework}")
-        self.seed_all(cfg["data"]["seed"])
+        self.seed_all(self.cfg["data"]["seed"])
         model = build()
         self._parallel = None  # a wrapper of the previous model would train that one
         # the previous model's state must never be restored into this one; its files stay readable
@@ -180,9 +197,24 @@ class Runner(StateOps, TraceOps, LayoutOps, TrainOps, Primitives):
             return cached[2]
         return self.eval_forward(t)
 
-    def metric(self, batches: list, overrides: dict | None = None) -> dict:
+    def metric(self, batches: list, overrides: dict | None = None, begin: bool = True, end: bool = True,
+               total: int | None = None) -> dict:
+        """The metric of the initial weights over `batches`. A streamed eval split comes in parts,
+        the first with `begin`, the last with `end` (only that one returns the metric); other ops
+        may run between them, so each part starts from the initial weights again. `total`: the
+        split's batches, for progress."""
         self._restore()
-        return self._evaluate(batches, self._config(overrides)["metric"])
+        if begin:
+            self._evaluation = Evaluation(self, self._config(overrides)["metric"],
+                                          next(iter(self.cfg["data"]["labels"]), None))
+        elif self._evaluation is None:
+            raise RuntimeError("a part of a streamed metric came without its first part")
+        self.set_train(self.model, False)
+        self._evaluation.add(batches, total)  # each forward without autograd where it can (eval_forward)
+        if not end:
+            return {"batches": self._evaluation.count}
+        evaluation, self._evaluation = self._evaluation, None
+        return evaluation.result()
 
     def _evaluate(self, batches: list, metric: dict) -> dict:
         self.set_train(self.model, False)

@@ -29,28 +29,58 @@ def count_metric(kind: str, predictions: np.ndarray, labels: np.ndarray, k: int)
     raise ValueError(f"unknown metric kind '{kind}'")
 
 
-def evaluate(runner, batches: list, metric: dict, label_key: str | None) -> dict:
-    """The [metric] over all batches at once (macro F1 over every prediction, not a mean of
-    per-batch F1s). The model is in eval mode; its forward runs without autograd where it can
+class Evaluation:
+    """The [metric] over batches given in any number of parts (a streamed eval split), computed
+    over all of them at once at the end (macro F1 over every prediction, not a mean of per-batch
+    F1s). The model is in eval mode; its forward runs without autograd where it can
     (Runner.eval_forward), the metric's arithmetic always."""
-    kind = metric["kind"]
-    if kind == "pair":
-        return _pair_metric(runner, batches)
-    views, labels = [], []
-    for batch in batches:
-        out = runner.first_tensor(runner.eval_forward(runner.tensors(batch)), metric["output"])
-        with runner.no_grad():
-            if kind == "mse":
-                views.append(runner.to_numpy(out).astype(np.float64))
-            elif kind == "topk":
-                views.append(runner.to_numpy(runner.topk(out, metric["k"])))
-            else:
-                views.append(runner.to_numpy(runner.argmax(out)))
-        labels.append(np.asarray(batch[label_key]))
-    if not views:
-        raise ValueError("no evaluation batches")
-    predictions = np.concatenate([v.reshape(len(v), -1) if kind == "topk" else v.reshape(-1) for v in views])
-    return count_metric(kind, predictions, np.concatenate([lab.reshape(-1) for lab in labels]), metric["k"])
+
+    def __init__(self, runner, metric: dict, label_key: str | None):
+        self.runner, self.metric, self.label_key = runner, metric, label_key
+        self.views, self.labels, self.per_batch = [], [], []
+        self.count = 0
+
+    def add(self, batches: list, total: int | None = None) -> None:
+        runner, kind = self.runner, self.metric["kind"]
+        for batch in batches:
+            t = runner.tensors(batch)
+            output = runner.eval_forward(t)
+            with runner.no_grad():
+                if kind == "pair":
+                    self.per_batch.append(_pair_values(runner, output, t))
+                else:
+                    self._predict(runner.first_tensor(output, self.metric["output"]), batch)
+            self.count += 1
+            if total:
+                runner.progress(self.count, total)
+
+    def _predict(self, out, batch: dict) -> None:
+        kind, runner = self.metric["kind"], self.runner
+        if kind == "mse":
+            self.views.append(runner.to_numpy(out).astype(np.float64))
+        elif kind == "topk":
+            self.views.append(runner.to_numpy(runner.topk(out, self.metric["k"])))
+        else:
+            self.views.append(runner.to_numpy(runner.argmax(out)))
+        self.labels.append(np.asarray(batch[self.label_key]))
+
+    def result(self) -> dict:
+        kind = self.metric["kind"]
+        if not self.count:
+            raise ValueError("no evaluation batches")
+        if kind == "pair":
+            return {k: np.float64(np.mean([m[k] for m in self.per_batch])) for k in self.per_batch[0]}
+        views = self.views
+        predictions = np.concatenate([v.reshape(len(v), -1) if kind == "topk" else v.reshape(-1) for v in views])
+        return count_metric(kind, predictions, np.concatenate([lab.reshape(-1) for lab in self.labels]),
+                            self.metric["k"])
+
+
+def evaluate(runner, batches: list, metric: dict, label_key: str | None) -> dict:
+    """The [metric] over `batches` (see Evaluation)."""
+    evaluation = Evaluation(runner, metric, label_key)
+    evaluation.add(batches)
+    return evaluation.result()
 
 
 def _number(value, key: str, source: str) -> float:
@@ -61,14 +91,8 @@ def _number(value, key: str, source: str) -> float:
                         "expected a number or a one-element tensor") from None
 
 
-def _pair_metric(runner, batches: list) -> dict:
+def _pair_values(runner, output, t: dict) -> dict:
     fn = runner.pair_fn("metric")
     if fn is None:
         raise ValueError(f"[metric] kind = \"pair\" but the pair module defines no metric_{runner.framework}")
-    per_batch = []
-    for batch in batches:
-        t = runner.tensors(batch)
-        output = runner.eval_forward(t)
-        with runner.no_grad():
-            per_batch.append({k: _number(v, k, fn.__name__) for k, v in fn(output, t).items()})
-    return {k: np.float64(np.mean([m[k] for m in per_batch])) for k in per_batch[0]}
+    return {k: _number(v, k, fn.__name__) for k, v in fn(output, t).items()}

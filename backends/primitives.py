@@ -165,9 +165,24 @@ class Primitives(abc.ABC):
     @abc.abstractmethod
     def dropout_off(self, model): """Context: every dropout of the model and the framework off (see dropout_off)."""
     @abc.abstractmethod
-    def preserved_rng(self): """Context: the random generators' state restored on exit (a set-up forward draws nothing)."""
+    def rng_state(self): """The framework's random generators' state (on this worker's device too)."""
+    @abc.abstractmethod
+    def set_rng_state(self, state) -> None: ...
+
+    # ---------------------------------------------------------------- the pair's own data (backends/pairdata.py)
+    @abc.abstractmethod
+    def default_collate(self): """The framework's default collate_fn: a list of items -> one batch."""
 
     # ---------------------------------------------------------------- written once over the primitives
+    @contextlib.contextmanager
+    def preserved_rng(self):
+        """The framework's random generators restored on exit (a set-up forward draws nothing)."""
+        state = self.rng_state()
+        try:
+            yield
+        finally:
+            self.set_rng_state(state)
+
     def snapshot(self, tensors: dict) -> dict:
         """Numpy copies that later training cannot change."""
         return {k: np.array(self.to_numpy(t)) for k, t in tensors.items()}
@@ -196,9 +211,11 @@ class Primitives(abc.ABC):
 
     def tensors(self, batch: dict) -> dict:
         """Batch arrays as tensors; floating inputs in the worker's precision (the coordinator
-        makes float32 data, float64 arbitration computes on the same values upcast)."""
+        makes float32 data, float64 arbitration computes on the same values upcast). Text (a
+        pipeline's raw sentences) stays a numpy array: no framework has string tensors."""
         wide = self.precision == "float64"
-        return {k: self.to_tensor(v.astype(np.float64) if wide and v.dtype.kind == "f" else v) for k, v in batch.items()}
+        return {k: v if v.dtype.kind in "US" else self.to_tensor(v.astype(np.float64) if wide and v.dtype.kind == "f" else v)
+                for k, v in batch.items()}
 
     def flatten(self, value, prefix: str = "out", source: str = "the model") -> dict:
         """Outputs of any nesting -> {"out": ..} / {"out.0": ..} / {"out.logits": ..}. Only what

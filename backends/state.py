@@ -1,12 +1,15 @@
 """The worker's weights: checkpoints read and written, states loaded strictly, and the initial
 state every check starts from, kept in shared memory (backends/primitives.py stash) rather than
-in the process. A mixin of backends/base.Runner, over the framework primitives."""
+in the process; and the freshly built model's summary for the init check. A mixin of
+backends/base.Runner, over the framework primitives."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from pathlib import Path
+
+import numpy as np
 
 
 class StateOps:
@@ -66,3 +69,38 @@ class StateOps:
         if self._dirty and self._initial is not None:
             self.load_state(self.model, {k: handle.load() for k, handle in self._initial.items()})
         self._dirty = False
+
+
+# values of each tensor kept for the init check's two-sample test (sorted, float64: 128 KiB a tensor)
+INIT_SAMPLE = 1 << 14
+MOMENT_CHUNK = 1 << 20
+
+
+def init_summary(runner, seed: int) -> dict:
+    """Per tensor of the freshly built model: its moments over every value (mean, std, kurtosis,
+    bounds) and a seeded sample of up to INIT_SAMPLE values, sorted, for the init check
+    (harness/checks/init.py). Taken before any weight is loaded."""
+    rng = np.random.default_rng(seed)
+    return {name: summarize(np.asarray(runner.to_numpy(t)), rng) for name, t in runner.state_tensors(runner.model).items()}
+
+
+def summarize(values: np.ndarray, rng: np.random.Generator) -> dict:
+    flat = values.reshape(-1)
+    n = int(flat.size)
+    if n == 0:
+        return {"n": 0, "dtype": values.dtype.name}
+    low, high, total = np.inf, -np.inf, 0.0
+    for start in range(0, n, MOMENT_CHUNK):
+        x = flat[start:start + MOMENT_CHUNK].astype(np.float64)
+        low, high, total = min(low, float(x.min())), max(high, float(x.max())), total + float(x.sum())
+    mean = total / n
+    m2 = m4 = 0.0
+    for start in range(0, n, MOMENT_CHUNK):
+        d = flat[start:start + MOMENT_CHUNK].astype(np.float64) - mean
+        d2 = d * d
+        m2, m4 = m2 + float(d2.sum()), m4 + float((d2 * d2).sum())
+    var = m2 / n
+    picked = flat if n <= INIT_SAMPLE else flat[np.sort(rng.choice(n, INIT_SAMPLE, replace=False))]
+    return {"n": n, "dtype": values.dtype.name, "mean": mean, "std": var ** 0.5, "min": low, "max": high,
+            "kurtosis": (m4 / n) / (var * var) if var > 0 else 0.0,
+            "sample": np.sort(picked.astype(np.float64))}

@@ -11,7 +11,7 @@ The rooms, in the order a run meets them (each room's __init__ says what it hold
   pair/      the user's pair module and the data made from it
   workers/   the worker processes, the protocol, data-parallel ranks
   mapping/   which module is which, each tensor converted, checkpoints
-  checks/    forward, metric, loss, lr, backward, train, data-parallel
+  checks/    data, init, forward, metric, loss, lr, backward, train, data-parallel
   verdict/   keys, the strict diff, tolerances, the named rules
   locate/    where the two part ways
   report/    report.json, reprod_log artifacts, console, report.html, plots

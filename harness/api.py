@@ -28,7 +28,7 @@ def load(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks:
     cfg = parse.load_zoo(zoo) if zoo else parse.load(pair_toml)
     if checks:
         listed = checks if isinstance(checks, str) else list(checks)
-        cfg = cfg.replace(checks=parse.parse_checks(listed, lambda m: UsageError(f"checks: {m}")))
+        cfg = cfg.replace(checks=parse.parse_checks(listed, lambda m: UsageError(f"checks: {m}")), checks_given=True)
     if iters is not None:
         if iters < 1:
             raise UsageError(f"iters: must be >= 1, got {iters}")

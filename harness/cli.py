@@ -125,7 +125,7 @@ def _resolve(pair_toml: Optional[Path], zoo: Optional[str], *, checks: Optional[
         raise UsageError("give exactly one of PAIR_TOML or --zoo NAME (see `reprod-harness zoo`)")
     cfg = parse.load_zoo(zoo) if zoo else parse.load(pair_toml)
     if checks:
-        cfg = cfg.replace(checks=parse.parse_checks(checks, lambda m: UsageError(f"--checks: {m}")))
+        cfg = cfg.replace(checks=parse.parse_checks(checks, lambda m: UsageError(f"--checks: {m}")), checks_given=True)
     if iters:
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, iters=iters))
     return cfg
@@ -163,7 +163,7 @@ def run(
     pair_toml: Optional[Path] = typer.Argument(None, help="The run's TOML file (reprod-harness init writes one; docs/design.md section 2 lists every key).", show_default="none: give --zoo"),
     zoo: Optional[str] = typer.Option(None, "--zoo", help="Run a built-in pair instead (see reprod-harness zoo).", show_default="none"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Artifacts folder.", show_default="artifacts/<name>"),
-    checks: Optional[str] = typer.Option(None, "--checks", help="Comma-separated subset, e.g. forward,loss.", show_default="the TOML's checks, else all six"),
+    checks: Optional[str] = typer.Option(None, "--checks", help="Comma-separated, e.g. forward,loss; from data, init, forward, metric, loss, lr, backward, train (init: each side's freshly built model; data: the pair's own data_torch/data_paddle).", show_default="the TOML's checks, else data (when the pair defines its own), forward, metric, loss, lr, backward, train"),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Override [train] iters (steps of the backward check).", show_default="[train] iters"),
     timeout: float = typer.Option(900.0, "--timeout", min=1.0, help=TIMEOUT_HELP),
     startup_timeout: float = typer.Option(900.0, "--startup-timeout", min=1.0, help=STARTUP_HELP),

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from harness.checks import CHECKS
+from harness.checks import CHECKS, PRECISION_FREE
 from harness.checks.common import finish
 from harness.checks.parallel import dp_equivalence
 from harness.config.schema import RunConfig
@@ -18,7 +18,7 @@ from harness.errors import UsageError, WorkerError
 from harness.report.artifacts import ArtifactWriter, json_default
 from harness.report.runreport import Divergence, RunReport
 from harness.safety.outdir import OutFolder
-from harness.session import RunOptions, Session, environment
+from harness.session import RunOptions, Session, environment, needs_models
 from harness.verdict import rules
 from harness.verdict.keys import Kind
 from harness.workers.protocol import SIDES
@@ -46,18 +46,19 @@ def _run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None], *, w
     located = None
     try:
         session.start()
-        steps = {name: CHECKS[name].steps for name in cfg.checks}
+        steps = {name: CHECKS[name].steps for name in session.cfg.checks}
         if opts.dp_equivalence:
             steps["dp_equivalence"] = dp_equivalence.steps
         report.checks += run_checks(session, steps, progress)
-        failed = [c for c in report.checks if not c.passed and any(rules.arbitrable(k) for k in c.keys)]
+        model_checks = [c for c in report.checks if c.name not in PRECISION_FREE]
+        failed = [c for c in model_checks if not c.passed and any(rules.arbitrable(k) for k in c.keys)]
         if failed:
             arbitrate(session, failed, steps, progress)
-        if opts.locate or not all(c.passed for c in report.checks):
+        if needs_models(session.cfg) and (opts.locate or not all(c.passed for c in model_checks)):
             progress("locating the first divergence (hooks on every module)")
             from harness import locate
 
-            located = locate.locate(trace_context(session), report.checks, always=opts.locate)
+            located = locate.locate(trace_context(session), model_checks, always=opts.locate)
     finally:
         timing = {side: round(session.seconds(side), 3) for side in SIDES}
         session.close()

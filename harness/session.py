@@ -18,6 +18,7 @@ from harness.mapping import checkpoints, identify, layout, weights
 from harness.pair.batches import BatchSource
 from harness.report.artifacts import ArtifactWriter
 from harness.workers import interpreters, ranks
+from harness.workers.feed import Feed
 from harness.workers.process import WorkerGroup, WorkerSpec
 from harness.workers.protocol import SIDES, Op, Request
 
@@ -140,9 +141,9 @@ class Session:
 
     # ------------------------------------------------------------------ set-up
     def start(self) -> None:
-        # the pair's import and make_batch in the data worker: a broken one is a usage error, found
-        # before any framework worker starts
-        self.data.batch(0)
+        # the pair's import (and make_batch) in the data worker: a broken one is a usage error,
+        # found before any framework worker starts
+        self.cfg = checked_data(self.data, self.cfg)
         self.worker_pythons = interpreters.handshake(self.options.interpreters)
         self.progress("starting the torch and paddle workers")
         self.group.start()
@@ -151,7 +152,8 @@ class Session:
     def use(self, cfg: RunConfig) -> None:
         """The same workers serve another pair: both models rebuilt, weights shared again."""
         self.data.close()
-        self.cfg, self.data = cfg, _batches(cfg, self.options)
+        self.data = _batches(cfg, self.options)
+        self.cfg = checked_data(self.data, cfg)
         self._setup()
 
     def use_precision(self, precision: str) -> None:
@@ -166,6 +168,7 @@ class Session:
     def restart(self) -> None:
         """Fresh float32 workers (after a failure in another precision stopped them)."""
         self.group.close()
+        self.data = getattr(self.data, "pair", self.data)  # a Feed's batches were in the closed workers' memory
         self.precision, self.writer = "float32", self.root_writer
         self.group.start()
         self._setup()
@@ -179,11 +182,14 @@ class Session:
 
     def _build(self, initial: dict | None) -> None:
         self.plan = self.identity = None
+        built = self.submit(setup_requests(self, initial))
+        if not needs_models(self.cfg):
+            self.infos = {side: built.wait()[side] for side in SIDES}
+            return
+        self.data = feed(self.data, self.call, self.cfg)
         batch = self.data.batch(0)
         if self.layout.world > 1:
             ranks.validate(self.layout, next(iter(batch.values())).shape[0])
-        setup = {"cfg": self.cfg.to_wire(), "precision": self.precision}
-        built = self.submit({name: Request(Op.SETUP, setup) for name in self.group.names})
         # sent at once, so each side traces as soon as it is built rather than when both are. A
         # pair that converts its weights itself needs no call order for them: traced only if
         # localization runs (trace_call_order)
@@ -289,6 +295,35 @@ class Session:
             return torch_arrays, self.plan.paddle_to_torch_names(paddle_arrays)
         paddle = self.identity.paddle_to_torch_names(paddle_arrays) if self.identity else {}
         return {k: v for k, v in torch_arrays.items() if k in paddle}, paddle
+
+
+def checked_data(data: BatchSource, cfg: RunConfig) -> RunConfig:
+    """The run's config with the checks the pair's data allows, its data checked before any
+    framework worker starts (the pair's import and make_batch in the data worker)."""
+    cfg = cfg.replace(checks=data.checks())
+    if data.source == "make_batch" and needs_models(cfg):
+        data.batch(0)  # a broken make_batch is a usage error: find it before any framework process starts
+    return cfg
+
+
+def setup_requests(session: Session, initial: dict | None) -> dict:
+    """Every worker loads the pair and builds its model (unless the data check runs alone); rank 0
+    of each side also summarises its fresh model for the init check, before any weight is copied."""
+    init = "init" in session.cfg.checks and initial is None
+    setup = {"cfg": session.cfg.to_wire(), "precision": session.precision, "build": needs_models(session.cfg)}
+    return {name: Request(Op.SETUP, {**setup, "init": init and name in SIDES}) for name in session.group.names}
+
+
+def needs_models(cfg: RunConfig) -> bool:
+    """Whether any check needs the models (the data check alone needs the pair's data only)."""
+    return any(c != "data" for c in cfg.checks)
+
+
+def feed(data, call: Callable, cfg: RunConfig):
+    """The batches every check runs on: make_batch's, or those of the [data] source's own data."""
+    if data.source == "make_batch" or isinstance(data, Feed):
+        return data
+    return Feed(call, data.source, pair=data, heldout_count=cfg.data.eval_batches, check=data.check_keys)
 
 
 def environment(session: Session) -> dict:

@@ -152,7 +152,7 @@ def test_init_writes_every_section_and_option_with_its_default():
     for sec, cls in schema.SECTIONS.items():
         for f in dataclasses.fields(cls):
             assert (sec, f.name) in written, f"init's pair.toml lacks [{sec}] {f.name}"
-    for check in schema.CHECKS:
+    for check in parse.TOLERANCED:
         assert ("tolerance", check) in written
     assert {("", "name"), ("", "pair"), ("", "checks")} <= written
     for sec, key, value, comment, commented in rows:
@@ -168,7 +168,7 @@ def test_init_writes_every_section_and_option_with_its_default():
             assert commented or "default" not in comment, (sec, key)
     tol = ToleranceConfig()
     for sec, key, value, _, _ in rows:
-        if sec == "tolerance" and key in schema.CHECKS:
+        if sec == "tolerance" and key in parse.TOLERANCED:
             expected = getattr(tol, key)
             assert tomllib.loads(f"v = {value}")["v"] == (expected.rtol if expected.rtol else expected.mean), key
 
@@ -183,7 +183,7 @@ def test_init_template_is_a_valid_config(tmp_path):
 
 def test_defaults_follow_design(tmp_path):
     cfg = parse.load(_toml(tmp_path, ""))
-    assert cfg.name == tmp_path.name and cfg.checks == schema.CHECKS
+    assert cfg.name == tmp_path.name and cfg.checks == schema.DEFAULT_CHECKS and "init" not in cfg.checks
     assert cfg.data.seed == 0 and cfg.data.eval_batches == 4 and cfg.loss.kind == "cross_entropy"
     assert cfg.tolerance.forward.mean == 1e-6 and cfg.tolerance.lr.mean == 1e-9 and cfg.tolerance.train.rtol == 0.0015
     assert cfg.distributed.nprocs == 1 and cfg.distributed.backend == "auto"

@@ -174,13 +174,16 @@ class Runner(base.Runner):
                    module.register_forward_post_hook(lambda layer, inputs, out: post(out) and None)]
         return [h.remove for h in handles]
 
-    @contextlib.contextmanager
-    def preserved_rng(self):
-        state = paddle.get_rng_state()
-        try:
-            yield
-        finally:
-            paddle.set_rng_state(state)
+    def rng_state(self):
+        return paddle.get_rng_state()
+
+    def set_rng_state(self, state) -> None:
+        paddle.set_rng_state(state)
+
+    def default_collate(self):
+        from paddle.io.dataloader.collate import default_collate_fn
+
+        return default_collate_fn
 
     def hook_grad(self, tensor, fn) -> None:
         if not tensor.stop_gradient:

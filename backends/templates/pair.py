@@ -27,6 +27,15 @@ def make_batch(rng: np.random.Generator, step: int) -> dict:
     return {"x": x, "label": (x[:, :CLASSES].argmax(axis=1)).astype(np.int64)}
 
 
+# Your own data (guide Step 2; optional, and then make_batch is too): each side's pipeline as your code
+# already builds it, for split "train" or "eval": a DataLoader, a map-style dataset or any iterable of
+# batches (dicts, tuples or arrays). The data check compares them; [data] source = "torch" runs every
+# other check on torch's batches (the metric over the whole eval split).
+# def data_torch(split):
+#     return torch.utils.data.DataLoader(MyTorchDataset(split), batch_size=8, collate_fn=my_collate)
+# def data_paddle(split):
+#     return paddle.io.DataLoader(MyPaddleDataset(split), batch_size=8, collate_fn=my_batchify)
+
 # Optional (see README): forward_torch/forward_paddle(model, batch), loss_torch/loss_paddle(output, batch),
 # metric_torch/metric_paddle(output, batch) -> dict, optimizer_torch/optimizer_paddle(model, total_steps)
 # -> (optimizer, scheduler or None), torch_to_paddle(state) -> state.

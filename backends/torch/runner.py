@@ -158,8 +158,18 @@ class Runner(base.Runner):
                    module.register_forward_hook(lambda m, args, out: post(out))]
         return [h.remove for h in handles]
 
-    def preserved_rng(self):
-        return torch.random.fork_rng(devices=[self.dev.index or 0] if self.dev.type == "cuda" else [])
+    def rng_state(self):
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.dev) if self.dev.type == "cuda" else None
+
+    def set_rng_state(self, state) -> None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self.dev)
+
+    def default_collate(self):
+        from torch.utils.data import default_collate
+
+        return default_collate
 
     def hook_grad(self, tensor, fn) -> None:
         if tensor.requires_grad:

@@ -22,14 +22,25 @@ def loss(session) -> CheckResult:
     return record(session, "loss", keys.values(out["torch"]), keys.values(out["paddle"]))
 
 
-def eval_steps(session) -> range:
-    return range(session.cfg.data.eval_batches)
-
-
 @check
 def metric(session, *, overrides: dict | None = None) -> CheckResult:
-    out = yield session.for_both(Op.METRIC, batches=session.data.batches(eval_steps(session)), overrides=overrides)
-    return record(session, "metric", keys.values(out["torch"]), keys.values(out["paddle"]))
+    """The metric over the evaluation batches: eval_batches of make_batch, or the whole eval split of
+    the [data] source's own data, streamed to both sides in chunks."""
+    total = session.data.eval_count()
+    chunks = iter(session.data.evaluation())
+    chunk, first, seen = next(chunks), True, 0
+    while True:
+        following = next(chunks, None)
+        out = yield session.for_both(Op.METRIC, batches=chunk, overrides=overrides, begin=first,
+                                     end=following is None, total=total)
+        seen += len(chunk)
+        if following is None:
+            break
+        chunk, first = following, False
+    result = record(session, "metric", keys.values(out["torch"]), keys.values(out["paddle"]))
+    if session.data.source != "make_batch":
+        result.notes.append(session.data.described(seen))
+    return result
 
 
 @check

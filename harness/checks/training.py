@@ -16,22 +16,22 @@ from harness.verdict.diff import CheckResult
 from harness.verdict.keys import Key, Kind
 from harness.workers.protocol import SIDES, Op
 
-# The held-out evaluation batches of the train check are make_batch(rng, step) at these steps.
-HELDOUT_STEP = 1_000_000
-
 
 @check
 def backward(session, *, overrides: dict | None = None, write: bool = True) -> CheckResult:
     if session.layout.world > 1:
         return (yield from parallel.backward.steps(session, overrides=overrides))
     cfg = session.cfg
-    out = yield session.for_both(Op.TRAIN, batches=session.data.batches(range(cfg.train.iters)), mode=cfg.train.mode,
-                       total_steps=cfg.total_steps, overrides=overrides)
+    batches = session.data.batches(range(cfg.train.iters))
+    out = yield session.for_both(Op.TRAIN, batches=batches, mode=cfg.train.mode, total_steps=cfg.total_steps,
+                                 overrides=overrides)
     losses = {side: keys.losses(out[side]["loss"]) for side in SIDES}
     ref, other = dict(losses["torch"]), dict(losses["paddle"])  # judge_updates adds the param: and grad: keys
     result, params, grads = judge_updates(session, ref, other, out, overrides)
     if cfg.train.mode == "train":  # its steps ran with dropout off: the dropouts themselves are compared
         judge_dropouts(session, result, ref, other)
+    short = session.data.short(len(batches), cfg.train.iters, "[train] iters")
+    result.notes += [short] if short else []
     if write:
         for side in SIDES:
             session.writer.arrays(f"bp_align_{side}.npy", losses[side])  # the guide's file: losses only
@@ -40,20 +40,16 @@ def backward(session, *, overrides: dict | None = None, write: bool = True) -> C
     return result
 
 
-def heldout_steps(session) -> range:
-    """Batches the trained models are scored on: never among the training steps."""
-    return range(HELDOUT_STEP, HELDOUT_STEP + session.cfg.data.eval_batches)
-
-
 @check
 def train(session) -> CheckResult:
     """train_iters steps in train mode: loss curves and final metric within the relative train
     tolerance (0.15 %), BatchNorm running means, optionally the paddle metric against --benchmark."""
     cfg = session.cfg
     iters = cfg.train.train_iters
-    out = yield session.for_both(Op.TRAIN, batches=session.data.batches(range(iters)), mode="train",
+    batches = session.data.batches(range(iters))
+    out = yield session.for_both(Op.TRAIN, batches=batches, mode="train",
                        total_steps=cfg.lr_scheduler.total_steps or iters,
-                       eval_batches=session.data.batches(heldout_steps(session)))
+                       eval_batches=session.data.heldout())  # never among the training batches
     sides = {side: {**keys.losses(out[side]["loss"]), **keys.named(Kind.METRIC, out[side]["metric"])} for side in SIDES}
     result = judge("train", sides["torch"], sides["paddle"], cfg.tolerance)
     # running means are judged in absolute terms, like parameters: a relative rule would call
@@ -65,6 +61,8 @@ def train(session) -> CheckResult:
     if session.options.benchmark:
         result.keys += _against_benchmark(session.options.benchmark, out["paddle"]["metric"], cfg.tolerance.train)
     judge_dropouts(session, result, sides["torch"], sides["paddle"])
+    short = session.data.short(len(batches), iters, "[train] train_iters")
+    result.notes += [short] if short else []
     session.writer.check(result, sides["torch"], sides["paddle"])
     with session.writer.writing("train_curve.png") as path:
         note = plot.train_curve(path, result, sides["torch"], sides["paddle"], cfg.name)

@@ -16,7 +16,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from harness.config.optim_table import OPTIMIZERS, SCHEDULERS, decay_mode
-from harness.config.schema import CHECKS, CHOICES, MODULE_PATH, SECTIONS, TOP_LEVEL, RunConfig
+from harness.config.schema import CHECKS, CHOICES, DEFAULT_CHECKS, MODULE_PATH, SECTIONS, TOP_LEVEL, RunConfig
 from harness.config.source import Source, suggest
 from harness.errors import ConfigError
 from harness.verdict.tolerance import Tolerance, ToleranceConfig
@@ -39,7 +39,7 @@ def _coerce(src: Source, key: str, value: Any, annotation: str):
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
         got = type(value).__name__
         raise src.error(key, f"expected {_type_name(expected)}, got {got} {value!r}")
-    if expected is list and key.split(".")[-1] in ("inputs", "labels", "no_decay"):
+    if expected is list and key.split(".")[-1] in ("inputs", "labels", "no_decay", "fields"):
         if not all(isinstance(v, str) for v in value):
             raise src.error(key, "expected a list of strings")
     return value
@@ -92,6 +92,10 @@ def _tolerance(src: Source, key: str, value: Any, default: Tolerance) -> Toleran
     raise src.error(key, f"expected a number or a table {{mean, max, rtol, allow_nan}}, got {value!r}")
 
 
+# the checks a [tolerance] value applies to (init decides by a significance level of its own)
+TOLERANCED = tuple(f.name for f in dataclasses.fields(ToleranceConfig) if f.name != "keys")
+
+
 def _tolerances(src: Source, table: Any) -> ToleranceConfig:
     if not isinstance(table, dict):
         raise src.error("tolerance", "expected a table [tolerance]")
@@ -99,15 +103,15 @@ def _tolerances(src: Source, table: Any) -> ToleranceConfig:
     values: dict = {}
     keys: dict = {}
     for key, value in table.items():
-        if key in CHECKS:
+        if key in TOLERANCED:
             values[key] = _tolerance(src, f"tolerance.{key}", value, base.for_check(key))
         elif any(c in key for c in "*?[."):
             keys[key] = _tolerance(src, f'tolerance."{key}"', value, Tolerance())
         else:
             raise src.error(
                 f"tolerance.{key}",
-                f"unknown key '{key}' in [tolerance]: expected a check name ({', '.join(CHECKS)}) "
-                f"or a quoted key glob like \"out.*\"{suggest(key, CHECKS)}",
+                f"unknown key '{key}' in [tolerance]: expected a check name ({', '.join(TOLERANCED)}) "
+                f"or a quoted key glob like \"out.*\"{suggest(key, TOLERANCED)}",
             )
     return ToleranceConfig(**values, keys=keys)
 
@@ -141,6 +145,7 @@ def parse(text: str, path: Path, *, pair_base: Path | None = None) -> RunConfig:
         kwargs["mapping"] = _mapping(src, doc["mapping"])
     if "checks" in doc:
         kwargs["checks"] = parse_checks(doc["checks"], lambda m: src.error("checks", m))
+        kwargs["checks_given"] = True
     cfg = RunConfig(name=name, pair=pair, source=path, **kwargs)
     _cross_checks(src, cfg)
     return cfg
@@ -219,6 +224,8 @@ def _cross_checks(src: Source, cfg: RunConfig) -> None:
     for sec, key, value, low in (
         ("data", "batch_size", cfg.data.batch_size, 1),
         ("data", "eval_batches", cfg.data.eval_batches, 1),
+        ("data", "items", cfg.data.items, 0),
+        ("data", "batches", cfg.data.batches, 0),
         ("train", "iters", cfg.train.iters, 1),
         ("train", "train_iters", cfg.train.train_iters, 1),
         ("distributed", "nprocs", cfg.distributed.nprocs, 1),
@@ -241,13 +248,16 @@ def _cross_checks(src: Source, cfg: RunConfig) -> None:
         raise src.error("data.labels", f"is empty, but the {', '.join(cfg.label_readers)} check(s) compute a built-in "
                                        "loss or metric, which reads a label: name one, or set [loss]/[metric] kind = "
                                        "\"pair\" with the pair's own loss_*/metric_*")
+    names = cfg.data.fields
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise src.error("data.fields", f"expected distinct non-empty names for the positional fields, got {names}")
 
 
 def parse_checks(value, fail) -> tuple:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not value:
-        raise fail(f"expected a non-empty list of checks from {', '.join(CHECKS)}")
+        raise fail(f"expected a non-empty list of checks from {', '.join(CHECKS)} (default: {', '.join(DEFAULT_CHECKS)})")
     for v in value:
         if v not in CHECKS:
             raise fail(f"unknown check '{v}' (expected {', '.join(CHECKS)}){suggest(str(v), CHECKS)}")

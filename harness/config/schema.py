@@ -10,7 +10,12 @@ from pathlib import Path
 
 from harness.verdict.tolerance import ToleranceConfig
 
-CHECKS = ("forward", "metric", "loss", "lr", "backward", "train")
+CHECKS = ("data", "init", "forward", "metric", "loss", "lr", "backward", "train")  # always run in this order
+# what runs when the TOML and the command line name no checks: data only where the pair defines its
+# own (data_torch/data_paddle); init only when asked for
+DEFAULT_CHECKS = tuple(c for c in CHECKS if c != "init")
+DATA_SOURCES = ("make_batch", "torch", "paddle")
+SPLITS = ("train", "eval")
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,11 @@ class DataConfig:
     batch_size: int = 8
     seed: int = 0
     eval_batches: int = 4
+    # the pair's own data (data_torch/data_paddle): which side's batches every check runs on
+    source: str | None = None  # make_batch | torch | paddle; None: make_batch when the pair has one, else torch
+    items: int = 8  # items the data check compares at seeded indices (the first and the last among them)
+    batches: int = 5  # batches of each loader the data check compares, in order
+    fields: list = field(default_factory=list)  # names of positional fields (a tuple batch), in order
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,8 @@ class RunConfig:
     tolerance: ToleranceConfig = ToleranceConfig()
     distributed: DistributedConfig = DistributedConfig()
     workers: WorkersConfig = WorkersConfig()
-    checks: tuple = CHECKS
+    checks: tuple = DEFAULT_CHECKS
+    checks_given: bool = False  # named by the TOML or the caller: a check the pair cannot run is an error
     mapping: dict = field(default_factory=dict)  # [mapping]: torch module prefix -> paddle module prefix
 
     @property
@@ -154,6 +165,7 @@ CHOICES = {
     ("optimizer", "decay"): ("auto", "coupled", "decoupled", "l1"),
     ("train", "mode"): ("eval", "train"),
     ("distributed", "backend"): ("auto", "gloo", "nccl"),
+    ("data", "source"): DATA_SOURCES,
 }
 
 

@@ -15,6 +15,7 @@ from harness.errors import UsageError
 from harness.pair import loader, stubs
 
 WHERE = "data worker (which makes the data with numpy only)"
+DATA_FUNCTIONS = ("data_torch", "data_paddle")  # the pair's own data, each made in its own worker
 
 
 def answer(fn, *args) -> dict:
@@ -28,11 +29,17 @@ def answer(fn, *args) -> dict:
 class Maker:
     """The pair module of one config, and make_batch(rng, step) with a generator seeded [seed, step]."""
 
-    def __init__(self, *, pair: str, source: str, seed: int, needed: list, readers: list = ()):
+    def __init__(self, *, pair: str, source: str, seed: int, needed: list, readers: list = (),
+                 data_only: bool = False):
         self.pair, self.source, self.seed, self.needed = Path(pair), source, seed, list(needed)
         self.readers = list(readers)  # the checks that read the labels (a built-in loss or metric)
         self.module = loader.load(self.pair, keep=None, where=WHERE)
-        loader.require(self.module, self.pair, ["build_torch", "build_paddle", "make_batch"])
+        own = [n for n in DATA_FUNCTIONS if callable(getattr(self.module, n, None))]
+        if len(own) == 1:
+            other = next(n for n in DATA_FUNCTIONS if n not in own)
+            raise UsageError(f"{self.pair}: the pair defines {own[0]} but not {other}: the data check compares the two")
+        models = [] if data_only else ["build_torch", "build_paddle"]  # Step 2 needs no model
+        loader.require(self.module, self.pair, models + ([] if own else ["make_batch"]))
 
     def defined(self) -> list:
         """The callables the module defines (as this process sees it, frameworks stood in)."""
@@ -61,9 +68,16 @@ class Maker:
             if arr.dtype.hasobject:
                 raise UsageError(f"{where} returned '{key}' as an object array: make_batch must return numbers")
             out[str(key)] = arr
-        missing = [k for k in self.needed if k not in out]
-        if missing:
-            readers = f", which the {', '.join(self.readers)} check(s) read" if self.readers else ""
-            raise UsageError(f"{where} returned keys {sorted(out)}, but [data] inputs/labels name {missing}"
-                             f"{readers} (file {self.source})")
+        error = missing_keys(out, self.needed, self.readers, where, self.source)
+        if error:
+            raise UsageError(error)
         return out
+
+
+def missing_keys(batch: dict, needed: list, readers: list, where: str, source) -> str | None:
+    """What a batch lacks of the [data] inputs and labels keys, said as an error, or None."""
+    missing = [k for k in needed if k not in batch]
+    if not missing:
+        return None
+    why = f", which the {', '.join(readers)} check(s) read" if readers else ""
+    return f"{where} returned keys {sorted(batch)}, but [data] inputs/labels name {missing}{why} (file {source})"

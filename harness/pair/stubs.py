@@ -51,6 +51,14 @@ class _Absent:
         # `class Net(torch.nn.Module)` in a process without torch defines a harmless class.
         return (object,)
 
+    # Nothing is an instance of a framework that is not loaded. Libraries that probe sys.modules
+    # for torch (scipy's array-API helpers, which paddlenlp imports) then read the stand-in as such.
+    def __instancecheck__(self, obj):
+        return False
+
+    def __subclasscheck__(self, cls):
+        return False
+
     def __bool__(self):
         return False
 

@@ -22,6 +22,8 @@ from harness.verdict.keys import texts
 
 # Artifact stems per check, as the reproduction guide names them.
 STEMS = {
+    "data": "data",
+    "init": "init",
     "forward": "forward",
     "metric": "metric",
     "loss": "loss",

@@ -131,6 +131,8 @@ def compare_arrays(key: Key, ref, other, tol: Tolerance) -> KeyResult:
         res.shape_other = _shape(b)
         res.reason = f"shape {tuple(a.shape)} (torch) vs {tuple(b.shape)} (paddle)"
         return res
+    if a.dtype.kind in "US" and a.dtype.kind == b.dtype.kind:  # text, whatever each side's longest string
+        return _compare_text(res, a, b)
     if a.dtype != b.dtype:
         res.dtype_other = b.dtype.name
         res.reason = f"dtype {a.dtype.name} (torch) vs {b.dtype.name} (paddle)"
@@ -163,6 +165,17 @@ def _compare_exact(res: KeyResult, a: np.ndarray, b: np.ndarray) -> KeyResult:
     res.threshold, res.max_threshold, res.rtol = 0.0, 0.0, None
     if not res.passed:
         res.reason = f"{differing} of {fa.size} values differ (exact compare), first at {res.worst_index}"
+    return res
+
+
+def _compare_text(res: KeyResult, a: np.ndarray, b: np.ndarray) -> KeyResult:
+    """Strings (the pair's own data may hold them): equal or not, exactly; no statistics."""
+    differ = a != b
+    res.count, res.threshold, res.max_threshold, res.rtol = int(a.size), 0.0, 0.0, None
+    res.passed = not differ.any()
+    if not res.passed:
+        res.worst_index = [int(i) for i in np.argwhere(differ)[0]]
+        res.reason = f"{int(differ.sum())} of {a.size} strings differ (exact compare), first at {res.worst_index}"
     return res
 
 

@@ -29,6 +29,7 @@ class ToleranceConfig:
     lr: Tolerance = Tolerance(1e-9)
     backward: Tolerance = Tolerance(1e-6)
     train: Tolerance = Tolerance(0.0, rtol=0.0015)
+    data: Tolerance = Tolerance(1e-6)  # float fields of the pair's own data (integers and strings: exactly)
     keys: dict = field(default_factory=dict)  # glob -> Tolerance, overrides for matching keys
 
     def for_check(self, check: str) -> Tolerance:

@@ -45,6 +45,9 @@ class Op(str, Enum):
     TRACE_STEP = "trace_step"
     RECORD_PROBES = "record_probes"
     REPLAY_PROBES = "replay_probes"
+    DATA_OPEN = "data_open"  # the pair's own data (data_torch/data_paddle): what a split is
+    DATA_ITEMS = "data_items"  # its items at given indices
+    DATA_BATCHES = "data_batches"  # its batches, in order (a pass kept open between calls) or collated
 
     def __str__(self) -> str:  # messages name the op as the wire does
         return self.value
