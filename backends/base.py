@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.pairdata import DataOps
 from backends.layout import LayoutOps
-from backends.metrics import Evaluation, evaluate
+from backends.metrics import MetricOps
+from backends.pairdata import DataOps
 from backends.primitives import Primitives
 from backends.state import StateOps, init_summary
 from backends.trace import TraceOps
@@ -26,7 +26,7 @@ KEEPS_FORWARD = (Op.FORWARD, Op.METRIC, Op.LOSS, Op.LR_SCHEDULE, Op.PING, Op.EXP
                  Op.DATA_BATCHES)
 
 
-class Runner(StateOps, TraceOps, LayoutOps, TrainOps, DataOps, Primitives):
+class Runner(StateOps, TraceOps, LayoutOps, TrainOps, DataOps, MetricOps, Primitives):
     def __init__(self, options: dict):
         self.options = options
         self.cfg: dict = {}
@@ -196,29 +196,6 @@ class Runner(StateOps, TraceOps, LayoutOps, TrainOps, DataOps, Primitives):
         if cached is not None and cached[0] is self._initial and _same_batch(cached[1], batch):
             return cached[2]
         return self.eval_forward(t)
-
-    def metric(self, batches: list, overrides: dict | None = None, begin: bool = True, end: bool = True,
-               total: int | None = None) -> dict:
-        """The metric of the initial weights over `batches`. A streamed eval split comes in parts,
-        the first with `begin`, the last with `end` (only that one returns the metric); other ops
-        may run between them, so each part starts from the initial weights again. `total`: the
-        split's batches, for progress."""
-        self._restore()
-        if begin:
-            self._evaluation = Evaluation(self, self._config(overrides)["metric"],
-                                          next(iter(self.cfg["data"]["labels"]), None))
-        elif self._evaluation is None:
-            raise RuntimeError("a part of a streamed metric came without its first part")
-        self.set_train(self.model, False)
-        self._evaluation.add(batches, total)  # each forward without autograd where it can (eval_forward)
-        if not end:
-            return {"batches": self._evaluation.count}
-        evaluation, self._evaluation = self._evaluation, None
-        return evaluation.result()
-
-    def _evaluate(self, batches: list, metric: dict) -> dict:
-        self.set_train(self.model, False)
-        return evaluate(self, batches, metric, next(iter(self.cfg["data"]["labels"]), None))
 
     def lr_schedule(self, total_steps: int, overrides: dict | None = None, metrics: list | None = None) -> dict:
         """The lr of each of total_steps steps, read from the framework's own scheduler; metrics

@@ -1,5 +1,5 @@
-"""The metric check's arithmetic: each framework computes outputs, argmax and top-k; numpy only
-counts, identically for both."""
+"""The metric: the metric op (MetricOps, a mixin of backends/base.Runner) over streamed parts of an
+eval split; each framework computes outputs, argmax and top-k, numpy only counts, identically for both."""
 
 from __future__ import annotations
 
@@ -81,6 +81,34 @@ def evaluate(runner, batches: list, metric: dict, label_key: str | None) -> dict
     evaluation = Evaluation(runner, metric, label_key)
     evaluation.add(batches)
     return evaluation.result()
+
+
+class MetricOps:
+    """The metric op: the [metric] of the initial weights, a streamed eval split in parts. A mixin of
+    backends/base.Runner."""
+
+    def metric(self, batches: list, overrides: dict | None = None, begin: bool = True, end: bool = True,
+               total: int | None = None) -> dict:
+        """The metric of the initial weights over `batches`. A streamed eval split comes in parts,
+        the first with `begin`, the last with `end` (only that one returns the metric); other ops
+        may run between them, so each part starts from the initial weights again. `total`: the
+        split's batches, for progress."""
+        self._restore()
+        if begin:
+            self._evaluation = Evaluation(self, self._config(overrides)["metric"],
+                                          next(iter(self.cfg["data"]["labels"]), None))
+        elif self._evaluation is None:
+            raise RuntimeError("a part of a streamed metric came without its first part")
+        self.set_train(self.model, False)
+        self._evaluation.add(batches, total)  # each forward without autograd where it can (eval_forward)
+        if not end:
+            return {"batches": self._evaluation.count}
+        evaluation, self._evaluation = self._evaluation, None
+        return evaluation.result()
+
+    def _evaluate(self, batches: list, metric: dict) -> dict:
+        self.set_train(self.model, False)
+        return evaluate(self, batches, metric, next(iter(self.cfg["data"]["labels"]), None))
 
 
 def _number(value, key: str, source: str) -> float:

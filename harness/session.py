@@ -86,7 +86,44 @@ def _deadline(opts: RunOptions, *, starting: bool, joining: bool) -> dict:
     return {}
 
 
-class Session:
+class SetupView:
+    """What the checks read of a session's set-up: the weight plan (or what the pair's own converter
+    was identified to do), the optimizer's kind and the dropout sites. Session's base."""
+
+    cfg: RunConfig
+    infos: dict
+    plan: weights.Plan | None
+    identity: weights.Plan | None
+
+    @property
+    def torch_only(self) -> tuple:
+        """torch tensors with no paddle counterpart (BatchNorm's batch counter), kept on load."""
+        return tuple(name for name, _ in self.plan.dropped) if self.plan else ()
+
+    @property
+    def custom_optimizer(self) -> bool:
+        return self.infos["torch"]["custom_optimizer"] or self.infos["paddle"]["custom_optimizer"]
+
+    def adaptive(self, overrides: dict | None = None) -> bool:
+        """Adam-type updates: noise-driven elements move by lr (harness/verdict/rules.py)."""
+        if self.custom_optimizer:
+            return True
+        return (overrides or {}).get("optimizer", {}).get("name", self.cfg.optimizer.name) in ADAPTIVE
+
+    def dropout(self) -> dict:
+        """Per side, the modules that drop out (p > 0)."""
+        return {side: [m["name"] for m in self.infos[side]["modules"] if m.get("dropout")] for side in SIDES}
+
+    def by_torch_name(self, torch_arrays: dict, paddle_arrays: dict) -> tuple:
+        """Paddle arrays renamed and laid out as torch's, so one key names one parameter; with the
+        pair's own torch_to_paddle, a tensor no value identified is left out on both sides."""
+        if self.plan is not None:
+            return torch_arrays, self.plan.paddle_to_torch_names(paddle_arrays)
+        paddle = self.identity.paddle_to_torch_names(paddle_arrays) if self.identity else {}
+        return {k: v for k, v in torch_arrays.items() if k in paddle}, paddle
+
+
+class Session(SetupView):
     """Both workers up, weights shared, then any sequence of checks (harness/checks/)."""
 
     def __init__(self, cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None] = lambda msg: None,
@@ -267,34 +304,6 @@ class Session:
             self.group.close()
         finally:
             self.data.close()
-
-    # ------------------------------------------------------------------ what the checks read
-    @property
-    def torch_only(self) -> tuple:
-        """torch tensors with no paddle counterpart (BatchNorm's batch counter), kept on load."""
-        return tuple(name for name, _ in self.plan.dropped) if self.plan else ()
-
-    @property
-    def custom_optimizer(self) -> bool:
-        return self.infos["torch"]["custom_optimizer"] or self.infos["paddle"]["custom_optimizer"]
-
-    def adaptive(self, overrides: dict | None = None) -> bool:
-        """Adam-type updates: noise-driven elements move by lr (harness/verdict/rules.py)."""
-        if self.custom_optimizer:
-            return True
-        return (overrides or {}).get("optimizer", {}).get("name", self.cfg.optimizer.name) in ADAPTIVE
-
-    def dropout(self) -> dict:
-        """Per side, the modules that drop out (p > 0)."""
-        return {side: [m["name"] for m in self.infos[side]["modules"] if m.get("dropout")] for side in SIDES}
-
-    def by_torch_name(self, torch_arrays: dict, paddle_arrays: dict) -> tuple:
-        """Paddle arrays renamed and laid out as torch's, so one key names one parameter; with the
-        pair's own torch_to_paddle, a tensor no value identified is left out on both sides."""
-        if self.plan is not None:
-            return torch_arrays, self.plan.paddle_to_torch_names(paddle_arrays)
-        paddle = self.identity.paddle_to_torch_names(paddle_arrays) if self.identity else {}
-        return {k: v for k, v in torch_arrays.items() if k in paddle}, paddle
 
 
 def checked_data(data: BatchSource, cfg: RunConfig) -> RunConfig:

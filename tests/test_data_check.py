@@ -248,6 +248,15 @@ def make_batch(rng, step):
 '''
 
 
+def _checked(cfg) -> tuple:
+    """The checks and the batch source a run of cfg would have, its data worker closed after."""
+    from harness.pair.batches import BatchSource
+    from harness.session import checked_data
+
+    with BatchSource(cfg) as data:
+        return checked_data(data, cfg).checks, data.source
+
+
 @pytest.mark.parametrize("body,needle", [
     ('checks = ["data"]\n', "checks name data, but"),
     ('[data]\nsource = "paddle"\n', 'source = "paddle" takes the batches from data_paddle(split)'),
@@ -256,21 +265,18 @@ def make_batch(rng, step):
 ])
 def test_data_settings_a_pair_cannot_meet_are_usage_errors(tmp_path, body, needle):
     from harness.errors import HarnessError
-    from harness.session import pair_data
 
     with pytest.raises(HarnessError) as info:
-        pair_data(parse.load(pair_folder(tmp_path, "p", MAKE_BATCH_ONLY, body)))
+        _checked(parse.load(pair_folder(tmp_path, "p", MAKE_BATCH_ONLY, body)))
     assert info.value.exit_code == 2 and needle in str(info.value), str(info.value)
 
 
 def test_data_runs_first_only_where_the_pair_defines_it(tmp_path):
-    from harness.session import pair_data
-
-    _, cfg = pair_data(parse.load(pair_folder(tmp_path, "p", MAKE_BATCH_ONLY)))
-    assert cfg.checks == ("forward", "metric", "loss", "lr", "backward", "train")
+    checks, _ = _checked(parse.load(pair_folder(tmp_path, "p", MAKE_BATCH_ONLY)))
+    assert checks == ("forward", "metric", "loss", "lr", "backward", "train")
     own = MAKE_BATCH_ONLY + "\ndef data_torch(split): return []\ndef data_paddle(split): return []\n"
-    data_source, cfg = pair_data(parse.load(pair_folder(tmp_path, "q", own)))
-    assert cfg.checks[0] == "data" and "init" not in cfg.checks and data_source.source == "make_batch"
+    checks, source = _checked(parse.load(pair_folder(tmp_path, "q", own)))
+    assert checks[0] == "data" and "init" not in checks and source == "make_batch"
     one_sided = MAKE_BATCH_ONLY + "\ndef data_torch(split): return []\n"
     with pytest.raises(Exception, match="defines data_torch but not data_paddle"):
-        pair_data(parse.load(pair_folder(tmp_path, "r", one_sided)))
+        _checked(parse.load(pair_folder(tmp_path, "r", one_sided)))
