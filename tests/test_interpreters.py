@@ -216,8 +216,8 @@ def test_a_pair_of_todays_libraries_runs_across_two_environments(tmp_path, worke
     found = rep["environment"]["interpreters"]
     assert found["torch"]["prefix"] == str(Path(torch_python).parents[1])
     assert found["paddle"]["prefix"] == str(Path(paddle_python).parents[1])
-    logged = [n for n in rep["notes"] if n.startswith("paddle worker logged: WARNING ")]
-    assert any("PaddleFormers" in n and "paddleformers/__init__.py:" in n for n in logged), rep["notes"]
+    logged = [n for n in rep["warnings"] if n.startswith("paddle worker logged: WARNING ")]
+    assert any("PaddleFormers" in n and "paddleformers/__init__.py:" in n for n in logged), rep["warnings"]
     assert "is_torch_available" not in proc.stderr  # paddleformers' warning, never over the display
 
 

@@ -46,7 +46,7 @@ def test_logging_and_prints_stay_off_the_console_and_land_in_the_report(make_pai
     rep = json.loads(proc.stdout)  # nothing the worker printed is mixed into the JSON
     for text in ("fakelib loaded", "no handler of its own", "a print from build_torch", "fd 2"):
         assert text not in proc.stderr, proc.stderr
-    notes = rep["notes"]
+    notes = rep["warnings"]  # what libraries say goes with the warnings, never among the verdict's notes
     assert any(n.startswith("torch worker logged: INFO fakelib: fakelib loaded 3 kernels (")
                and f"{pair.parent / 'pair.py'}:" in n for n in notes), notes
     assert any(n.startswith("torch worker logged: WARNING unconfigured: no handler of its own") for n in notes), notes
