@@ -264,6 +264,7 @@ print(json.dumps({"found": importlib.util.find_spec("torch") is not None, "impor
 """
 
 
+@pytest.mark.e2e  # starts a process (the data worker, or the CLI)
 def test_a_hidden_framework_is_not_installed_for_libraries_and_a_stand_in_for_the_pair(tmp_path):
     """Libraries probe for torch (find_spec, sys.modules, try: import): in a process that hides it
     they find it not installed, never a stand-in; the pair and its sibling files get stand-ins."""

@@ -123,6 +123,7 @@ def _template_lines():
     return rows
 
 
+@pytest.mark.e2e  # starts a process (the data worker, or the CLI)
 def test_labels_are_needed_only_by_a_check_that_reads_them(tmp_path):
     """A forward-only run, or one with its own loss and metric, needs no label key: not in [data], not in the batch."""
     from harness.pair.batches import BatchSource
@@ -202,6 +203,7 @@ def test_cli_usage_errors_exit_2(args, needle):
     assert res.exit_code == 2 and needle in res.output, res.output
 
 
+@pytest.mark.e2e  # starts a process (the data worker, or the CLI)
 def test_pair_module_missing_functions_and_bad_make_batch(make_pair, tmp_path):
     toml = make_pair("import numpy as np\ndef build_torch(): pass\n", name="missing")
     res = runner.invoke(app, ["run", str(toml)])

@@ -257,6 +257,7 @@ def _checked(cfg) -> tuple:
         return checked_data(data, cfg).checks, data.source
 
 
+@pytest.mark.e2e  # starts a process (the data worker, or the CLI)
 @pytest.mark.parametrize("body,needle", [
     ('checks = ["data"]\n', "checks name data, but"),
     ('[data]\nsource = "paddle"\n', 'source = "paddle" takes the batches from data_paddle(split)'),
@@ -271,6 +272,7 @@ def test_data_settings_a_pair_cannot_meet_are_usage_errors(tmp_path, body, needl
     assert info.value.exit_code == 2 and needle in str(info.value), str(info.value)
 
 
+@pytest.mark.e2e  # starts a process (the data worker, or the CLI)
 def test_data_runs_first_only_where_the_pair_defines_it(tmp_path):
     checks, _ = _checked(parse.load(pair_folder(tmp_path, "p", MAKE_BATCH_ONLY)))
     assert checks == ("forward", "metric", "loss", "lr", "backward", "train")

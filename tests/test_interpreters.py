@@ -165,6 +165,7 @@ def test_an_environment_without_the_harness_deps_says_how_to_install_it(tmp_path
     assert f"{bare} -m pip install -e {ROOT}" in message
 
 
+@pytest.mark.e2e  # starts a process (the data worker, or the CLI)
 def test_run_stops_before_any_worker_with_exit_2(tmp_path):
     other = wrapper(tmp_path, "python", shadow={"harness": '__version__ = "9.9.9"\n'})
     proc = cli("run", "--zoo", "mlp", "--paddle-python", other, "--out", tmp_path / "o", cwd=tmp_path, timeout=120)
