@@ -63,6 +63,9 @@ class StateOps:
         return self.load_into_model(state)
 
     def _restore(self) -> None:
+        """The initial weights back, and no gradient left over: an optimizer that accumulates
+        (steps every second call) must not start a check with an earlier check's gradients."""
         if self._dirty and self._initial is not None:
             self.load_state(self.model, {k: handle.load() for k, handle in self._initial.items()})
         self._dirty = False
+        self.clear_grads(self.model)

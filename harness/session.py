@@ -175,6 +175,8 @@ class Session:
             traces = self._traced(traced)
         self.progress("sharing the torch initial weights with paddle")
         self._plan(traces)
+        if self.plan is not None:  # no_decay patterns are matched against torch's names on both sides
+            self.every_rank("paddle", Op.REFERENCE_NAMES, names=self.plan.torch_names())
         if initial is None:
             if self.options.weights is not None:
                 checkpoints.load_into(self, self.options.weights)
