@@ -193,7 +193,12 @@ class Runner(StateOps, TraceOps, TrainOps, Primitives):
         lrs = []
         for i in range(steps):
             lrs.append(stepper.lr())
-            stepper.advance(metrics[i] if metrics and i < len(metrics) else None)
+            try:
+                stepper.advance(metrics[i] if metrics and i < len(metrics) else None)
+            except Exception:  # noqa: BLE001 - a schedule with an end (OneCycleLR) refuses steps past it
+                if i + 1 < total_steps:
+                    raise
+                break  # read as far as it goes: steps the other side has and this one not are named
         return {"lr": np.asarray(lrs, dtype=np.float64)}
 
 

@@ -34,18 +34,25 @@ def _timed(toml: Path, out: Path) -> tuple:
     return end - start, report, {phase: end - t for phase, t in marks.items()}
 
 
+def _describe(label: str, wall: float, report, phases: dict) -> str:
+    div = report.first_divergence
+    verdict = "ALIGNED" if report.aligned else f"MISALIGNED, first divergence {div.check} at {div.layer}"
+    decided = {c.name: sum(k.rule == "float64_arbitration" for k in c.keys) for c in report.checks
+               if c.arbitration == "float64"}
+    wide = ", ".join(f"{name} ({n} keys round-off)" for name, n in decided.items()) or "none"
+    after = ", ".join(f"{phase} to the end {s:.1f} s" for phase, s in phases.items()) or "no float64, no localization"
+    return f"{label}: {wall:.1f} s, {verdict}; checks re-run in float64: {wide}; {after}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pair", type=Path, default=Path(__file__).parent / "pairs" / "encoder4")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        aligned, rep_a, _ = _timed(args.pair / "pair.toml", Path(tmp) / "aligned")
-        misaligned, rep_m, phases = _timed(args.pair / "gelu.toml", Path(tmp) / "misaligned")
-    div = rep_m.first_divergence
-    print(f"aligned run: {aligned:.1f} s ({'ALIGNED' if rep_a.aligned else 'MISALIGNED'})")
-    print(f"misaligned run: {misaligned:.1f} s ({'ALIGNED' if rep_m.aligned else 'MISALIGNED'}, first divergence "
-          f"{div.check if div else '-'} at {div.layer if div else '-'}; "
-          + ", ".join(f"{phase} and after: {s:.1f} s" for phase, s in phases.items()) + ")")
+        aligned, rep_a, phases_a = _timed(args.pair / "pair.toml", Path(tmp) / "aligned")
+        misaligned, rep_m, phases_m = _timed(args.pair / "gelu.toml", Path(tmp) / "misaligned")
+    print(_describe("aligned run (pair.toml)", aligned, rep_a, phases_a))
+    print(_describe("misaligned run (gelu.toml)", misaligned, rep_m, phases_m))
     print(f"misaligned / aligned wall: {misaligned / aligned:.2f}x (target <= 1.3x)")
 
 
