@@ -135,6 +135,20 @@ def test_a_dropped_weight_decay_on_alexnet_is_misaligned_naming_the_optimizer(tm
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("bug", ["momentum", "clip"])
+def test_a_momentum_or_clipping_difference_is_misaligned_naming_the_optimizer(tmp_path, bug):
+    proc = cli("run", ALEXNET, "--checks", "backward", "--out", tmp_path / "o", env={"REPROD_TEST_BUG": bug})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rep = report(tmp_path / "o")
+    assert any(k["key"].startswith("param:") and not k["passed"] for k in check(rep, "backward")["keys"])
+    div = rep["first_divergence"]
+    assert div["where"] == "update" and "the optimizer" in div["detail"], div
+    assert div["step"] == (1 if bug == "momentum" else 0)  # momentum first acts on the second step
+    if bug == "momentum":
+        assert "the momentum" in div["detail"], div["detail"]
+
+
+@pytest.mark.e2e
 def test_a_dropout_probability_costs_no_float64_and_no_tracing(tmp_path):
     proc = cli("run", ALEXNET, "--checks", "forward,train", "--out", tmp_path / "o", env={"REPROD_TEST_BUG": "dropout_p"})
     assert proc.returncode == 1, proc.stdout + proc.stderr

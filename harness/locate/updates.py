@@ -143,18 +143,19 @@ def why_moved(bad: list, names: list, moved: Moved, step: int, *, decay: str = "
     by_gradient = _by_gradient(bad, moved)
     if by_gradient:
         return f"{text}; {by_gradient}: " + ", ".join(bad[:8]) + (" ..." if len(bad) > 8 else "")
-    return text + _scale(scale, bad, names)
+    return text + _scale(scale, bad, names, step)
 
 
-def _scale(scale: list, bad: list, names: list) -> str:
+def _scale(scale: list, bad: list, names: list, step: int) -> str:
     if not scale:
         return ": " + ", ".join(bad[:8])
     lo, hi = min(scale), max(scale)
     uniform = hi - lo <= 1e-3 * max(abs(hi), 1e-12)
     text = (f"; paddle's updates are {lo:.3g}x torch's" if uniform and len(scale) == len(bad) == len(names) else
             f"; paddle's updates are {lo:.3g}x to {hi:.3g}x torch's")
-    if len(bad) == len(names) and uniform:
-        text += " for every parameter: the learning rate (or a global clipping) differs"
+    if len(bad) == len(names) and uniform:  # a momentum acts from the second step on (its buffer starts as g)
+        text += (" for every parameter: the learning rate (or a global clipping) differs" if step == 0 else
+                 " for every parameter: the learning rate, the momentum (or a global clipping) differs")
     return text + ": " + ", ".join(bad[:8]) + (" ..." if len(bad) > 8 else "")
 
 

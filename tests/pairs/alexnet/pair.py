@@ -7,6 +7,8 @@ widths and the image are scaled down (WIDTH, IMAGE) so the test runs in seconds 
 BUG (environment REPROD_TEST_BUG) changes the paddle side only:
   weight_decay   the paddle optimizer is built without weight_decay (a 1e-4 coupled L2 decay is a
                  small fraction of every update, never of the weight)
+  momentum       paddle's momentum 0.899 for 0.9 (the updates from step 1 on, by a fraction of a percent)
+  clip           paddle clips the gradients' global norm at 0.675: 0.8 % off the first step's (0.68)
   dropout_p      the classifier's second dropout at p 0.2 instead of 0.5
 """
 import os
@@ -95,8 +97,10 @@ def optimizer_paddle(model, total_steps):
 
     schedule = paddle.optimizer.lr.StepDecay(LR, step_size=STEP_SIZE, gamma=GAMMA)
     decay = {} if BUG == "weight_decay" else {"weight_decay": WEIGHT_DECAY}
-    optimizer = paddle.optimizer.Momentum(learning_rate=schedule, momentum=MOMENTUM, parameters=model.parameters(),
-                                          **decay)
+    clip = {"grad_clip": paddle.nn.ClipGradByGlobalNorm(0.675)} if BUG == "clip" else {}
+    momentum = 0.899 if BUG == "momentum" else MOMENTUM
+    optimizer = paddle.optimizer.Momentum(learning_rate=schedule, momentum=momentum, parameters=model.parameters(),
+                                          **decay, **clip)
     return optimizer, schedule
 
 
