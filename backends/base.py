@@ -15,6 +15,7 @@ from backends.primitives import Primitives
 from backends.state import StateOps, init_summary
 from backends.trace import TraceOps
 from backends.training import TrainOps
+from harness.config.optim_table import MAX_LR_STEPS, schedule_reach
 from harness.pair import loader
 from harness.workers.protocol import Op
 
@@ -42,6 +43,7 @@ class Runner(StateOps, TraceOps, LayoutOps, TrainOps, DataOps, MetricOps, Primit
         self.forward_needs_grad = False  # this model's forward fails under no_grad (see eval_forward)
         self._data: dict = {}  # split -> backends.pairdata.Split: the pair's own data, made on first use
         self._evaluation = None  # the metric of a streamed eval split, between its parts
+        self.reference_names: dict = {}  # this side's parameter name -> torch's, for no_decay (set_reference_names)
         self.progress = lambda done, total: None  # the worker loop sends these to the coordinator
         # called between a step's forward, backward and update: the worker may resize the
         # framework's thread pool there (backends/worker.CoreShare), as at each step's end
@@ -49,6 +51,7 @@ class Runner(StateOps, TraceOps, LayoutOps, TrainOps, DataOps, MetricOps, Primit
         self._ops = {Op.PING: self.ping, Op.SETUP: self.setup, Op.CALL_ORDER: self.call_order,
                      Op.EXPORT_STATE: self.export_state,
                      Op.IMPORT_STATE: self.import_state, Op.LOAD_STATE: self.load_into_model,
+                     Op.REFERENCE_NAMES: self.set_reference_names,
                      Op.READ_CHECKPOINT: self.read_state_file, Op.WRITE_CHECKPOINT: self.write_state_file,
                      Op.FORWARD: self.forward, Op.LOSS: self.loss, Op.METRIC: self.metric,
                      Op.LR_SCHEDULE: self.lr_schedule, Op.TRAIN: self.train, Op.TRACE_BEGIN: self.trace_begin,
@@ -148,6 +151,7 @@ class Runner(StateOps, TraceOps, LayoutOps, TrainOps, DataOps, MetricOps, Primit
         self.seed_all(self.cfg["data"]["seed"])
         model = build()
         self._parallel = None  # a wrapper of the previous model would train that one
+        self.reference_names = {}
         # the previous model's state must never be restored into this one; its files stay readable
         # (the coordinator may start the new model from them) until this worker keeps a new state
         self._retired += list((self._initial or {}).values())
@@ -161,6 +165,11 @@ class Runner(StateOps, TraceOps, LayoutOps, TrainOps, DataOps, MetricOps, Primit
                 "modules": self.module_table(self.model),
                 "custom_mapping": callable(getattr(self.pair, "torch_to_paddle", None)),
                 "custom_optimizer": self.pair_fn("optimizer") is not None}
+
+    def set_reference_names(self, names: dict) -> None:
+        """The torch name of each of this side's parameters, from the weight pairing: `[optimizer]
+        no_decay` patterns are matched against torch's structured names on both sides."""
+        self.reference_names = dict(names)
 
     def _config(self, overrides: dict | None) -> dict:
         """The run config with some sections replaced (the optimizer matrix reuses one session)."""
@@ -197,15 +206,25 @@ class Runner(StateOps, TraceOps, LayoutOps, TrainOps, DataOps, MetricOps, Primit
             return cached[2]
         return self.eval_forward(t)
 
-    def lr_schedule(self, total_steps: int, overrides: dict | None = None, metrics: list | None = None) -> dict:
-        """The lr of each of total_steps steps, read from the framework's own scheduler; metrics
-        drive a plateau schedule (the same sequence on both sides)."""
+    def lr_schedule(self, total_steps: int, overrides: dict | None = None, metrics: list | None = None,
+                    steps: int | None = None) -> dict:
+        """The lr of each step of a schedule built for total_steps, read from the framework's own
+        scheduler: `steps` of them, or as far as the schedule reaches (optim_table.schedule_reach:
+        at least total_steps, at most MAX_LR_STEPS). metrics drive a plateau schedule (the same
+        sequence on both sides; a step past its end has none, which both sides skip alike)."""
         self._restore()
         stepper = self.make_stepper(self.model, self._config(overrides), total_steps)
+        if steps is None:
+            steps = min(max(total_steps, schedule_reach(stepper.scheduler)), MAX_LR_STEPS)
         lrs = []
-        for i in range(total_steps):
+        for i in range(steps):
             lrs.append(stepper.lr())
-            stepper.advance(metrics[i] if metrics else None)
+            try:
+                stepper.advance(metrics[i] if metrics and i < len(metrics) else None)
+            except Exception:  # noqa: BLE001 - a schedule with an end (OneCycleLR) refuses steps past it
+                if i + 1 < total_steps:
+                    raise
+                break  # read as far as it goes: steps the other side has and this one not are named
         return {"lr": np.asarray(lrs, dtype=np.float64)}
 
 

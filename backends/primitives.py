@@ -80,6 +80,11 @@ def identity(x, *args, **kwargs):
 class Stepper(abc.ABC):
     """One training step's optimizer side: a framework optimizer + scheduler."""
 
+    scheduler = None  # the framework's own lr scheduler, or None
+    # this side's parameter name -> how the optimizer decays it ('L2 0.0001', harness.config.optim_table.
+    # decay_label), decayed ones only; None: unknown (a pair's own optimizer of a kind not recognized)
+    decay: dict | None = None
+
     @abc.abstractmethod
     def lr(self) -> float: ...
 
@@ -126,6 +131,8 @@ class Primitives(abc.ABC):
     def param_tensors(self, model) -> dict: """Trainable parameters by structured name."""
     @abc.abstractmethod
     def grad_tensors(self, model) -> dict: """Parameters' gradients, where they have one."""
+    @abc.abstractmethod
+    def clear_grads(self, model) -> None: """Every parameter without a gradient (none kept from an earlier step)."""
     @abc.abstractmethod
     def read_checkpoint(self, path: str) -> dict: """A framework checkpoint file as numpy, never running code."""
     @abc.abstractmethod
@@ -196,9 +203,11 @@ class Primitives(abc.ABC):
         """Copies in the run's shared memory, written straight from each tensor and read back
         memory-mapped: a model-sized copy that costs the process no resident memory while kept
         (the initial weights), or that the coordinator reads without this worker holding it."""
-        shm_dir = self.options["shm_dir"]
-        return {k: write_shared(self.to_numpy(t), shm_dir, worker_owned=worker_owned)
-                for k, t in tensors.items()}
+        return self.shared({k: self.to_numpy(t) for k, t in tensors.items()}, worker_owned=worker_owned)
+
+    def shared(self, arrays: dict, *, worker_owned: bool = False) -> dict:
+        """Numpy arrays into the run's shared memory (stash, for arrays already made)."""
+        return {k: write_shared(a, self.options["shm_dir"], worker_owned=worker_owned) for k, a in arrays.items()}
 
     def keep(self, tensor):
         """A copy of a traced tensor that later computation cannot change: in shared memory unless

@@ -66,9 +66,12 @@ class StateOps:
         return self.load_into_model(state)
 
     def _restore(self) -> None:
+        """The initial weights back, and no gradient left over: an optimizer that accumulates
+        (steps every second call) must not start a check with an earlier check's gradients."""
         if self._dirty and self._initial is not None:
             self.load_state(self.model, {k: handle.load() for k, handle in self._initial.items()})
         self._dirty = False
+        self.clear_grads(self.model)
 
 
 # values of each tensor kept for the init check's two-sample test (sorted, float64: 128 KiB a tensor)

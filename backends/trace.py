@@ -95,6 +95,16 @@ def traced_state(runner) -> dict:
     return {"state": state, "params": params}
 
 
+def _gradients(runner, model, held: dict) -> dict:
+    """This step's own gradients ("grads"); when gradients were held from earlier steps, also
+    what the optimizer will apply ("applied": the sum)."""
+    if not held:
+        return {"grads": runner.stash(runner.grad_tensors(model), worker_owned=False)}
+    applied = {k: runner.to_numpy(g) for k, g in runner.grad_tensors(model).items()}
+    own = {k: g - held[k] if k in held else g for k, g in applied.items()}
+    return {"grads": runner.shared(own), "applied": runner.shared(applied)}
+
+
 class Tracer:
     """One traced training (or evaluation) run: begin() once, then step() per batch."""
 
@@ -110,6 +120,8 @@ class Tracer:
 
     def _step(self, batch: dict, backward: bool, update: bool, with_loss: bool) -> dict:
         runner, model = self.runner, self.runner.model
+        # gradients an optimizer kept from earlier steps (it accumulates): this step's own are told apart
+        held = runner.snapshot(runner.grad_tensors(model)) if backward else {}
         recorder = Recorder(runner, model)
         result: dict = {}
         try:
@@ -124,7 +136,7 @@ class Tracer:
                     result["loss"] = runner.scalar(loss)
             if backward:
                 runner.backward(loss)
-                result["grads"] = runner.stash(runner.grad_tensors(model), worker_owned=False)
+                result.update(_gradients(runner, model, held))
         finally:
             recorder.close()
         result["calls"] = [{k: v for k, v in c.items() if k != "exit"} for c in
@@ -163,7 +175,7 @@ class TraceOps:
         self._restore()
         self._dirty = True
         self._tracer = Tracer(self, mode, total_steps, self._config(overrides))
-        return traced_state(self)
+        return {**traced_state(self), "decay": self._tracer.stepper.decay}
 
     def trace_step(self, batch: dict, backward: bool = False, update: bool = False, with_loss: bool = True,
                    sync: dict | None = None, raw: bool = False) -> dict:

@@ -54,5 +54,6 @@ class TrainOps:
                 stepper.step(float(losses[-1]))
                 stepper.zero_grad()
                 self.progress(i + 1, len(batches))
-        result = {"loss": np.stack(losses) if losses else np.zeros(0, np.float32), "lr": np.asarray(lrs, np.float64)}
+        result = {"loss": np.stack(losses) if losses else np.zeros(0, np.float32), "lr": np.asarray(lrs, np.float64),
+                  "decay": stepper.decay}
         return result, grads

@@ -51,7 +51,7 @@ def _run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None], *, w
             steps["dp_equivalence"] = dp_equivalence.steps
         report.checks += run_checks(session, steps, progress)
         model_checks = [c for c in report.checks if c.name not in PRECISION_FREE]
-        failed = [c for c in model_checks if not c.passed and any(rules.arbitrable(k) for k in c.keys)]
+        failed = [c for c in model_checks if not c.passed]
         if failed:
             arbitrate(session, failed, steps, progress)
         if needs_models(session.cfg) and (opts.locate or not all(c.passed for c in model_checks)):
@@ -95,24 +95,42 @@ def run_checks(session: Session, steps: dict, progress: Callable[[str], None]) -
 
 
 def arbitrate(session: Session, failed: list, steps: dict, progress: Callable[[str], None]) -> None:
-    """float64 arbitration (harness/verdict/rules.py): the failed checks again, both models in float64
-    from the same weights and batches; their keys are then decided there. Where float64 cannot
-    run, float32's own rules stand, and the report says so."""
+    """float64 arbitration (harness/verdict/rules.py), check by check in the guide's order until
+    one differs for real: that check again, both models in float64 from the same weights and
+    batches, its keys then decided there. A check whose failure float64 cannot change (exact
+    keys, shapes, NaN) differs for real without it; the checks after the first real difference
+    are not re-run, their failures may follow from it. Where float64 cannot run, float32's own
+    rules stand, and the report says so."""
     if not session.options.arbitrate:
         for check in failed:
             check.arbitration = "fallback: float64 arbitration is off (--float32-only)"
         return
-    progress(f"float64 arbitration of {', '.join(c.name for c in failed)}")
+    real = None
+    for i, check in enumerate(failed):
+        if real is not None:
+            check.arbitration = f"not run: the {real.name} check differs for real; this one may fail as its consequence"
+        elif rules.settled(check):
+            check.arbitration, real = "not needed: keys that float64 cannot change differ", check
+        elif not _arbitrate_one(session, check, steps, progress, rest=failed[i:]):
+            return
+        elif not check.passed:
+            real = check
+
+
+def _arbitrate_one(session: Session, check, steps: dict, progress: Callable[[str], None], *, rest: list) -> bool:
+    """One check re-run in float64 and decided there; False when float64 could not run."""
+    progress(f"float64 arbitration of {check.name}")
     try:
-        session.use_precision("float64")
-        wide = run_checks(session, {c.name: steps[c.name] for c in failed}, progress)
+        if session.precision != "float64":
+            session.use_precision("float64")
+        wide = run_checks(session, {check.name: steps[check.name]}, progress)[0]
     except WorkerError as exc:
-        for check in failed:
-            check.arbitration = f"fallback: float64 could not run ({exc})"
+        for other in rest:
+            other.arbitration = f"fallback: float64 could not run ({exc})"
         session.restart()
-        return
-    for narrow, recomputed in zip(failed, wide):
-        rules.arbitrate(narrow, recomputed)
+        return False
+    rules.arbitrate(check, wide)
+    return True
 
 
 def _write_html(writer, report: RunReport) -> None:

@@ -247,6 +247,9 @@ class Session(SetupView):
             self._share_weights(self.one("torch", Op.EXPORT_STATE), torch_has_it=True)
         else:
             self._share_weights(initial, torch_has_it=False)
+        known = self.plan or self.identity  # no_decay patterns are matched against torch's names on both sides
+        if known is not None:
+            self.every_rank("paddle", Op.REFERENCE_NAMES, names=known.torch_names())
 
     def _trace(self, batch: dict, sides: tuple = SIDES):
         # the pair's forward: timed as a step (--timeout), not as start-up, and named so

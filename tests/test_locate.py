@@ -118,11 +118,49 @@ def make_batch(rng, step):
 NO_DECAY = ("bias", "norm")
 
 
+class TorchAccumulate:
+    """Gradient accumulation over 2 calls: step and clear every second call."""
+
+    def __init__(self, optimizer):
+        self.optimizer, self.calls = optimizer, 0
+        self.param_groups = optimizer.param_groups
+
+    def step(self):
+        self.calls += 1
+        if self.calls % 2 == 0:
+            self.optimizer.step()
+
+    def zero_grad(self, set_to_none=True):
+        if self.calls % 2 == 0:
+            self.optimizer.zero_grad(set_to_none=set_to_none)
+
+
+class PaddleAccumulate:
+    """The same in paddle; the bug clears the gradients on every call, so each update applies only
+    the second call's gradients."""
+
+    def __init__(self, optimizer):
+        self.optimizer, self.calls = optimizer, 0
+
+    def get_lr(self):
+        return self.optimizer.get_lr()
+
+    def step(self):
+        self.calls += 1
+        if self.calls % 2 == 0:
+            self.optimizer.step()
+
+    def clear_grad(self, set_to_zero=False):
+        if self.calls % 2 == 0 or BUG == "accumulate":
+            self.optimizer.clear_grad(set_to_zero=set_to_zero)
+
+
 def optimizer_torch(model, total_steps):
     named = list(model.named_parameters())
     groups = [{{"params": [p for n, p in named if not any(s in n for s in NO_DECAY)], "weight_decay": 0.1}},
               {{"params": [p for n, p in named if any(s in n for s in NO_DECAY)], "weight_decay": 0.0}}]
-    return torch.optim.AdamW(groups, lr=0.01), None
+    optimizer = torch.optim.AdamW(groups, lr=0.01)
+    return (TorchAccumulate(optimizer) if BUG.startswith("accumulate") else optimizer), None
 
 
 def optimizer_paddle(model, total_steps):
@@ -132,8 +170,10 @@ def optimizer_paddle(model, total_steps):
         keep = {{p.name for n, p in model.named_parameters() if not any(s in n for s in NO_DECAY)}}
         decide = lambda name: name in keep
     lr = 0.02 if BUG == "lr" else 0.01
-    return paddle.optimizer.AdamW(learning_rate=lr, parameters=model.parameters(), weight_decay=0.1,
-                                  apply_decay_param_fun=decide), None
+    epsilon = 1e-6 if BUG == "epsilon" else 1e-8  # torch's default 1e-8
+    optimizer = paddle.optimizer.AdamW(learning_rate=lr, parameters=model.parameters(), weight_decay=0.1,
+                                       apply_decay_param_fun=decide, epsilon=epsilon)
+    return (PaddleAccumulate(optimizer) if BUG.startswith("accumulate") else optimizer), None
 
 
 def loss_torch(output, batch):
@@ -290,6 +330,8 @@ BUGS = [
     ("detach", transformer_pair, ALL, "grad", "proj"),
     ("decay", transformer_pair, ALL, "update", None),
     ("lr", transformer_pair, ALL, "update", None),
+    ("epsilon", transformer_pair, ALL, "update", None),
+    ("accumulate", transformer_pair, ALL, "update", None),
     ("bn_momentum", cnn_pair, ["backward"], "buffer", "bn1"),
 ]
 
@@ -309,11 +351,15 @@ def test_injected_bug_is_located(session, tmp_path, bug, make, checks, where, la
         # paddle's names are linear_3.b_0 and layer_norm_1.w_0: "bias" matches none of them, "norm"
         # still matches the LayerNorm ones, so exactly the four Linear biases are decayed wrongly
         excluded = ["proj.bias", "blocks.0.fc.bias", "blocks.1.fc.bias", "head.bias"]
-        assert f"decay applied to {len(excluded)} parameters that torch excludes" in found.detail, found.detail
-        for name in excluded:
-            assert name in found.detail
-        assert "norm" not in found.detail and "weight" not in found.detail
+        assert f"paddle decays {len(excluded)} parameters that torch does not: " in found.detail, found.detail
+        listed = found.detail.split("torch does not: ")[1]
+        assert sorted(listed.split(", ")) == sorted(excluded), found.detail
         assert found.step == 0
+    if bug == "epsilon":  # the updates differ where the gradients are small
+        assert "epsilon" in found.detail and "the optimizer" in found.detail, found.detail
+        assert found.step == 0
+    if bug == "accumulate":  # the updates part ways at the first step that applies them: step 1
+        assert found.step == 1 and "accumulat" in found.detail, found.detail
     if bug == "lr":
         assert "2x torch's for every parameter: the learning rate" in found.detail, found.detail
     if bug == "bn_momentum":
@@ -359,6 +405,7 @@ def test_the_module_whose_forward_made_a_differing_input_is_named(session, toml,
 
 ALIGNED = [
     ("none", transformer_pair, ALL),
+    ("accumulate_both", transformer_pair, ALL),
     ("adam_conv_bias_before_bn", cnn_pair, ["forward", "backward"]),
 ]
 

@@ -9,6 +9,7 @@ from harness.checks import outputs, training
 from harness.config import parse
 from harness.config.optim_table import OPTIMIZERS, SCHEDULERS
 from harness.session import RunOptions, Session
+from harness.verdict import rules
 from harness.workers.protocol import Op
 
 pytestmark = pytest.mark.e2e
@@ -42,17 +43,32 @@ CASES = [
 ]
 
 
+def _settings(opt: str, decay: str, clip: str) -> dict:
+    return {"name": opt, "lr": 0.01, "momentum": 0.9, "nesterov": opt == "momentum",
+            "weight_decay": 0.0 if decay == "none" else 0.05, "no_decay": ["norm", "bias"], **DECAYS[decay], **CLIPS[clip]}
+
+
 def test_optimizer_matrix_is_aligned(session):
-    failures = []
-    for opt, decay, clip in CASES:
-        settings = {"name": opt, "lr": 0.01, "momentum": 0.9, "nesterov": opt == "momentum",
-                    "weight_decay": 0.0 if decay == "none" else 0.05, "no_decay": ["norm", "bias"],
-                    **DECAYS[decay], **CLIPS[clip]}
-        result = training.backward(session, overrides={"optimizer": settings}, write=False)
+    """A case float32 fails is decided in float64, as a run's arbitration does: under Adam with
+    clipping the head bias's steps alternate in sign, its net update is a small remainder of
+    them, and float32's round-off of the steps becomes ~1e-3 of that update."""
+    failures, narrow = [], {}
+    for case in CASES:
+        result = training.backward(session, overrides={"optimizer": _settings(*case)}, write=False)
         losses = [k for k in result.keys if k.key.startswith("loss_")]
         worst = max(k.mean_abs for k in losses)
-        if not result.passed or worst > 1e-6 or len(losses) != 5:
-            failures.append((opt, decay, clip, worst, [f"{k.key}: {k.reason}" for k in result.failing][:3]))
+        if worst > 1e-6 or len(losses) != 5:
+            failures.append((*case, worst))
+        if not result.passed:
+            narrow[case] = result
+    session.use_precision("float64")
+    try:
+        for case, result in narrow.items():
+            rules.arbitrate(result, training.backward(session, overrides={"optimizer": _settings(*case)}, write=False))
+            if not result.passed:
+                failures.append((*case, [f"{k.key}: {k.reason}" for k in result.failing][:3]))
+    finally:
+        session.use_precision("float32")
     assert not failures, failures
     assert len(CASES) == 22  # sgd, momentum, adam x {none, coupled, l1}; adamw x {none, decoupled}; x 2 clips
 
@@ -63,7 +79,7 @@ def test_scheduler_family_is_aligned(session, name):
              "gamma": 0.5, "power": 2.0, "end_lr": 0.0, "num_cycles": 0.5, "max_lr": 0.1}
     result = outputs.lr(session, overrides={"lr_scheduler": sched})
     assert result.passed, [f"{k.key}: {k.reason}" for k in result.failing]
-    assert len(result.keys) == session.cfg.total_steps
+    assert len(result.keys) >= session.cfg.total_steps  # past every step size and milestone: multistep's 5 + 2
     worst = max(k.max_abs for k in result.keys)
     assert worst <= 1e-9
 

@@ -64,6 +64,14 @@ return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=tota
 sched = paddle.optimizer.lr.OneCycleLR(LR, total_steps)
 return paddle.optimizer.SGD(learning_rate=sched, parameters=model.parameters()), sched
 """),
+    # StepLR(step_size=30) with the decay factor typed differently: it shows at step 30, past [train] iters
+    "step_gamma_at_step_30": ("lr", """
+opt = torch.optim.SGD(model.parameters(), lr=LR)
+return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=30, gamma=0.1)
+""", """
+sched = paddle.optimizer.lr.StepDecay(LR, step_size=30, gamma=0.5)
+return paddle.optimizer.SGD(learning_rate=sched, parameters=model.parameters()), sched
+"""),
     # cosine with warmup: num_cycles 0.5 on one side, 1 on the other
     "cosine_num_cycles": ("lr", """
 opt = torch.optim.SGD(model.parameters(), lr=LR)

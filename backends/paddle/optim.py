@@ -6,7 +6,7 @@ import paddle
 from paddle.optimizer import lr as S
 
 from backends.primitives import Stepper
-from harness.config.optim_table import decay_mode, decays, warmup_lambda
+from harness.config.optim_table import decay_label, decay_mode, decays, warmup_lambda
 
 
 class PaddleStepper(Stepper):
@@ -67,14 +67,18 @@ def _scheduler(sched: dict, lr: float, total: int):
     raise ValueError(f"unknown lr scheduler '{name}'")
 
 
-def build_stepper(model, cfg: dict, total_steps: int, custom=None) -> Stepper:
+def build_stepper(model, cfg: dict, total_steps: int, custom=None, names: dict | None = None) -> Stepper:
+    """names: this side's parameter name -> torch's (through the weight pairing): `no_decay` is
+    matched against torch's structured names, so both sides decay the same parameters."""
     if custom is not None:
         optimizer, scheduler = custom(model, total_steps)
-        return PaddleStepper(optimizer, scheduler)
+        stepper = PaddleStepper(optimizer, scheduler)
+        stepper.decay = optimizer_decay(optimizer, model)
+        return stepper
     opt, sched = cfg["optimizer"], cfg["lr_scheduler"]
     mode = decay_mode(opt)
     named = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
-    decayed = [p for n, p in named if decays(n, opt["no_decay"])]
+    chosen = {n for n, _ in named if decays((names or {}).get(n, n), opt["no_decay"])}
     scheduler = _scheduler(sched, opt["lr"], total_steps)
     lr = scheduler if scheduler is not None else opt["lr"]
     clip = None
@@ -84,35 +88,64 @@ def build_stepper(model, cfg: dict, total_steps: int, custom=None) -> Stepper:
         clip = paddle.nn.ClipGradByGlobalNorm(opt["grad_clip"])
     elif opt["clip_value"]:
         clip = paddle.nn.ClipGradByValue(max=opt["clip_value"], min=-opt["clip_value"])
-    common = {"learning_rate": lr, "grad_clip": clip}
-    name = opt["name"]
     # Per-parameter regularizers, not param groups: paddle clips each param group by its own
     # global norm (measured: two groups clipped to 0.05 each = 0.071 overall), torch clips all.
     # Set on every build: a regularizer left on a parameter by an earlier build would still apply.
     reg = {"coupled": paddle.regularizer.L2Decay, "l1": paddle.regularizer.L1Decay}.get(mode)
-    chosen = {id(p) for p in decayed}
-    for _, p in named:
-        p.regularizer = reg(opt["weight_decay"]) if reg and id(p) in chosen else None
+    for n, p in named:
+        p.regularizer = reg(opt["weight_decay"]) if reg and n in chosen else None
     params = [p for _, p in named]
+    # apply_decay_param_fun is called with param.name (e.g. linear_11.w_0), not structured names
+    decay_names = {p.name for n, p in named if n in chosen}
+    stepper = PaddleStepper(_optimizer(opt, params, decay_names, learning_rate=lr, grad_clip=clip), scheduler)
+    stepper.decay = {n: decay_label(mode, opt["weight_decay"]) for n in chosen} if mode else {}
+    return stepper
+
+
+def _optimizer(opt: dict, params: list, decay_names: set, **common):
+    name = opt["name"]
     if name == "adamw":
-        # apply_decay_param_fun is called with param.name (e.g. linear_11.w_0), not structured names
-        decay_names = {p.name for p in decayed}
-        optimizer = paddle.optimizer.AdamW(
+        return paddle.optimizer.AdamW(
             parameters=params, beta1=opt["beta1"], beta2=opt["beta2"], epsilon=opt["eps"],
-            weight_decay=opt["weight_decay"] if mode else 0.0,
+            weight_decay=opt["weight_decay"] if decay_mode(opt) else 0.0,
             apply_decay_param_fun=lambda pname: pname in decay_names, **common,
         )
-        return PaddleStepper(optimizer, scheduler)
     if name == "sgd":
-        optimizer = paddle.optimizer.SGD(parameters=params, **common)
-    elif name == "momentum":
-        optimizer = paddle.optimizer.Momentum(
-            parameters=params, momentum=opt["momentum"], use_nesterov=opt["nesterov"], **common
-        )
-    elif name == "adam":
-        optimizer = paddle.optimizer.Adam(
-            parameters=params, beta1=opt["beta1"], beta2=opt["beta2"], epsilon=opt["eps"], **common
-        )
-    else:
-        raise ValueError(f"unknown optimizer '{name}'")
-    return PaddleStepper(optimizer, scheduler)
+        return paddle.optimizer.SGD(parameters=params, **common)
+    if name == "momentum":
+        return paddle.optimizer.Momentum(parameters=params, momentum=opt["momentum"], use_nesterov=opt["nesterov"],
+                                         **common)
+    if name == "adam":
+        return paddle.optimizer.Adam(parameters=params, beta1=opt["beta1"], beta2=opt["beta2"], epsilon=opt["eps"],
+                                     **common)
+    raise ValueError(f"unknown optimizer '{name}'")
+
+
+def optimizer_decay(optimizer, model) -> dict | None:
+    """What a pair's own optimizer decays: AdamW's weight_decay where apply_decay_param_fun (given
+    param.name) allows it; otherwise a parameter's own regularizer, else the optimizer's (Momentum
+    keeps an L2 coefficient of its own)."""
+    if not isinstance(optimizer, paddle.optimizer.Optimizer):
+        return None
+    out = {}
+    for name, p in model.named_parameters():
+        label = _decay_of(optimizer, p)
+        if label:
+            out[name] = label
+    return out
+
+
+def _decay_of(optimizer, p) -> str | None:
+    if isinstance(optimizer, paddle.optimizer.AdamW):
+        fun, coeff = optimizer._apply_decay_param_fun, float(optimizer._weight_decay)
+        return decay_label("decoupled", coeff) if coeff and (fun is None or fun(p.name)) else None
+    for reg in (p.regularizer, optimizer.regularization):
+        if isinstance(reg, paddle.regularizer.L2Decay) and reg._coeff:
+            return decay_label("coupled", reg._coeff)
+        if isinstance(reg, paddle.regularizer.L1Decay) and reg._coeff:
+            return decay_label("l1", reg._coeff)
+        if reg is not None:
+            return None
+    if getattr(optimizer, "_regularization_method", "") == "l2_decay" and optimizer._regularization_coeff:
+        return decay_label("coupled", optimizer._regularization_coeff)
+    return None

@@ -145,6 +145,9 @@ class Runner(base.Runner):
     def grad_tensors(self, model) -> dict:
         return {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
 
+    def clear_grads(self, model) -> None:
+        model.clear_gradients(set_to_zero=False)
+
     def param_tensors(self, model) -> dict:
         # paddle keeps BatchNorm statistics as (non-trainable) parameters; torch calls them buffers
         return {k: p for k, p in model.named_parameters() if not p.stop_gradient}
@@ -163,7 +166,7 @@ class Runner(base.Runner):
         return paddle.topk(output.reshape([-1, output.shape[-1]]), k, axis=-1)[1]
 
     def make_stepper(self, model, cfg: dict, total_steps: int) -> Stepper:
-        return build_stepper(model, cfg, total_steps, self.pair_fn("optimizer"))
+        return build_stepper(model, cfg, total_steps, self.pair_fn("optimizer"), names=self.reference_names)
 
     def named_modules(self, model) -> list:
         return list(model.named_sublayers(include_self=True))

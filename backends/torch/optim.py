@@ -6,7 +6,7 @@ import torch
 from torch.optim import lr_scheduler as S
 
 from backends.primitives import Stepper
-from harness.config.optim_table import decay_mode, decays, warmup_lambda
+from harness.config.optim_table import decay_label, decay_mode, decays, warmup_lambda
 
 
 class TorchStepper(Stepper):
@@ -91,19 +91,41 @@ def _scheduler(optimizer, sched: dict, lr: float, total: int):
     return S.LambdaLR(optimizer, fn)
 
 
-def build_stepper(model, cfg: dict, total_steps: int, custom=None) -> Stepper:
+def build_stepper(model, cfg: dict, total_steps: int, custom=None, names: dict | None = None) -> Stepper:
+    """names: this side's parameter name -> torch's (identity here: these are torch's)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = cfg["optimizer"], cfg["lr_scheduler"]
     if custom is not None:
         optimizer, scheduler = custom(model, total_steps)
-        return TorchStepper(optimizer, scheduler)
+        stepper = TorchStepper(optimizer, scheduler)
+        stepper.decay = optimizer_decay(optimizer, model)
+        return stepper
     mode = decay_mode(opt)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decayed = [p for n, p in named if decays(n, opt["no_decay"])]
-    kept = [p for n, p in named if not decays(n, opt["no_decay"])]
+    chosen = {n for n, _ in named if decays((names or {}).get(n, n), opt["no_decay"])}
+    decayed = [p for n, p in named if n in chosen]
+    kept = [p for n, p in named if n not in chosen]
     wd = opt["weight_decay"] if mode in ("coupled", "decoupled") else 0.0
     groups = [g for g in ({"params": decayed, "weight_decay": wd}, {"params": kept, "weight_decay": 0.0}) if g["params"]]
     optimizer = _optimizer(opt, groups)
     scheduler = _scheduler(optimizer, sched, opt["lr"], total_steps)
     l1 = (opt["weight_decay"], decayed) if mode == "l1" else (0.0, ())
-    return TorchStepper(optimizer, scheduler, params, opt["grad_clip"], opt["clip_value"], l1)
+    stepper = TorchStepper(optimizer, scheduler, params, opt["grad_clip"], opt["clip_value"], l1)
+    stepper.decay = {n: decay_label(mode, opt["weight_decay"]) for n in chosen} if mode else {}
+    return stepper
+
+
+def optimizer_decay(optimizer, model) -> dict | None:
+    """What a pair's own optimizer decays, read from its parameter groups: AdamW-type classes
+    (torch's, transformers') decay decoupled, the others add weight_decay x p to the gradient."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not isinstance(groups, list):
+        return None
+    names = {id(p): n for n, p in model.named_parameters()}
+    decoupled = "AdamW" in type(optimizer).__name__
+    out = {}
+    for group in groups:
+        coeff = float(group.get("weight_decay", 0.0) or 0.0)
+        mode = "decoupled" if decoupled or group.get("decoupled_weight_decay") else "coupled"
+        out.update({names[id(p)]: decay_label(mode, coeff) for p in group.get("params", []) if coeff and id(p) in names})
+    return out

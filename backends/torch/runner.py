@@ -130,6 +130,10 @@ class Runner(base.Runner):
     def grad_tensors(self, model) -> dict:
         return {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
 
+    def clear_grads(self, model) -> None:
+        for p in model.parameters():
+            p.grad = None
+
     def param_tensors(self, model) -> dict:
         return dict(model.named_parameters())
 
@@ -148,7 +152,7 @@ class Runner(base.Runner):
         return output.reshape(-1, output.shape[-1]).topk(k, dim=-1).indices
 
     def make_stepper(self, model, cfg: dict, total_steps: int) -> Stepper:
-        return build_stepper(model, cfg, total_steps, self.pair_fn("optimizer"))
+        return build_stepper(model, cfg, total_steps, self.pair_fn("optimizer"), names=self.reference_names)
 
     def named_modules(self, model) -> list:
         return list(model.named_modules())

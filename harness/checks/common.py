@@ -8,7 +8,7 @@ import functools
 import numpy as np
 
 from harness.report.artifacts import tensor_stats
-from harness.verdict import keys, rules
+from harness.verdict import keys, rules, updates
 from harness.verdict.diff import CheckResult, KeyResult, compare_dicts
 from harness.verdict.keys import Key, Kind
 from harness.verdict.rules import Evidence
@@ -45,9 +45,12 @@ def finish(gen, call, replies=None) -> CheckResult:
 
 
 def judge(check: str, ref: dict, other: dict, tolerances, evidence: Evidence | None = None) -> CheckResult:
-    """Compare every key, then apply the verdict rules in their fixed order."""
+    """Compare every key, judge parameters by their update where the initial weights are known,
+    then apply the verdict rules in their fixed order."""
+    evidence = evidence or Evidence()
     result = compare_dicts(check, ref, other, tolerances)
-    rules.apply(result, ref, other, evidence or Evidence())
+    updates.judge_params(result, ref, other, evidence.initial, tolerances)
+    rules.apply(result, ref, other, evidence)
     return result
 
 
@@ -115,7 +118,42 @@ def judge_updates(session, ref: dict, other: dict, out: dict, overrides: dict | 
                             "compared under the torch tensor each paddle one equals" + (
                                 f"; not compared, no paddle tensor identified by value: {', '.join(left[:8])}"
                                 f"{' ...' if len(left) > 8 else ''} (weight_map.txt says why)" if left else ""))
+    result.decay = decay_by_torch_name(session.plan or session.identity, {side: out[side].get("decay") for side in SIDES})
+    differs = decay_difference(result.decay)
+    if differs:
+        result.notes.append(differs)
     return result, params, grads
+
+
+def decay_by_torch_name(plan, decay: dict) -> dict:
+    """Which parameters each side's optimizer decays and how ('L2 0.0001'), both by torch name
+    (through the weight plan); a side is None when its optimizer (a pair's own) is of a kind the
+    worker cannot read."""
+    if decay.get("paddle") is not None and plan is not None:
+        names = plan.torch_names()
+        decay = {**decay, "paddle": {names.get(n, n): how for n, how in decay["paddle"].items()}}
+    return decay
+
+
+def decay_difference(decay: dict) -> str:
+    """'' when both sides decay the same parameters alike (or one side is unknown), else what differs."""
+    t, p = decay.get("torch"), decay.get("paddle")
+    if t is None or p is None or t == p:
+        return ""
+    parts = []
+    for who, mine, theirs, other in (("paddle", p, t, "torch"), ("torch", t, p, "paddle")):
+        only = [n for n in mine if n not in theirs]
+        if only:
+            parts.append(f"{who} decays {len(only)} parameters that {other} does not: {_names(only)}")
+    unlike = [n for n in t if n in p and t[n] != p[n]]
+    if unlike:
+        parts.append(f"{len(unlike)} are decayed differently ({unlike[0]}: torch {t[unlike[0]]}, "
+                     f"paddle {p[unlike[0]]})")
+    return "weight decay differs: " + "; ".join(parts)
+
+
+def _names(names: list, shown: int = 8) -> str:
+    return ", ".join(names[:shown]) + (f" ... ({len(names) - shown} more)" if len(names) > shown else "")
 
 
 def save_tensors(session, result: CheckResult, **by_kind: dict) -> None:

@@ -4,6 +4,7 @@ the learning-rate schedule (the guide's steps 1 to 3 and the scheduler part of s
 from __future__ import annotations
 
 from harness.checks.common import check, record
+from harness.config.optim_table import MAX_LR_STEPS, PLATEAU_STEPS
 from harness.verdict import keys
 from harness.verdict.diff import CheckResult
 from harness.verdict.keys import Key, Kind
@@ -45,12 +46,23 @@ def metric(session, *, overrides: dict | None = None) -> CheckResult:
 
 @check
 def lr(session, *, overrides: dict | None = None) -> CheckResult:
-    steps = session.cfg.total_steps
-    out = yield session.for_both(Op.LR_SCHEDULE, total_steps=steps, overrides=overrides, metrics=plateau_metrics(steps))
+    """The schedule built for the run's total steps, read past every step size, milestone and
+    warmup it has (each worker knows its own scheduler; when one reaches further, both are read
+    that far), at most MAX_LR_STEPS steps."""
+    total = session.cfg.total_steps
+    request = {"total_steps": total, "overrides": overrides,
+               "metrics": plateau_metrics(min(max(total, PLATEAU_STEPS), MAX_LR_STEPS))}
+    out = yield session.for_both(Op.LR_SCHEDULE, **request)
+    lengths = {len(out[side]["lr"]) for side in out}
+    if len(lengths) > 1:
+        out = yield session.for_both(Op.LR_SCHEDULE, **request, steps=max(lengths))
     name = "pair" if session.custom_optimizer else \
         (overrides or {}).get("lr_scheduler", {}).get("name", session.cfg.lr_scheduler.name)
     per_step = {side: {Key(Kind.LR, name, step=i): v for i, v in enumerate(out[side]["lr"])} for side in out}
-    return record(session, "lr", per_step["torch"], per_step["paddle"])
+    result = record(session, "lr", per_step["torch"], per_step["paddle"])
+    if total > MAX_LR_STEPS:
+        result.notes.append(f"the schedule's first {MAX_LR_STEPS} of {total} steps were read")
+    return result
 
 
 def plateau_metrics(steps: int) -> list:

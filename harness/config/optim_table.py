@@ -133,8 +133,47 @@ def decay_mode(opt: dict) -> str | None:
 
 
 def decays(name: str, no_decay: list) -> bool:
-    """no_decay holds substrings of *structured* parameter names (encoder.layers.0.norm1.weight)."""
+    """no_decay holds substrings of torch's *structured* parameter names (encoder.layers.0.norm1.weight);
+    the paddle side passes each parameter's torch name (backends/base.Runner.reference_names)."""
     return not any(s in name for s in no_decay)
+
+
+DECAY_LABELS = {"coupled": "L2", "decoupled": "decoupled", "l1": "L1"}
+
+
+def decay_label(mode: str, coeff: float) -> str:
+    """How one parameter is decayed, as the report lists it: 'L2 0.0001', 'decoupled 0.01', 'L1 1e-05'."""
+    return f"{DECAY_LABELS[mode]} {float(coeff):g}"
+
+
+# The lr check reads a schedule at most this many steps (its whole length up to there).
+MAX_LR_STEPS = 10_000
+# The lr check's fixed loss sequence (harness/checks/outputs.py plateau_metrics) lets a plateau
+# schedule drop and wait within this many steps.
+PLATEAU_STEPS = 16
+
+
+def schedule_reach(scheduler, depth: int = 0) -> int:
+    """The steps a scheduler needs to show every change it is set up to make: past its second
+    step-size boundary, its last milestone and its warmup; a plateau schedule through the lr
+    check's loss sequence. Read from attributes both frameworks' schedulers carry (torch StepLR /
+    paddle StepDecay step_size, MultiStepLR / MultiStepDecay milestones, paddle LinearWarmup
+    warmup_steps around its inner schedule, patience); 0 when none is known."""
+    if scheduler is None or isinstance(scheduler, (int, float)) or depth > 3:
+        return 0
+    reach = 0
+    size = getattr(scheduler, "step_size", None)
+    if isinstance(size, int) and size > 0:
+        reach = 2 * size + 1
+    milestones = getattr(scheduler, "milestones", None)
+    if milestones:
+        reach = max(reach, max(int(m) for m in milestones) + 2)
+    warmup = getattr(scheduler, "warmup_steps", None)
+    if isinstance(warmup, int):
+        reach = max(reach, warmup + 2)
+    if hasattr(scheduler, "patience"):
+        reach = max(reach, PLATEAU_STEPS)
+    return max(reach, schedule_reach(getattr(scheduler, "learning_rate", None), depth + 1))
 
 
 def scheduler_total(sched: dict, iters: int) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from harness.checks.common import decay_by_torch_name, decay_difference
 from harness.config.schema import RunConfig
 from harness.errors import WorkerError
 from harness.locate.forward import ForwardJudge
@@ -56,8 +57,8 @@ class Locator:
         if self.updates.unconstrained:
             names = sorted(self.updates.unconstrained)
             self.outcome.notes.append(
-                f"{len(names)} parameter(s) whose gradient is rounding noise (wholly or in part) moved differently "
-                f"under an adaptive optimizer and were not judged there: {', '.join(names[:6])}"
+                f"{len(names)} parameter(s) whose gradient is rounding noise (wholly or in part), and so their update, moved "
+                f"differently and were not judged there: {', '.join(names[:6])}"
                 + (" ..." if len(names) > 6 else "") + " (e.g. a bias right before BatchNorm)")
         if self.updates.variance_gap:
             names = sorted(self.updates.variance_gap)
@@ -111,6 +112,7 @@ class Locator:
         total = self.cfg.total_steps if check != "train" else (self.cfg.lr_scheduler.total_steps
                                                                or self.cfg.train.train_iters)
         before = self.begin(mode, total)
+        decay = decay_difference(decay_by_torch_name(self.ctx.plan, {side: before[side].get("decay") for side in SIDES}))
         for k in range(steps):
             for side in SIDES:  # each traced step is a round trip of its own: counted here
                 self.ctx.steps(side, f"locating ({check})", k, steps)
@@ -118,7 +120,8 @@ class Locator:
             recs = self.step(self.ctx.batch(k), backward=True, update=True, with_loss=True, sync=sync)
             found = (self.forward.judge(check, recs, before, k, True)
                      or self.gradients.judge(check, recs, k)
-                     or self.updates.update(check, recs, before["torch"], k)
+                     or self.updates.applied(check, recs, k)
+                     or self.updates.update(check, recs, before["torch"], k, decay)
                      or (self.updates.buffers(check, recs, before["torch"], k) if mode == "train" else None))
             if found:
                 return found
@@ -152,6 +155,9 @@ def locate(ctx: Context, checks: list, *, always: bool = False) -> Outcome:
 
 def _for_check(loc: Locator, check: CheckResult) -> Finding | None:
     ctx, cfg, name = loc.ctx, loc.cfg, check.name
+    if check.failing and all(k.id.kind is Kind.DROPOUT for k in check.failing):
+        key = check.failing[0]  # configuration, compared as such: no step needs tracing to name it
+        return Finding(name, "dropout", key.id.name, None, f"{key.key}: {key.reason}")
     if name in ("forward", "loss"):
         return loc.forward_trace(name, [ctx.batch(0)], with_loss=name == "loss")
     if name == "metric":

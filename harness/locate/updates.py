@@ -4,6 +4,8 @@ statistics (the running variance allowed its biased/unbiased gap, the running me
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from harness.checks.common import judge
@@ -20,7 +22,8 @@ class UpdateJudge:
         self.unconstrained: dict = {}  # parameter -> steps where it moved by rounding noise only
         self.variance_gap: dict = {}  # running_var buffer -> N of its biased/unbiased gap
 
-    def update(self, check: str, recs: dict, before: dict, step: int) -> Finding | None:
+    def update(self, check: str, recs: dict, before: dict, step: int, decay: str = "") -> Finding | None:
+        """decay: how the two optimizers' weight decay differs ('' when alike or unknown)."""
         tr, pr = recs["torch"], recs["paddle"]
         mapped = {e.torch_name for e in self.match.plan.entries}
         names = [n for n in tr["params"] if n in mapped]
@@ -38,13 +41,35 @@ class UpdateJudge:
         bad = [k.id.name for k in result.failing]
         if not bad:
             return None
-        detail = why_moved(bad, names, initial, t_after, p_after, step)
+        moved = Moved(initial, t_after, p_after, tr.get("grads", {}))
+        detail = why_moved(bad, names, moved, step, decay=decay)
         rows = [{"module": n, "type": "parameter", "status": "DIFFERS" if n in bad else "agrees",
                  "out_shape": list(np.shape(t_after[n])),
                  "out_diff": float(np.mean(np.abs(np.asarray(t_after[n], np.float64) - p_after[n]))) if n in p_after else None}
                 for n in names]
         first = names.index(bad[0])
         return Finding(check, "update", bad[0], step, detail, around=rows[max(0, first - AROUND): first + AROUND + 1])
+
+    def applied(self, check: str, recs: dict, step: int) -> Finding | None:
+        """This step's own gradients agree (GradientJudge); an optimizer that accumulates applies
+        earlier steps' gradients too: do the gradients it applies agree?"""
+        tr, pr = recs["torch"], recs["paddle"]
+        if "applied" not in tr and "applied" not in pr:
+            return None
+        t = tr.get("applied", tr.get("grads", {}))
+        p = self.match.as_torch(pr.get("applied", pr.get("grads", {})))
+        for name in (n for n in t if n in p):
+            d = compare_loose(name, t[name], p[name], self.tol.backward, scaled=True)
+            if d.differs:
+                held = [side for side, rec in (("torch", tr), ("paddle", pr)) if "applied" in rec]
+                fresh = [side for side in ("torch", "paddle") if side not in held]
+                detail = (f"this step's gradients agree at step {step}, but the gradients the optimizer applies differ "
+                          f"({name}: {summary([d])}): {' and '.join(held)} still held gradients of earlier steps (its "
+                          "optimizer accumulates: zero_grad / clear_grad left them)"
+                          + (f", {fresh[0]} did not" if fresh else "")
+                          + ": the optimizers' gradient accumulation (when they step and clear) differs")
+                return Finding(check, "update", name, step, detail)
+        return None
 
     def buffers(self, check: str, recs: dict, before: dict, step: int) -> Finding | None:
         tr, pr = recs["torch"], recs["paddle"]
@@ -74,45 +99,96 @@ class UpdateJudge:
         return None
 
 
-def why_moved(bad, names, initial, t_after, p_after, step) -> str:
-    """Recognize a decay applied to the wrong parameters and a global scale (lr, clipping)."""
-    more, less, scale = [], [], []
-    for n in bad:
-        if n not in p_after:
-            continue
-        p0 = np.asarray(initial[n], np.float64).reshape(-1)
-        dt = np.asarray(t_after[n], np.float64).reshape(-1) - p0
-        dp = np.asarray(p_after[n], np.float64).reshape(-1) - p0
-        gap = dp - dt
-        if np.linalg.norm(p0) > 0 and np.linalg.norm(gap) > 0:
-            cos = float(gap @ p0 / (np.linalg.norm(gap) * np.linalg.norm(p0)))
-            if cos < -0.99:
-                more.append(n)
-                continue
-            if cos > 0.99:
-                less.append(n)
-                continue
-        if np.linalg.norm(dt) > 0:
-            scale.append(float(dp @ dt / (dt @ dt)))
+@dataclass(frozen=True)
+class Moved:
+    """One traced step's parameters (by torch name): before, after on each side, torch's gradients."""
+
+    initial: dict
+    t_after: dict
+    p_after: dict
+    grads: dict
+
+    def updates(self, name: str) -> tuple:
+        """(p0, torch's update, paddle's update) as flat float64 arrays."""
+        p0 = np.asarray(self.initial[name], np.float64).reshape(-1)
+        return (p0, np.asarray(self.t_after[name], np.float64).reshape(-1) - p0,
+                np.asarray(self.p_after[name], np.float64).reshape(-1) - p0)
+
+
+def why_moved(bad: list, names: list, moved: Moved, step: int, *, decay: str = "") -> str:
+    """Name what differs in the optimizer: the decay (known from both optimizers, or recognized
+    as a gap along the weights), where the updates differ by gradient size (epsilon, clipping),
+    or a global scale (lr, clipping)."""
     text = (f"gradients agree at step {step} but {len(bad)} of {len(names)} parameters moved differently: "
             "the optimizer, its regularization or clipping differs")
+    if decay:
+        return f"{text}; {decay}"
+    more, less, scale = [], [], []
+    for n in (n for n in bad if n in moved.p_after):
+        p0, dt, dp = moved.updates(n)
+        gap = dp - dt
+        cos = float(gap @ p0 / (np.linalg.norm(gap) * np.linalg.norm(p0))) if np.linalg.norm(p0) and np.linalg.norm(gap) else 0
+        if abs(cos) > 0.99:
+            (more if cos < 0 else less).append(n)
+        elif np.linalg.norm(dt) > 0:
+            scale.append(float(dp @ dt / (dt @ dt)))
     if more:
         text += (f"; decay applied to {len(more)} parameters that torch excludes (paddle shrinks them toward 0): "
                  + ", ".join(more[:12]) + (" ..." if len(more) > 12 else ""))
     if less:
         text += (f"; torch decays {len(less)} parameters that paddle excludes: "
                  + ", ".join(less[:12]) + (" ..." if len(less) > 12 else ""))
-    if scale and not more and not less:
-        lo, hi = min(scale), max(scale)
-        text += (f"; paddle's updates are {lo:.3g}x torch's" if hi - lo <= 1e-3 * max(abs(hi), 1e-12) and
-                 len(scale) == len(bad) and len(bad) == len(names) else
-                 f"; paddle's updates are {lo:.3g}x to {hi:.3g}x torch's")
-        if len(bad) == len(names) and hi - lo <= 1e-3 * max(abs(hi), 1e-12):
-            text += " for every parameter: the learning rate (or a global clipping) differs"
-        text += ": " + ", ".join(bad[:8]) + (" ..." if len(bad) > 8 else "")
-    elif not more and not less:
-        text += ": " + ", ".join(bad[:8])
-    return text
+    if more or less:
+        return text
+    by_gradient = _by_gradient(bad, moved)
+    if by_gradient:
+        return f"{text}; {by_gradient}: " + ", ".join(bad[:8]) + (" ..." if len(bad) > 8 else "")
+    return text + _scale(scale, bad, names, step)
+
+
+def _scale(scale: list, bad: list, names: list, step: int) -> str:
+    if not scale:
+        return ": " + ", ".join(bad[:8])
+    lo, hi = min(scale), max(scale)
+    uniform = hi - lo <= 1e-3 * max(abs(hi), 1e-12)
+    text = (f"; paddle's updates are {lo:.3g}x torch's" if uniform and len(scale) == len(bad) == len(names) else
+            f"; paddle's updates are {lo:.3g}x to {hi:.3g}x torch's")
+    if len(bad) == len(names) and uniform:  # a momentum acts from the second step on (its buffer starts as g)
+        text += (" for every parameter: the learning rate (or a global clipping) differs" if step == 0 else
+                 " for every parameter: the learning rate, the momentum (or a global clipping) differs")
+    return text + ": " + ", ".join(bad[:8]) + (" ..." if len(bad) > 8 else "")
+
+
+# where the updates differ, by the size of the element's gradient: the smallest tenth against the largest half
+SMALL_SHARE, LARGE_SHARE, CONCENTRATED = 0.1, 0.5, 10.0
+
+
+def _by_gradient(bad: list, moved: Moved) -> str:
+    """An epsilon (Adam's) changes the update only where |g| is near it; element-wise clipping only
+    where |g| exceeds the clip: the updates' relative gap, against the gradient's size, shows which."""
+    rel, mag = [], []
+    named = [n for n in bad if n in moved.p_after and n in moved.grads]
+    largest = max((float(np.abs(np.asarray(moved.grads[n])).max()) for n in named if np.size(moved.grads[n])), default=0)
+    for n in named:
+        _, dt, dp = moved.updates(n)
+        g = np.abs(np.asarray(moved.grads[n], np.float64).reshape(-1))
+        keep = (dt != 0) & (g > rules.UNCONSTRAINED_RATIO * largest)  # a gradient, not rounding noise or none
+        rel.append(np.abs(dp - dt)[keep] / np.abs(dt[keep]))
+        mag.append(g[keep])
+    if not rel or sum(r.size for r in rel) < 20:
+        return ""
+    rel, mag = np.concatenate(rel), np.concatenate(mag)
+    order = np.argsort(mag)
+    small = float(np.median(rel[order[: max(1, int(SMALL_SHARE * order.size))]]))
+    large = float(np.median(rel[order[-max(1, int(LARGE_SHARE * order.size)):]]))
+    bound = float(mag[order[max(0, int(SMALL_SHARE * order.size) - 1)]])
+    if small > CONCENTRATED * large:
+        return (f"the updates differ where the gradients are small (median {small:.2g} of the update for |g| <= "
+                f"{bound:.2g}, {large:.2g} for the largest half): an epsilon difference (Adam's eps) acts there")
+    if large > CONCENTRATED * small:
+        return (f"the updates differ where the gradients are large (median {large:.2g} of the update for the "
+                f"largest half, {small:.2g} for |g| <= {bound:.2g}): element-wise clipping (clip_value) acts there")
+    return ""
 
 
 def momentum_note(call, before, name, after_t, after_p) -> str:

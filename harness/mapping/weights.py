@@ -106,6 +106,10 @@ class Plan:
         return {name: _lazy(_joined, es, paddle_state) if len(es) > 1 or es[0].transpose
                 else paddle_state[es[0].paddle_name] for name, es in parts.items()}
 
+    def torch_names(self) -> dict:
+        """Each paddle tensor's torch name (a part of a fused tensor: the fused tensor's)."""
+        return {e.paddle_name: e.torch_name for e in self.entries}
+
     def paddle_to_torch_names(self, arrays: dict) -> dict:
         """Paddle-side arrays (parameters, gradients) under torch names and layouts, for diffs."""
         fused = {e.torch_name for e in self.entries if e.part}

@@ -4,6 +4,7 @@ may change a key's verdict (applied in one place, after the diff). Pure numpy, n
   keys.py       result keys (kind, step, name) and how they print
   tolerance.py  per-check and per-key limits
   diff.py       comparing two arrays or dicts of them: never cast, broadcast or transpose
+  updates.py    parameters after training judged by their update, relative to its size
   rules.py      the named verdict rules (float64 arbitration, update scale, ...)
 
 May import: nothing else of harness

@@ -50,6 +50,7 @@ class KeyResult:
     rule: str = ""  # the named verdict rule (harness/verdict/rules.py) that changed this key's verdict
     precision: str = ""  # the dtype the values were compared in
     floored: list | None = None  # which limits ("mean", "max") the float32 floor raised above the config
+    update: float | None = None  # a parameter's mean |after - before| (torch), its limits' measure (updates.py)
 
     @property
     def key(self) -> str:
@@ -72,6 +73,7 @@ class CheckResult:
     notes: list = field(default_factory=list)
     tensor_dumps: str = ""  # "full" | "statistics": how parameters and gradients were saved
     arbitration: str = ""  # "float64", or why float32's own rules decided ("fallback: ...")
+    decay: dict = field(default_factory=dict)  # training checks: per side, torch name -> how its optimizer decays it
 
     @property
     def compared(self) -> int:
@@ -106,6 +108,8 @@ class CheckResult:
             d["tensor_dumps"] = self.tensor_dumps
         if self.arbitration:
             d["arbitration"] = self.arbitration
+        if self.decay:
+            d["decay"] = self.decay
         return d
 
 

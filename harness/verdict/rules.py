@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from harness.verdict import updates
 from harness.verdict.diff import CheckResult, KeyResult
 from harness.verdict.keys import Key, Kind
 
@@ -22,6 +23,7 @@ RANK_DRIFT = "rank_loss_drift"
 VARIANCE_GAP = "variance_gap"
 ARBITRATION = "float64_arbitration"
 FALLBACK_RULES = (UNCONSTRAINED, UPDATE_SCALE, RANK_DRIFT)  # float32's rules; float64 decides without them
+EXACT_KINDS = (Kind.LR, Kind.DROPOUT)  # keys whose values do not depend on the models' precision
 
 # unconstrained_elements: a parameter element whose gradient is this small against the largest
 # gradient is driven by rounding noise. Its true gradient is zero (a bias right before
@@ -76,9 +78,12 @@ def apply(result: CheckResult, ref: dict, other: dict, evidence: Evidence) -> No
             rank_loss_drift(result, key, ref, other)
 
 
-def unconstrained_mask(name: str, evidence: Evidence, largest: float):
-    """unconstrained_elements: the elements still judged (None: the rule does not apply)."""
-    if not (evidence.adaptive and largest > 0 and name in evidence.grads_ref and name in evidence.grads_other):
+def unconstrained_mask(name: str, evidence: Evidence, largest: float, *, by_update: bool = False):
+    """unconstrained_elements: the elements still judged (None: the rule does not apply). Under
+    an adaptive optimizer; and for a parameter judged by its update under any optimizer, whose
+    update is then rounding noise too, which a comparison relative to it cannot judge."""
+    if not ((evidence.adaptive or by_update) and largest > 0 and name in evidence.grads_ref
+            and name in evidence.grads_other):
         return None
     g = np.maximum(np.abs(evidence.grads_ref[name]), np.abs(evidence.grads_other[name]))
     return g > UNCONSTRAINED_RATIO * largest
@@ -97,28 +102,38 @@ def gradient_within_scale(relative: float) -> bool:
 def _judge_tensor(result: CheckResult, key: KeyResult, ref, other, evidence: Evidence, largest: float) -> None:
     name = key.id.name
     a, b = np.asarray(ref, np.float64), np.asarray(other, np.float64)
-    keep = unconstrained_mask(name, evidence, largest) if key.id.kind is Kind.PARAM else None
+    by_update = key.update is not None
+    keep = unconstrained_mask(name, evidence, largest, by_update=by_update) if key.id.kind is Kind.PARAM else None
     if keep is not None and not keep.any():
         g = np.maximum(np.abs(evidence.grads_ref[name]), np.abs(evidence.grads_other[name]))
         _release(result, key, UNCONSTRAINED,
                  f"unconstrained: its gradient is rounding noise (max |g| {g.max():.2g} vs {largest:.2g} largest), "
-                 "which an adaptive optimizer turns into steps of size lr; its value is not judged")
+                 "and so is its update (an adaptive optimizer makes it a step of size lr); its value is not judged")
         return
     keep = np.ones(a.shape, bool) if keep is None else keep
     d = np.abs(a - b)[keep]
-    if key.id.kind is Kind.PARAM and name in evidence.initial:
-        size, what = float(np.mean(np.abs(a - evidence.initial[name])[keep])), "its update"
+    if by_update:  # judged by its update (updates.py): the same limits over the elements kept
+        if keep.all():
+            return
+        size, largest_value = updates.update_size(ref, evidence.initial[name], keep)
+        mean_limit, max_limit = updates.limits(size, largest_value, np.asarray(ref).dtype)
+        within, what = d.mean() <= mean_limit and d.max() <= max_limit, f"{updates.UPDATE_RTOL:g} of their update"
+    elif key.id.kind is Kind.PARAM and name in evidence.initial:  # a [tolerance] pattern chose absolute limits
+        size = float(np.mean(np.abs(a - evidence.initial[name])[keep]))
+        within = d.mean() <= key.threshold and d.max() <= key.max_threshold
+        within, what = within or within_update_scale(float(d.mean()), float(d.max()), size), "its update"
     elif key.id.kind is Kind.GRAD:
-        size, what = float(np.mean(np.abs(a))), "the gradient"
+        size = float(np.mean(np.abs(a)))
+        within = d.mean() <= key.threshold and d.max() <= key.max_threshold
+        within, what = within or within_update_scale(float(d.mean()), float(d.max()), size), "the gradient"
     else:
         return
-    within_abs = d.mean() <= key.threshold and d.max() <= key.max_threshold
-    if not (within_abs or within_update_scale(float(d.mean()), float(d.max()), size)):
+    if not within:
         return
     partial = not keep.all()
-    why = (f"{int((~keep).sum())} of {keep.size} elements unconstrained (gradient is rounding noise under an "
-           "adaptive optimizer), the others ") if partial else ""
-    why += "within the threshold" if within_abs else f"within {SCALE_RTOL:g} of the size of {what} (mean {size:.2g})"
+    why = (f"{int((~keep).sum())} of {keep.size} elements unconstrained (their gradient and update are rounding "
+           "noise), the others ") if partial else ""
+    why += f"within {what}" if by_update else f"within {SCALE_RTOL:g} of the size of {what} (mean {size:.2g})"
     _release(result, key, UNCONSTRAINED if partial else UPDATE_SCALE, why, noted=partial)
 
 
@@ -148,10 +163,23 @@ def arbitrate(narrow: CheckResult, wide: CheckResult) -> None:
 
 def arbitrable(key: KeyResult) -> bool:
     """A key float64 can decide: it failed the plain diff on finite values of equal shapes (a
-    NaN, a shape or a missing key is never round-off), or a float32 rule released it."""
+    NaN, a shape or a missing key is never round-off) that depend on the models' precision, or
+    a float32 rule released it."""
     if key.passed:
         return key.rule in FALLBACK_RULES
-    return key.mean_abs is not None and not key.nonfinite
+    return key.mean_abs is not None and not key.nonfinite and not exact(key)
+
+
+def exact(key: KeyResult) -> bool:
+    """A key whose values no precision changes: integers and booleans, a learning rate (computed
+    in Python floats, whatever the models' dtype), a dropout's probability (configuration)."""
+    return key.id.kind in EXACT_KINDS or (key.dtype is not None and key.precision == "")
+
+
+def settled(check: CheckResult) -> bool:
+    """A failed check that float64 cannot turn: nothing compared, or a failing key it cannot decide."""
+    return not check.passed and (bool(check.reason) or not check.compared
+                                 or any(not arbitrable(k) for k in check.failing))
 
 
 def _decide(key: KeyResult, wide: KeyResult | None) -> None:

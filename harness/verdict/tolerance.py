@@ -36,7 +36,9 @@ class ToleranceConfig:
         return getattr(self, check)
 
     def for_key(self, check: str, key: str) -> Tolerance:
-        for pattern, tol in self.keys.items():
-            if fnmatch.fnmatchcase(key, pattern):
-                return tol
-        return self.for_check(check)
+        pattern = self.pattern_for(key)
+        return self.keys[pattern] if pattern is not None else self.for_check(check)
+
+    def pattern_for(self, key: str) -> str | None:
+        """The first `[tolerance]` pattern that names this key, if any."""
+        return next((pattern for pattern in self.keys if fnmatch.fnmatchcase(key, pattern)), None)

@@ -33,6 +33,7 @@ class Op(str, Enum):
     CALL_ORDER = "call_order"
     EXPORT_STATE = "export_state"
     IMPORT_STATE = "import_state"
+    REFERENCE_NAMES = "reference_names"
     LOAD_STATE = "load_state"
     READ_CHECKPOINT = "read_checkpoint"
     WRITE_CHECKPOINT = "write_checkpoint"
