@@ -46,7 +46,10 @@ def test_bert_hf_vs_paddlenlp_is_aligned(tmp_path):
     "PyTorch version ... available" from the paddle worker)."""
     proc = cli("run", ROOT / "examples" / "bert_sst2" / "pair.toml", "--out", tmp_path / "o", "--locate", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "note" not in proc.stdout and "warning" not in proc.stdout.lower(), proc.stdout
+    # the one real note: attention's key biases, whose gradient is rounding noise, are not judged
+    notes = [line for line in proc.stdout.splitlines() if line.startswith("note")]
+    assert len(notes) <= 1 and all("not judged where their gradient is rounding noise" in n for n in notes), proc.stdout
+    assert "warning" not in proc.stdout.lower(), proc.stdout
     assert "PyTorch version" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
     rep = report(tmp_path / "o")
     assert rep["first_divergence"] is None and rep["notes"] == []

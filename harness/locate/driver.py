@@ -200,8 +200,10 @@ def apply(outcome: Outcome, report) -> None:
     """Put what was found into the report. A divergence that no check saw (with --locate: BatchNorm
     statistics after train-mode steps) fails the check it belongs to: never an aligned verdict
     beside a named divergence."""
-    report.notes.extend(outcome.notes)
     found = outcome.finding
+    if found is None and report.aligned:
+        return  # its notes explain what it did not blame; with nothing to blame the checks' own notes stand
+    report.notes.extend(outcome.notes)
     if found is None:
         return
     if report.aligned:

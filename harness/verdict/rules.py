@@ -76,6 +76,19 @@ def apply(result: CheckResult, ref: dict, other: dict, evidence: Evidence) -> No
             _judge_tensor(result, key, ref[key.id], other[key.id], evidence, largest)
         elif key.id.kind is Kind.LOSS and key.id.rank is not None and evidence.adaptive:
             rank_loss_drift(result, key, ref, other)
+    _note_unconstrained(result)
+
+
+def _note_unconstrained(result: CheckResult) -> None:
+    """One note for every parameter left (wholly or in part) unjudged, however many there are: a
+    model has one such key bias per attention layer. Each key's own note says how much of it."""
+    names = [k.id.name for k in result.keys if k.rule == UNCONSTRAINED]
+    if names:
+        result.notes.append(
+            f"{len(names)} parameter(s) not judged where their gradient is rounding noise, which an adaptive "
+            f"optimizer (or an update judged against itself) turns into a step of its own: "
+            f"{', '.join(f'{n}: unconstrained' for n in names[:6])}{' ...' if len(names) > 6 else ''} "
+            "(e.g. attention's key bias, a bias right before BatchNorm; each key's note in report.json)")
 
 
 def unconstrained_mask(name: str, evidence: Evidence, largest: float, *, by_update: bool = False):
@@ -211,5 +224,5 @@ def within_variance_gap(torch_var: np.ndarray, paddle_var: np.ndarray, count: in
 def _release(result: CheckResult, key: KeyResult, rule: str, why: str, noted: bool = True) -> None:
     key.note = f"{why} [{key.reason}]"
     key.passed, key.reason, key.rule = True, "", rule
-    if noted:
+    if noted and rule != UNCONSTRAINED:  # those are noted together (_note_unconstrained)
         result.notes.append(f"{key.key}: {why}" if rule != RANK_DRIFT else f"{key.key}: {key.note}")
