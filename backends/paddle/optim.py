@@ -10,8 +10,11 @@ from harness.config.optim_table import decay_mode, decays, warmup_lambda
 
 
 class PaddleStepper(Stepper):
-    def __init__(self, optimizer, scheduler=None):
+    def __init__(self, optimizer, scheduler=None, names: dict | None = None):
         self.optimizer, self.scheduler = optimizer, scheduler
+        # paddle keys its optimizer state by each parameter's generated name (linear_3.w_0), which a
+        # rebuild of the model renames: kept by structured name instead
+        self.names = dict(names or {})  # generated name -> structured name
 
     def lr(self) -> float:
         return float(self.optimizer.get_lr())
@@ -29,6 +32,31 @@ class PaddleStepper(Stepper):
 
     def zero_grad(self) -> None:
         self.optimizer.clear_grad(set_to_zero=False)
+
+    def state(self) -> dict:
+        state = {}
+        for key, value in self.optimizer.state_dict().items():
+            if key == "LR_Scheduler" or not isinstance(value, paddle.Tensor):
+                state[key] = value
+                continue
+            owner = max((n for n in self.names if key.startswith(n + "_")), key=len, default=None)
+            state[f"{self.names[owner]}/{key[len(owner) + 1:]}" if owner else key] = value
+        return {"optimizer": state, "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+
+    def load(self, state: dict) -> None:
+        generated = {structured: name for name, structured in self.names.items()}
+        wide = paddle.get_default_dtype()  # a float64 rebuild keeps its accumulators in float64
+        restored = {}
+        for key, value in state["optimizer"].items():
+            structured, _, accumulator = key.rpartition("/")
+            if structured in generated:
+                key = f"{generated[structured]}_{accumulator}"
+            if hasattr(value, "dtype") and value.dtype.kind == "f":
+                value = value.astype(wide)
+            restored[key] = value
+        self.optimizer.set_state_dict(restored)
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.set_state_dict(state["scheduler"])
 
 
 def _scheduler(sched: dict, lr: float, total: int):
@@ -68,9 +96,10 @@ def _scheduler(sched: dict, lr: float, total: int):
 
 
 def build_stepper(model, cfg: dict, total_steps: int, custom=None) -> Stepper:
+    names = {p.name: n for n, p in model.named_parameters()}
     if custom is not None:
         optimizer, scheduler = custom(model, total_steps)
-        return PaddleStepper(optimizer, scheduler)
+        return PaddleStepper(optimizer, scheduler, names)
     opt, sched = cfg["optimizer"], cfg["lr_scheduler"]
     mode = decay_mode(opt)
     named = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
@@ -102,7 +131,7 @@ def build_stepper(model, cfg: dict, total_steps: int, custom=None) -> Stepper:
             weight_decay=opt["weight_decay"] if mode else 0.0,
             apply_decay_param_fun=lambda pname: pname in decay_names, **common,
         )
-        return PaddleStepper(optimizer, scheduler)
+        return PaddleStepper(optimizer, scheduler, names)
     if name == "sgd":
         optimizer = paddle.optimizer.SGD(parameters=params, **common)
     elif name == "momentum":
@@ -115,4 +144,4 @@ def build_stepper(model, cfg: dict, total_steps: int, custom=None) -> Stepper:
         )
     else:
         raise ValueError(f"unknown optimizer '{name}'")
-    return PaddleStepper(optimizer, scheduler)
+    return PaddleStepper(optimizer, scheduler, names)

@@ -5,6 +5,7 @@ may change a key's verdict (applied in one place, after the diff). Pure numpy, n
   tolerance.py  per-check and per-key limits
   diff.py       comparing two arrays or dicts of them: never cast, broadcast or transpose
   rules.py      the named verdict rules (float64 arbitration, update scale, ...)
+  band.py       a training run's band: how far apart its curves may be at an evaluation
 
 May import: nothing else of harness
 """

@@ -72,6 +72,8 @@ class CheckResult:
     notes: list = field(default_factory=list)
     tensor_dumps: str = ""  # "full" | "statistics": how parameters and gradients were saved
     arbitration: str = ""  # "float64", or why float32's own rules decided ("fallback: ...")
+    run: dict | None = None  # a training run's account (harness/trainrun/): its plan, evaluations, where it stopped
+    located: object = None  # what a training run's own localization found (harness/locate Outcome); not in JSON
 
     @property
     def compared(self) -> int:
@@ -106,6 +108,8 @@ class CheckResult:
             d["tensor_dumps"] = self.tensor_dumps
         if self.arbitration:
             d["arbitration"] = self.arbitration
+        if self.run is not None:
+            d["run"] = self.run
         return d
 
 
