@@ -49,7 +49,7 @@ class TorchDigits(torch.utils.data.Dataset):
 
 def data_torch(split):
     return torch.utils.data.DataLoader(TorchDigits(split), batch_size=BATCH if split == "train" else EVAL_BATCH,
-                                       shuffle=split == "train")
+                                       shuffle=split == "train", drop_last=split == "train")
 
 
 class TorchNet(torch.nn.Module):
@@ -108,7 +108,7 @@ class PaddleDigits(paddle.io.Dataset):
 
 def data_paddle(split):
     return paddle.io.DataLoader(PaddleDigits(split), batch_size=BATCH if split == "train" else EVAL_BATCH,
-                                shuffle=split == "train")
+                                shuffle=split == "train", drop_last=split == "train")
 
 
 class PaddleNet(paddle.nn.Layer):

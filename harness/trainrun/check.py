@@ -30,7 +30,7 @@ def train(session) -> CheckResult:
         return (yield from training.train.steps(session))
     mode = mode_of(session.cfg, session.data)
     descs = yield _describe(session, mode)
-    return TrainingRun(session, make_plan(session.cfg, mode, descs)).execute()
+    return TrainingRun(session, make_plan(session.cfg, mode, descs, session.layout.nprocs)).execute()
 
 
 def _describe(session, mode: str) -> dict:

@@ -67,7 +67,7 @@ class Feeder:
             raise UsageError(f"{where} ended after {offset + len(got['batches'])} batches; its len() said "
                              f"{self.plan.per_epoch}")
         for i, batch in enumerate(got["batches"]):
-            self.session.data.check_keys(batch, f"{where} batch {offset + i}")
+            self.session.data.check(batch, f"{where} batch {offset + i}")
         return got["batches"]
 
     def traced(self, start: int, count: int) -> list:

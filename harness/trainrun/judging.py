@@ -72,16 +72,18 @@ def _band_keys(run) -> list:
         rows = [(e, pt) for e in evals for pt in e["points"] if pt["series"] == name]
         bad = [(e, pt) for e, pt in rows if not pt["inside"] and e["index"] in parted]
         judged = [(e, pt) for e, pt in rows if pt["limit"] is not None]
-        worst = max(bad or judged or rows, key=lambda r: r[1]["gap"] / r[1]["limit"] if r[1]["limit"] else 0.0)
-        key = KeyResult(id=Key(Kind.BAND, name), passed=not bad, count=len(rows), mean_abs=worst[1]["gap"],
-                        max_abs=max(pt["gap"] for _, pt in rows), threshold=worst[1]["limit"])
+        worst = max(bad or judged or rows, key=lambda r: r[1]["gap"] / r[1]["limit"] if r[1]["limit"] else 0.0)[1]
+        key = KeyResult(id=Key(Kind.BAND, name), passed=not bad, count=len(rows))
+        if judged:  # the evaluation nearest to (or furthest past) its band, as every key's worst
+            key.mean_abs = key.max_abs = worst["gap"]
+            key.threshold = key.max_threshold = worst["limit"]
+        else:
+            key.note = "not judged against a band (the independent regime, and not a value in [0, 1])"
         if bad:
             e, pt = bad[0]
             key.reason = (f"outside its band at evaluation{'s' if len(bad) > 1 else ''} "
                           f"{', '.join(str(e['index']) for e, _ in bad)} (from step {e['step']}: torch {pt['torch']:.6g}, "
                           f"paddle {pt['paddle']:.6g}, |d| {fmt(pt['gap'])} > {fmt(pt['limit'])})")
-        if not judged:
-            key.note = "not judged in the independent regime (not a value in [0, 1]): its final value is"
         keys.append(key)
     return keys
 

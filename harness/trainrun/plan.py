@@ -80,9 +80,16 @@ def shared_order(torch_desc: dict, paddle_desc: dict) -> str | None:
     return None
 
 
-def make_plan(cfg, mode: str, descs: dict) -> Plan:
-    """The plan from the config and what each side's train split is (data_open), where it matters."""
+def make_plan(cfg, mode: str, descs: dict, nprocs: int = 1) -> Plan:
+    """The plan from the config and what each side's train split is (data_open), where it matters;
+    nprocs: ranks per side, each taking an equal part of every batch."""
     source = cfg.data.source if mode == SOURCE else "torch"
+    sizes = descs.get(source, {}).get("sizes")
+    uneven = [i for i, n in enumerate(sizes if sizes is not None and nprocs > 1 else []) if n % nprocs]
+    if uneven:
+        raise UsageError(f"data_{source}('train'): batch {uneven[0]} has {sizes[uneven[0]]} items, which do not split "
+                         f"evenly over {nprocs} ranks (drop_last=True in the loader, or a batch size divisible by "
+                         f"{nprocs})")
     notes = []
     if mode == OWN:
         why = shared_order(descs["torch"], descs["paddle"])
