@@ -99,8 +99,9 @@ class Stepper(abc.ABC):
         """The optimizer's and the schedule's state (tensors as they are), to continue from later."""
 
     @abc.abstractmethod
-    def load(self, state: dict) -> None:
-        """Continue from `state` (numpy arrays where state() had tensors), in this worker's precision."""
+    def load(self, state: dict, moments: bool = True) -> None:
+        """Continue from `state` (numpy arrays where state() had tensors), in this worker's precision;
+        without `moments`, only the schedule's place and the settings: each parameter's state afresh."""
 
 
 class Primitives(abc.ABC):

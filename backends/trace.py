@@ -173,8 +173,9 @@ class TraceOps:
     def trace_begin(self, mode: str, total_steps: int, overrides: dict | None = None, kept: str | None = None,
                     masks: dict | None = None) -> dict:
         """Start a hooked run from the initial weights, or from a training run's kept evaluation
-        (`kept`: its model, optimizer and schedule; masks: as run_begin's), step by step
-        (harness/locate/ drives it)."""
+        (`kept`: its model and the schedule's place, each parameter's optimizer state afresh on both
+        sides: the two kept states carry their own float32 round-off, which would read as a
+        difference of the update; masks: as run_begin's), step by step (harness/locate/ drives it)."""
         self._restore()
         self._dirty = True
         state = load_npy_dict(kept) if kept is not None else None
@@ -183,7 +184,7 @@ class TraceOps:
         self._tracer = Tracer(self, mode, total_steps, self._config(overrides), shared, start)
         if state is not None:
             self.load_state(self.model, {k: np.asarray(v) for k, v in state["model"].items()})
-            self._tracer.stepper.load(state["optimizer"])
+            self._tracer.stepper.load(state["optimizer"], moments=False)
         return traced_state(self)
 
     def trace_step(self, batch: dict, backward: bool = False, update: bool = False, with_loss: bool = True,

@@ -72,10 +72,13 @@ class Run:
 class RunOps:
 
     def run_begin(self, total_steps: int, overrides: dict | None = None, kept: str | None = None,
-                  masks: dict | None = None, parallel: bool = False, rank: int = 0, nprocs: int = 1) -> dict:
+                  masks: dict | None = None, parallel: bool = False, rank: int = 0, nprocs: int = 1,
+                  moments: bool = True, weights: dict | None = None) -> dict:
         """A training run from the initial weights, or from a kept evaluation's file (`kept`): the
-        model, the optimizer and schedule, the step and the epoch. masks: this side's Dropout module
-        names -> their sites (dropout masks shared with the other side), None: each draws its own."""
+        model, the optimizer and schedule (without `moments`, each parameter's optimizer state
+        afresh), the step and the epoch; then `weights` (the other side's there, converted, with the
+        arguments of Session.to_paddle) where given. masks: this side's Dropout module names -> their
+        sites (dropout masks shared with the other side), None: each draws its own."""
         if parallel and self._parallel is None:
             self._parallel = self.data_parallel(self.model)
             self.progress(0, 1)  # joined: from here on the coordinator times a step, not start-up
@@ -88,8 +91,11 @@ class RunOps:
         if kept is not None:
             state = load_npy_dict(kept)
             self.load_state(self.model, {k: np.asarray(v) for k, v in state["model"].items()})
-            stepper.load(state["optimizer"])
+            stepper.load(state["optimizer"], moments=moments)
             run.step, run.epoch, position = int(state["step"]), int(state["epoch"]), int(state["position"])
+        if weights is not None:
+            self.load_state(self.model, self.pair.torch_to_paddle(dict(weights["state"])) if weights["raw"]
+                            else dict(weights["state"]))
         self.set_train(self.model, True)
         self._reseed(run.step)
         return {"step": run.step, "epoch": run.epoch, "position": position}

@@ -72,8 +72,6 @@ def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, start
         from harness.report.compare import load_side
 
         load_side(benchmark)  # a file that is unsafe or no reprod_log file is refused before any worker starts
-    if resume and not ("train" in cfg.checks and cfg.train.is_run):
-        raise UsageError("--resume continues a training run: the train check with [train] epochs or steps")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads: expected 1 or more, got {threads}")
     if weights is not None:
@@ -83,11 +81,25 @@ def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, start
         raise UsageError("--dp-equivalence compares N ranks with 1 on one machine: give --nprocs 2 or more, no --nnodes")
     chosen = interpreters(cfg, torch_python=torch_python, paddle_python=paddle_python)
     out_dir = Path(out) if out is not None else Path("artifacts") / cfg.name
+    if resume:
+        _resumable(cfg, out_dir)
     return RunOptions(out_dir=out_dir.resolve(), timeout=timeout, startup_timeout=startup_timeout, device=device,
                       benchmark=benchmark,
                       weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence,
                       save_tensors=save_tensors, arbitrate=arbitrate, threads=threads, interpreters=chosen,
                       early_stop=early_stop, resume=resume)
+
+
+def _resumable(cfg, out_dir: Path) -> None:
+    """--resume needs a training run, and an interrupted one kept beside --out: else exit 2 now."""
+    from harness.trainrun.keep import folder_of
+
+    if not ("train" in cfg.checks and cfg.train.is_run):
+        raise UsageError("--resume continues a training run: the train check with [train] epochs or steps")
+    kept = folder_of(out_dir.resolve())
+    if not (kept / "run.json").is_file():
+        raise UsageError(f"--resume: {kept} holds no interrupted training run (no run.json): run without --resume "
+                         "to start it")
 
 
 def check(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks: Iterable[str] | str | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import paddle
 from paddle.optimizer import lr as S
 
@@ -43,7 +45,17 @@ class PaddleStepper(Stepper):
             state[f"{self.names[owner]}/{key[len(owner) + 1:]}" if owner else key] = value
         return {"optimizer": state, "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
 
-    def load(self, state: dict) -> None:
+    def load(self, state: dict, moments: bool = True) -> None:
+        if not moments:  # the schedule's place only: paddle asks for every accumulator once it has any
+            lr = getattr(self.optimizer, "_learning_rate", None)
+            kept = state["optimizer"].get("LR_Scheduler")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="There are some unused values in state_dict")
+                if isinstance(lr, S.LRScheduler) and kept is not None:
+                    lr.set_state_dict(kept)
+                if self.scheduler is not None and self.scheduler is not lr and state.get("scheduler") is not None:
+                    self.scheduler.set_state_dict(state["scheduler"])
+            return
         generated = {structured: name for name, structured in self.names.items()}
         wide = paddle.get_default_dtype()  # a float64 rebuild keeps its accumulators in float64
         restored = {}
@@ -54,9 +66,11 @@ class PaddleStepper(Stepper):
             if hasattr(value, "dtype") and value.dtype.kind == "f":
                 value = value.astype(wide)
             restored[key] = value
-        self.optimizer.set_state_dict(restored)
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.set_state_dict(state["scheduler"])
+        with warnings.catch_warnings():  # LinearWarmup warns of its own nested scheduler's entry (paddle 3.3)
+            warnings.filterwarnings("ignore", message="There are some unused values in state_dict")
+            self.optimizer.set_state_dict(restored)
+            if self.scheduler is not None and state.get("scheduler") is not None:
+                self.scheduler.set_state_dict(state["scheduler"])
 
 
 def _scheduler(sched: dict, lr: float, total: int):

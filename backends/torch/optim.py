@@ -50,9 +50,11 @@ class TorchStepper(Stepper):
         return {"optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
 
-    def load(self, state: dict) -> None:
+    def load(self, state: dict, moments: bool = True) -> None:
         # the optimizer casts each state tensor to its parameter's dtype and device (a float64 rebuild too)
         self.optimizer.load_state_dict(_tensors(state["optimizer"]))
+        if not moments:
+            self.optimizer.state.clear()
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
 

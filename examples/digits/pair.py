@@ -19,8 +19,10 @@ BUGS = ("label_smoothing", "bn_momentum", "warmup", "decay_norms", "dropout")
 if BUG not in ("", *BUGS):
     raise ValueError(f"DIGITS_BUG={BUG!r}: expected one of {', '.join(BUGS)}")
 
-EVAL_SIZE = 360  # the last 360 of a fixed shuffle of the 1,797 images; the other 1,437 train
-BATCH, EVAL_BATCH = 32, 120
+# the last 700 of a fixed shuffle of the 1,797 images evaluate (one prediction is 0.14 % of them, within
+# the guide's 0.15 %), the other 1,097 train
+EVAL_SIZE = 700
+BATCH, EVAL_BATCH = 32, 140
 LR, WEIGHT_DECAY, WARMUP, DROPOUT = 5e-3, 0.05, 10, 0.1
 
 

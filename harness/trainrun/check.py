@@ -53,6 +53,8 @@ class TrainingRun:
         self.stop: dict | None = None  # where and why the run stopped early
         self.lr_gap: int | None = None  # the first step whose learning rates differ
         self.located = None  # what localization found (harness/locate Outcome), once it ran
+        self.wide: dict | None = None  # each side's final metric trained again in float64, when it was
+        self.unshared = False  # a kernel drew dropout masks of its own: the two runs are not the same computation
         self.resumed: int | None = None  # the step a resumed run continued from
         self.seconds = 0.0  # training and evaluating, localization apart
 
@@ -69,6 +71,7 @@ class TrainingRun:
             if self.stop is not None:
                 break
             self.live.chunk(self.records)
+        self._final_in_float64()
         if self.located is None and (self.lr_gap is not None or not judging.result(self).passed):
             from harness.trainrun import locating  # localization loads only when a run needs it
 
@@ -78,6 +81,18 @@ class TrainingRun:
         judging.write(self, result)
         self.keeper.remove()  # finished: what --resume would need is no longer needed
         return result
+
+    def _final_in_float64(self) -> None:
+        """A run that ended with its curves together but its final metrics apart: float64 decides
+        (harness/trainrun/arbitration.py), unless --float32-only or the run is not paired."""
+        if self.stop is not None or not self.session.options.arbitrate or self.plan.regime != band.PAIRED \
+                or self.unshared:
+            return
+        if self.lr_gap is not None or judging.final_metric_passes(self):
+            return
+        from harness.trainrun import arbitration
+
+        self.wide = arbitration.final_metric(self)
 
     def _begin(self) -> tuple:
         """Both sides begun (every rank), fresh or from the last kept evaluation: (step, batches of
@@ -92,8 +107,12 @@ class TrainingRun:
             self.patience.streak = [i for i in saved["streak"] if i <= index]
             self.patience.agreed = saved["agreed"]
             self.regime, kept, self.resumed = saved["regime"], self.keeper.kept[index], start
+            self.unshared = saved.get("unshared", False)
             self.notes += saved.get("notes", [])
             self.notes.append(f"resumed from evaluation {index} (step {start}) kept in {self.keeper.folder}")
+        elif self.keeper.replaced:
+            self.notes.append(f"the interrupted training run kept in {self.keeper.folder} was removed: this one started "
+                              "from the beginning (--resume continues one)")
         self.live.start_step = start
         return start, self._start_from(kept)
 
@@ -121,8 +140,8 @@ class TrainingRun:
                            "lr": out[side]["lr"]} for side in SIDES}
         self.records.add_steps(per_side)
         unshared = {side: sum(out[name]["unshared"] for name in self.session.ranks[side]) for side in SIDES}
-        if any(unshared.values()) and self.regime == band.PAIRED:
-            self.regime = band.INDEPENDENT
+        if any(unshared.values()) and not self.unshared:
+            self.regime, self.unshared = band.INDEPENDENT, True
             self.notes.append(f"dropout drawn inside a kernel (attention's dropout_p, alpha dropout: "
                               f"{unshared['torch']} torch, {unshared['paddle']} paddle draws in steps {first}.."
                               f"{first + count - 1}) cannot share its masks: from there the curves are compared as "
@@ -151,15 +170,15 @@ class TrainingRun:
         self.save()
         self.live.evaluation(entry)
         if self.patience.exhausted and self.located is None:
-            from harness.trainrun import locating
+            from harness.trainrun import arbitration
 
-            if locating.arbitrate(self, index) and self.stop is None:
+            if arbitration.curves(self, index) and self.stop is None:
                 return self._start_from(self.keeper.kept[index])  # both continue from this evaluation
         return 0
 
     def save(self) -> None:
         self.keeper.save({"records": self.records.to_json(), "streak": self.patience.streak, "notes": self.notes,
-                          "agreed": self.patience.agreed, "regime": self.regime})
+                          "agreed": self.patience.agreed, "regime": self.regime, "unshared": self.unshared})
 
     def view(self) -> tuple:
         """The run so far as report.json will hold it, and each side's curves (the live report)."""

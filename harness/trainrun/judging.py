@@ -10,7 +10,7 @@ import numpy as np
 from harness.checks.common import judge
 from harness.checks.training import _against_benchmark
 from harness.report import runplot
-from harness.verdict import band
+from harness.verdict import band, rules
 from harness.verdict.diff import CheckResult, KeyResult, fmt
 from harness.verdict.keys import Key, Kind
 from harness.workers.protocol import SIDES
@@ -29,8 +29,10 @@ def partial(run) -> CheckResult:
 
 def result(run) -> CheckResult:
     res = partial(run)
-    ref, other = final_metric(run)
-    res.keys = judge("train", ref, other, run.cfg.tolerance).keys + res.keys
+    metric = _final_metric_keys(run)
+    res.keys = metric.keys + res.keys
+    if metric.arbitration:
+        res.arbitration = metric.arbitration
     found = run.located.finding if run.located is not None else None
     if found is not None and found.where != "lr":  # never aligned beside a named divergence (--no-early-stop)
         res.keys.append(KeyResult(id=Key(Kind.LOCATE, f"{found.where}:{found.layer or ''}"), passed=False,
@@ -40,6 +42,20 @@ def result(run) -> CheckResult:
                                        run.cfg.tolerance.train)
     res.notes = _notes(run) + res.notes
     return res
+
+
+def _final_metric_keys(run) -> CheckResult:
+    """The final metric within [tolerance] train, decided in float64 where the run trained again in it."""
+    metric = judge("train", *final_metric(run), run.cfg.tolerance)
+    if run.wide is not None and not metric.passed:
+        wide = [{Key(Kind.METRIC, name): np.float64(v) for name, v in run.wide[side].items()} for side in SIDES]
+        rules.arbitrate(metric, judge("train", *wide, run.cfg.tolerance))
+    return metric
+
+
+def final_metric_passes(run) -> bool:
+    """Whether a run whose curves never parted has its final metrics within [tolerance] train."""
+    return all(k.passed for k in _band_keys(run)) and judge("train", *final_metric(run), run.cfg.tolerance).passed
 
 
 def final_metric(run) -> tuple:
@@ -71,7 +87,7 @@ def _band_keys(run) -> list:
     for name in dict.fromkeys(pt["series"] for e in evals for pt in e["points"]):
         rows = [(e, pt) for e in evals for pt in e["points"] if pt["series"] == name]
         bad = [(e, pt) for e, pt in rows if not pt["inside"] and e["index"] in parted]
-        judged = [(e, pt) for e, pt in rows if pt["limit"] is not None]
+        judged = [(e, pt) for e, pt in rows if pt["limit"] is not None and not e.get("arbitrated")]
         worst = max(bad or judged or rows, key=lambda r: r[1]["gap"] / r[1]["limit"] if r[1]["limit"] else 0.0)[1]
         key = KeyResult(id=Key(Kind.BAND, name), passed=not bad, count=len(rows))
         if judged:  # the evaluation nearest to (or furthest past) its band, as every key's worst

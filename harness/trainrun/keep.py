@@ -46,6 +46,7 @@ class Keeper:
         self.folder = folder_of(out_dir)
         self.print = fingerprint(cfg)
         self.kept: dict = {}  # evaluation index -> {side: path}
+        self.replaced = False  # a fresh run found an interrupted one's files and removed them
 
     def path(self, index: int, side: str) -> str:
         return str(self.folder / "state" / f"eval_{index}_{side}.npy")
@@ -59,6 +60,7 @@ class Keeper:
                              "move them away (the run keeps its state there)")
         if resume:
             return self._resumed()
+        self.replaced = (self.folder / "run.json").is_file()
         self.remove()
         (self.folder / "state").mkdir(parents=True, exist_ok=True)
         return None

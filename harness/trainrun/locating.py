@@ -12,7 +12,6 @@ from __future__ import annotations
 from harness.errors import WorkerError
 from harness.locate.driver import Context, Locator
 from harness.locate.leaves import Finding, Outcome
-from harness.verdict import band
 from harness.workers.protocol import SIDES, Op, Request
 
 MAX_STEPS = 50  # traced steps at most (each ships every activation home)
@@ -37,39 +36,6 @@ class RunLocator(Locator):
                 return found
             before = {"torch": {"state": recs["torch"]["state"]}, "paddle": {"state": None}}
         return None
-
-
-def arbitrate(run, index: int) -> bool:
-    """The curves stayed outside the band for [train] patience evaluations: localization decides.
-    A step that diverges is the run's divergence (it stops, unless --no-early-stop). In the paired
-    regime, every traced step agreeing in float64 means the gap is round-off that training
-    amplified: those evaluations are marked so, and the curves are judged by the independent band
-    from here. In the independent regime the curves are apart beyond chance all the same. True:
-    the workers were rebuilt, so the run continues from this evaluation's kept state."""
-    streak, agreed = list(run.patience.streak), run.patience.agreed
-    start = next((e["step"] for e in run.records.evals if e["index"] == agreed), 0)
-    step = run.records.evals[-1]["step"]
-    run.session.progress(f"train: the curves stayed outside the band at evaluations {', '.join(map(str, streak))}: "
-                         f"re-running steps {start}.. with hooks on every module to tell a difference from round-off")
-    outcome = locate_run(run)
-    if outcome.finding is None and run.regime == band.PAIRED:
-        for e in run.records.evals:
-            if e["index"] in streak:
-                e["arbitrated"] = "round-off"
-        run.notes.append(f"the curves left the paired band at evaluations {', '.join(map(str, streak))}; the steps "
-                         f"since evaluation {agreed or 0} (step {start}) re-run from the same state on both sides agreed "
-                         f"step by step{' in float64' if run.session.options.arbitrate else ''}: round-off, amplified "
-                         f"by training; from evaluation {index} (step {step}) on, the curves are judged by the "
-                         "independent band")
-        run.regime = band.INDEPENDENT
-        run.patience.streak, run.patience.agreed = [], index
-        run.keeper.keep(index, index)
-        run.save()
-        return True
-    run.located = outcome
-    if run.session.options.early_stop:
-        run.stop = {"why": "band", "step": step, "evaluation": index}
-    return True
 
 
 def locate_run(run) -> Outcome:

@@ -84,7 +84,7 @@ def make_plan(cfg, mode: str, descs: dict, nprocs: int = 1) -> Plan:
     """The plan from the config and what each side's train split is (data_open), where it matters;
     nprocs: ranks per side, each taking an equal part of every batch."""
     source = cfg.data.source if mode == SOURCE else "torch"
-    sizes = descs.get(source, {}).get("sizes")
+    sizes = (descs.get(source) or {}).get("sizes")
     uneven = [i for i, n in enumerate(sizes if sizes is not None and nprocs > 1 else []) if n % nprocs]
     if uneven:
         raise UsageError(f"data_{source}('train'): batch {uneven[0]} has {sizes[uneven[0]]} items, which do not split "

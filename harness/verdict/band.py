@@ -33,7 +33,7 @@ class Stats:
     """One side's values at an evaluation, with what its noise is measured from."""
 
     train_loss: float  # the mean of the per-step losses since the last evaluation
-    train_noise: float  # the standard error of that mean (successive differences)
+    train_noise: float | None  # the standard error of that mean (successive differences); None: one step
     eval_loss: float
     eval_noise: float  # the standard error of the eval loss (its per-batch losses)
     metric: dict  # name -> value
@@ -66,10 +66,11 @@ class Point:
 
 def train_stats(losses) -> tuple:
     """(mean, standard error of the mean) of an interval's per-step losses. The error comes from
-    the differences of successive steps, so a loss that falls as it trains is not read as noise."""
+    the differences of successive steps, so a loss that falls as it trains is not read as noise;
+    of one step it is not known (None)."""
     x = np.asarray(losses, np.float64)
     if x.size < 2:
-        return float(x.mean()) if x.size else float("nan"), 0.0
+        return float(x.mean()) if x.size else float("nan"), None
     sigma2 = float(np.mean(np.diff(x) ** 2)) / 2
     return float(x.mean()), math.sqrt(sigma2 / x.size)
 
