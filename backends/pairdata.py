@@ -287,9 +287,14 @@ def _is_loader(obj) -> bool:
 
 
 def _is_map_style(obj) -> bool:
-    if isinstance(obj, (list, tuple, dict, str, bytes)) or _is_loader(obj):
+    if isinstance(obj, (list, tuple, dict, str, bytes)) or _is_loader(obj) or _iterable_dataset(obj):
         return False
     return hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and not hasattr(obj, "__next__")
+
+
+def _iterable_dataset(obj) -> bool:
+    """torch's or paddle's IterableDataset (paddle's defines __getitem__ and __len__, which raise)."""
+    return any(c.__name__ == "IterableDataset" for c in type(obj).__mro__)
 
 
 def _iterable(obj) -> bool:
@@ -304,7 +309,7 @@ def _dict_like(value) -> bool:
 def _len(obj) -> int | None:
     try:
         return int(len(obj))
-    except (TypeError, NotImplementedError, AttributeError):  # an IterableDataset behind a loader, a generator
+    except (TypeError, ValueError, NotImplementedError, AttributeError, RuntimeError):  # an IterableDataset, a loader of one
         return None
 
 

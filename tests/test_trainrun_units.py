@@ -31,7 +31,7 @@ def test_train_noise_comes_from_step_to_step_changes_not_from_the_fall_of_the_lo
     noisy = np.linspace(2.0, 0.1, 400) + rng.normal(0, 0.2, 400)
     assert band.train_stats(noisy)[1] == pytest.approx(0.2 / np.sqrt(400), rel=0.1)
     assert band.train_stats([0.5]) == (0.5, None)  # one step: its noise is not known, the band not judged
-    one = band.Stats(0.5, None, 1.0, 0.1, {}, 10)
+    one = band.Stats(0.5, None, 1.0, 0.1, {}, {})
     assert band.points(band.INDEPENDENT, one, one)[0].limit is None
 
 
@@ -42,7 +42,7 @@ def test_eval_noise_is_the_standard_error_of_the_weighted_per_batch_losses():
 
 
 def _stats(train=1.0, evaluated=0.5, acc=0.9, noise=0.01):
-    return band.Stats(train, noise, evaluated, noise, {"accuracy": acc}, 400)
+    return band.Stats(train, noise, evaluated, noise, {"accuracy": acc}, {"accuracy": band.binomial(acc, 400)})
 
 
 def test_paired_band_is_relative_and_the_independent_one_counts_standard_errors():
@@ -57,11 +57,18 @@ def test_paired_band_is_relative_and_the_independent_one_counts_standard_errors(
     assert pts[2].limit == pytest.approx(band.Z * np.sqrt(0.9 * 0.1 / 400 + 0.75 * 0.25 / 400))
 
 
-def test_a_metric_outside_0_1_is_not_judged_in_the_independent_band_and_nan_is_outside():
+def test_an_eval_curve_is_judged_by_how_much_it_moves_from_one_evaluation_to_the_next():
+    assert band.curve_noise([2.0, 1.0]) is None  # one change: not known yet
+    assert band.curve_noise([3.0, 2.0, 1.0]) == pytest.approx(np.sqrt(0.5))
+    # only the last CURVE_WINDOW changes: an early fall no longer widens the band once the curve settles
+    settled = [5.0, 1.0] + [0.10, 0.11] * band.CURVE_WINDOW
+    assert band.curve_noise(settled) == pytest.approx(0.01 / np.sqrt(2))
+    assert band.combined(None, 0.3) is None and band.combined(0.3, None, 0.4) == pytest.approx(0.5)
+    assert band.binomial(1.5, 10) is None and band.binomial(0.5, 100) == pytest.approx(0.05)
     t, p = _stats(), _stats()
     t.metric["mse"], p.metric["mse"] = 3.0, 7.0
     mse = band.points(band.INDEPENDENT, t, p)[-1]
-    assert mse.series == "metric_mse" and mse.limit is None and mse.inside
+    assert mse.series == "metric_mse" and mse.limit is None and mse.inside  # no error known: not judged
     assert not band.points(band.PAIRED, _stats(), _stats(evaluated=float("nan")))[1].inside
 
 
@@ -142,7 +149,7 @@ def test_training_run_keys_are_checked_where_they_are_written(tmp_path):
 def test_records_give_the_artifacts_arrays_and_go_back_to_a_kept_evaluation():
     r = Records()
     r.add_steps({"torch": {"loss": [3.0, 2.0], "lr": [0.1, 0.1]}, "paddle": {"loss": [3.0, 2.5], "lr": [0.1, 0.2]}})
-    stats = {side: band.Stats(2.5, 0.1, 1.5, 0.1, {"accuracy": 0.5}, 10) for side in ("torch", "paddle")}
+    stats = {side: band.Stats(2.5, 0.1, 1.5, 0.1, {"accuracy": 0.5}, {"accuracy": None}) for side in ("torch", "paddle")}
     r.add_eval(step=2, epoch=0, stats=stats, points=[], inside=True)
     r.add_steps({"torch": {"loss": [1.0], "lr": [0.1]}, "paddle": {"loss": [1.0], "lr": [0.1]}})
     assert r.first_lr_gap(0) == 1 and r.first_lr_gap(2) is None and r.interval("torch") == [1.0]

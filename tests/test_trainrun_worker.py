@@ -102,7 +102,7 @@ def test_paddle_continues_from_a_kept_optimizer_state_keyed_by_structured_names(
     sa = paddle_optim.build_stepper(a, CFG, 10)
     _paddle_steps(a, sa, 3)
     state = _plain(sa.state())
-    assert "weight/moment1_0" in state["optimizer"]  # by structured name, not a.weight.name (linear_N.w_0)
+    assert "weight/moment1" in state["optimizer"]  # by structured name, not a.weight.name (linear_N.w_0)
     kept = {k: v.numpy() for k, v in a.state_dict().items()}
     paddle.set_default_dtype(precision)
     try:
@@ -129,3 +129,30 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def test_a_paddle_iterable_dataset_behind_a_loader_is_read_as_batches_without_a_length():
+    """paddle's IterableDataset defines __getitem__ and __len__ (both raise): not items by index."""
+    from backends.pairdata import _is_map_style, _len
+
+    class Stream(paddle.io.IterableDataset):
+        def __iter__(self):
+            yield from (np.float32([i]) for i in range(4))
+
+    loader = paddle.io.DataLoader(Stream(), batch_size=2)
+    assert not _is_map_style(loader.dataset) and _len(loader.dataset) is None and _len(loader) is None
+    assert _is_map_style(paddle.io.TensorDataset([paddle.zeros([3, 2])]))
+
+
+def test_paddle_continues_from_a_kept_state_with_a_second_optimizer_on_the_same_model():
+    """A run begun again in one process (after localization): paddle numbers each accumulator name
+    it makes (linear_0.w_0_moment1_1 for the second), which the kept state cannot know."""
+    model = paddle.nn.Linear(4, 3)
+    first = paddle_optim.build_stepper(model, CFG, 10)
+    _paddle_steps(model, first, 2)
+    state = _plain(first.state())
+    again = paddle_optim.build_stepper(model, CFG, 10)
+    again.load(state)
+    _paddle_steps(model, again, 1)
+    moments = {k: v for k, v in _plain(again.state())["optimizer"].items() if k.endswith("moment1")}
+    assert moments and all(np.any(v != 0) for v in moments.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import paddle
@@ -17,12 +18,18 @@ class PaddleStepper(Stepper):
         # paddle keys its optimizer state by each parameter's generated name (linear_3.w_0), which a
         # rebuild of the model renames: kept by structured name instead
         self.names = dict(names or {})  # generated name -> structured name
+        self._fresh_names = False  # a state was loaded: its accumulators are made at the next step
 
     def lr(self) -> float:
         return float(self.optimizer.get_lr())
 
     def step(self, metric: float | None = None) -> None:
-        self.optimizer.step()
+        if self._fresh_names:  # the loaded accumulators are made now, named as load() keyed them
+            with paddle.utils.unique_name.guard():
+                self.optimizer.step()
+            self._fresh_names = False
+        else:
+            self.optimizer.step()
         self.advance(metric)
 
     def advance(self, metric: float | None = None) -> None:
@@ -42,7 +49,8 @@ class PaddleStepper(Stepper):
                 state[key] = value
                 continue
             owner = max((n for n in self.names if key.startswith(n + "_")), key=len, default=None)
-            state[f"{self.names[owner]}/{key[len(owner) + 1:]}" if owner else key] = value
+            # "<param name>_moment1_<n>": n counts the accumulators of that name the process made
+            state[f"{self.names[owner]}/{re.sub(r'_[0-9]+$', '', key[len(owner) + 1:])}" if owner else key] = value
         return {"optimizer": state, "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
 
     def load(self, state: dict, moments: bool = True) -> None:
@@ -61,8 +69,8 @@ class PaddleStepper(Stepper):
         restored = {}
         for key, value in state["optimizer"].items():
             structured, _, accumulator = key.rpartition("/")
-            if structured in generated:
-                key = f"{generated[structured]}_{accumulator}"
+            if structured in generated:  # made under a fresh name generator (step): index 0
+                key = f"{generated[structured]}_{accumulator}_0"
             if hasattr(value, "dtype") and value.dtype.kind == "f":
                 value = value.astype(wide)
             restored[key] = value
@@ -71,6 +79,7 @@ class PaddleStepper(Stepper):
             self.optimizer.set_state_dict(restored)
             if self.scheduler is not None and state.get("scheduler") is not None:
                 self.scheduler.set_state_dict(state["scheduler"])
+        self._fresh_names = True
 
 
 def _scheduler(sched: dict, lr: float, total: int):

@@ -159,7 +159,7 @@ class TrainingRun:
         for part in self.feeder.evaluations():
             out = self.session.submit(part, label="train").wait()
         self.seconds += time.perf_counter() - started
-        stats = {side: _stats(self.records.interval(side), out[side]) for side in SIDES}
+        stats = {side: _stats(self.records, side, out[side]) for side in SIDES}
         points = band.points(self.regime, stats["torch"], stats["paddle"])
         index = len(self.records.evals) + 1
         inside = self.patience.add(index, points)
@@ -185,7 +185,13 @@ class TrainingRun:
         return judging.partial(self).to_json(), {side: self.records.arrays(side) for side in SIDES}
 
 
-def _stats(losses: list, evaluated: dict) -> band.Stats:
-    mean, noise = band.train_stats(losses)
-    return band.Stats(mean, noise, float(evaluated["loss"]), band.eval_noise(evaluated["losses"], evaluated["sizes"]),
-                      {k: float(v) for k, v in evaluated["metric"].items()}, int(np.sum(evaluated["sizes"])))
+def _stats(records: Records, side: str, evaluated: dict) -> band.Stats:
+    """One side's values at this evaluation with their standard errors (harness/verdict/band.py)."""
+    mean, noise = band.train_stats(records.interval(side))
+    loss, metric = float(evaluated["loss"]), {k: float(v) for k, v in evaluated["metric"].items()}
+    n = int(np.sum(evaluated["sizes"]))
+    curve = [e[side]["eval_loss"] for e in records.evals] + [loss]
+    loss_noise = band.combined(band.curve_noise(curve), band.eval_noise(evaluated["losses"], evaluated["sizes"]))
+    metric_noise = {k: band.combined(band.curve_noise([e[side]["metric"].get(k, np.nan) for e in records.evals] + [v]),
+                                     band.binomial(v, n)) for k, v in metric.items()}
+    return band.Stats(mean, noise, loss, loss_noise, metric, metric_noise)

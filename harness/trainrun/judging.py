@@ -50,6 +50,10 @@ def _final_metric_keys(run) -> CheckResult:
     if run.wide is not None and not metric.passed:
         wide = [{Key(Kind.METRIC, name): np.float64(v) for name, v in run.wide[side].items()} for side in SIDES]
         rules.arbitrate(metric, judge("train", *wide, run.cfg.tolerance))
+    if (run.plan.regime == band.INDEPENDENT or run.unshared) and run.records.evals:
+        last = {pt["series"]: pt for pt in run.records.evals[-1]["points"]}
+        for key in metric.keys:
+            band.within_chance(key, last.get(key.key))
     return metric
 
 

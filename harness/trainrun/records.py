@@ -40,8 +40,8 @@ class Records:
 
     def add_eval(self, *, step: int, epoch: int, stats: dict, points: list, inside: bool) -> dict:
         entry = {"index": len(self.evals) + 1, "step": step, "epoch": epoch,
-                 **{side: {"train_loss": s.train_loss, "eval_loss": s.eval_loss, "metric": dict(s.metric),
-                           "examples": s.examples} for side, s in stats.items()},
+                 **{side: {"train_loss": s.train_loss, "eval_loss": s.eval_loss, "metric": dict(s.metric)}
+                    for side, s in stats.items()},
                  "points": [pt.to_json() for pt in points], "inside": inside}
         self.evals.append(entry)
         return entry
