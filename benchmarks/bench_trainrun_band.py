@@ -68,27 +68,31 @@ def _pair(tmp: Path, name: str, seed: int, own_order: bool) -> Path:
 
 
 def _ratios(train: dict) -> tuple:
-    """gap/limit of every judged point, by regime (paired before an arbitration switched it)."""
-    paired, independent = [], []
-    switched = False
-    for e in train["run"]["evaluations"]:
+    """gap/limit of every judged point, by the band it was judged in: the paired band up to the
+    evaluations float64 arbitrated as round-off, the independent one after them (or throughout)."""
+    evals = train["run"]["evaluations"]
+    switch = max((e["index"] for e in evals if e.get("arbitrated")), default=0)
+    paired, independent = {}, {}
+    for e in evals:
+        own = train["run"]["mode"] == "own" or e["index"] > switch and switch
         for pt in e["points"]:
             if pt["limit"]:
-                (independent if switched or train["run"]["mode"] == "own" else paired).append(pt["gap"] / pt["limit"])
-        switched = switched or bool(e.get("arbitrated"))
+                (independent if own else paired).setdefault(pt["series"], []).append(pt["gap"] / pt["limit"])
     return paired, independent
 
 
 def seeds(tmp: Path, n: int) -> None:
     for own in (False, True):
         label = "independent (paddle's own order)" if own else "paired (the example as it is)"
-        rows, all_paired, all_independent = [], [], []
+        rows, all_paired, all_independent = [], {}, {}
         for seed in range(n):
             folder = _pair(tmp, f"{'own' if own else 'paired'}{seed}", seed, own)
             rc, wall, train, _ = _run(folder, tmp / f"o_{folder.name}", "--no-early-stop")
             p, i = _ratios(train)
-            all_paired += p
-            all_independent += i
+            for gathered, found in ((all_paired, p), (all_independent, i)):
+                for series, values in found.items():
+                    gathered.setdefault(series, []).extend(values)
+            p, i = [v for vs in p.values() for v in vs], [v for vs in i.values() for v in vs]
             arbitrated = [e["index"] for e in train["run"]["evaluations"] if e.get("arbitrated")]
             metric = next(k for k in train["keys"] if k["key"].startswith("metric_"))
             rows.append(f"  seed {seed}: exit {rc}, {wall:.0f} s, arbitrated as round-off at evaluations {arbitrated}, "
@@ -96,10 +100,10 @@ def seeds(tmp: Path, n: int) -> None:
                         f", largest gap/limit paired {max(p, default=0):.2f} independent {max(i, default=0):.2f}")
         print(f"{label}:")
         print("\n".join(rows))
-        for name, values in (("paired", all_paired), ("independent", all_independent)):
-            if values:
+        for name, gathered in (("paired", all_paired), ("independent", all_independent)):
+            for series, values in gathered.items():
                 v = np.asarray(values)
-                print(f"  {name} band: {v.size} points, {np.mean(v > 1):.0%} outside, gap/limit median "
+                print(f"  {name} band, {series}: {v.size} points, {np.mean(v > 1):.0%} outside, gap/limit median "
                       f"{np.median(v):.2f}, 99th percentile {np.percentile(v, 99):.2f}, max {v.max():.2f}")
 
 

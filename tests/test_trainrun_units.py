@@ -11,7 +11,7 @@ from harness.config import parse
 from harness.errors import ConfigError, UsageError
 from harness.trainrun import judging
 from harness.trainrun.keep import Keeper, folder_of
-from harness.trainrun.plan import GIVEN, ORDERED, OWN, SOURCE, Plan, make_plan, shared_order
+from harness.trainrun.plan import GIVEN, ORDERED, OWN, SOURCE, make_plan, shared_order
 from harness.trainrun.records import Records
 from harness.verdict import band
 
