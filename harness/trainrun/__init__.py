@@ -9,10 +9,11 @@ curves stay apart is stopped and the place where they part is found.
   live.py      the console line, progress.log and the live report.html
   check.py     the train check and the run's loop
   judging.py   the verdict (final metric, curves against the band, lr) and the artifacts
+  arbitration.py  round-off or a difference: where the curves or the final metric part
   locating.py  localization from the last agreeing evaluation's kept states
 
 May import: harness.errors, harness.config, harness.verdict, harness.report, harness.workers, harness.checks,
-harness.locate
+harness.locate, harness.safety
 """
 
 from harness.trainrun.check import train
