@@ -24,7 +24,7 @@ from backends.masks import SharedMasks
 from backends.metrics import Evaluation
 from backends.pairdata import calling
 from harness.safety.safeload import load_npy_dict
-from harness.workers.protocol import epoch_seed
+from harness.workers.protocol import epoch_seed, shard_rows
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -158,7 +158,7 @@ class RunOps:
             batch = run.passing.next()
             if batch is None:
                 raise ValueError(f"{run.passing.s.where} yields no batch")
-        return _rows(batch, run.rank, run.nprocs)
+        return shard_rows(batch, run.rank, run.nprocs) if run.nprocs > 1 else batch
 
     def _train_step(self, run: Run, batch: dict) -> tuple:
         t = self.tensors(batch)
@@ -220,17 +220,3 @@ class RunOps:
         random.seed(seed)
         np.random.seed(seed)
         self.seed_all(seed)
-
-
-def _rows(batch: dict, rank: int, nprocs: int) -> dict:
-    """This rank's rows of a batch its own pass read whole (contiguous, as every shard here)."""
-    if nprocs == 1:
-        return batch
-    out = {}
-    for key, arr in batch.items():
-        rows = arr.shape[0] if arr.ndim else 0
-        if rows % nprocs:
-            raise ValueError(f"batch field '{key}' has {rows} rows: not divisible by {nprocs} ranks")
-        per = rows // nprocs
-        out[key] = arr[rank * per:(rank + 1) * per]
-    return out

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.report.curves import run_curves
+from harness.report.plot import save_figure
 
 
 def run_curve(path: Path, check: dict, series: dict, title: str) -> str | None:
@@ -31,17 +32,7 @@ def run_curve(path: Path, check: dict, series: dict, title: str) -> str | None:
     verdict = "ALIGNED" if check["passed"] else f"MISALIGNED: {check.get('reason', '')}"
     fig.suptitle(textwrap.fill(f"{title}: {verdict}", 90), color="tab:green" if check["passed"] else "tab:red",
                  fontsize=10, fontweight="bold")
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=100)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk leaves no half-drawn figure behind
-        raise
-    finally:
-        plt.close(fig)
+    save_figure(plt, fig, path)
     return None
 
 

@@ -75,6 +75,19 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(seed) + 1000003 * int(epoch)
 
 
+def shard_rows(batch: dict, rank: int, nprocs: int) -> dict:
+    """Rank `rank`'s contiguous rows of every field of a batch, as paddle's DistributedBatchSampler
+    without shuffling gives them (the coordinator's shards and a rank's own pass alike)."""
+    out = {}
+    for key, arr in batch.items():
+        rows = arr.shape[0] if arr.ndim else 0
+        if rows % nprocs:
+            raise ValueError(f"batch key '{key}' has {rows} rows: not divisible by {nprocs} ranks")
+        per = rows // nprocs
+        out[key] = arr[rank * per:(rank + 1) * per]
+    return out
+
+
 def probe(name: str, shape: tuple, dtype) -> np.ndarray:
     """The values both workers put in torch's tensor `name` (in torch's layout) to measure which
     way a square weight goes (backends/layout.py): random, at the scale of a default init, the
