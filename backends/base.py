@@ -15,6 +15,7 @@ from backends.primitives import Primitives
 from backends.state import StateOps, init_summary
 from backends.trace import TraceOps
 from backends.training import TrainOps
+from backends.trainrun import RunOps
 from harness.config.optim_table import MAX_LR_STEPS, schedule_reach
 from harness.pair import loader
 from harness.workers.protocol import Op
@@ -27,7 +28,7 @@ KEEPS_FORWARD = (Op.FORWARD, Op.METRIC, Op.LOSS, Op.LR_SCHEDULE, Op.PING, Op.EXP
                  Op.DATA_BATCHES)
 
 
-class Runner(StateOps, TraceOps, LayoutOps, TrainOps, DataOps, MetricOps, Primitives):
+class Runner(StateOps, TraceOps, LayoutOps, TrainOps, RunOps, DataOps, MetricOps, Primitives):
     def __init__(self, options: dict):
         self.options = options
         self.cfg: dict = {}
@@ -44,6 +45,8 @@ class Runner(StateOps, TraceOps, LayoutOps, TrainOps, DataOps, MetricOps, Primit
         self._data: dict = {}  # split -> backends.pairdata.Split: the pair's own data, made on first use
         self._evaluation = None  # the metric of a streamed eval split, between its parts
         self.reference_names: dict = {}  # this side's parameter name -> torch's, for no_decay (set_reference_names)
+        self._run = None  # the training run under way (backends/trainrun.py)
+        self._run_eval = None  # its evaluation, between the parts of a streamed eval split
         self.progress = lambda done, total: None  # the worker loop sends these to the coordinator
         # called between a step's forward, backward and update: the worker may resize the
         # framework's thread pool there (backends/worker.CoreShare), as at each step's end
@@ -57,7 +60,9 @@ class Runner(StateOps, TraceOps, LayoutOps, TrainOps, DataOps, MetricOps, Primit
                      Op.LR_SCHEDULE: self.lr_schedule, Op.TRAIN: self.train, Op.TRACE_BEGIN: self.trace_begin,
                      Op.TRACE_STEP: self.trace_step, Op.RECORD_PROBES: self.record_probes,
                      Op.REPLAY_PROBES: self.replay_probes, Op.DATA_OPEN: self.data_open,
-                     Op.DATA_ITEMS: self.data_items, Op.DATA_BATCHES: self.data_batches}
+                     Op.DATA_ITEMS: self.data_items, Op.DATA_BATCHES: self.data_batches,
+                     Op.RUN_BEGIN: self.run_begin, Op.RUN_ORDER: self.run_order, Op.RUN_STEPS: self.run_steps,
+                     Op.RUN_EVAL: self.run_eval, Op.RUN_KEEP: self.run_keep}
         missing = [op.value for op in Op if op not in self._ops]
         if missing:
             raise TypeError(f"{type(self).__name__} does not serve {missing}")

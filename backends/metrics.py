@@ -35,10 +35,12 @@ class Evaluation:
     F1s). The model is in eval mode; its forward runs without autograd where it can
     (Runner.eval_forward), the metric's arithmetic always."""
 
-    def __init__(self, runner, metric: dict, label_key: str | None):
+    def __init__(self, runner, metric: dict, label_key: str | None, with_loss: bool = False):
         self.runner, self.metric, self.label_key = runner, metric, label_key
         self.views, self.labels, self.per_batch = [], [], []
         self.count = 0
+        self.with_loss = with_loss  # the loss of each batch too (the training run's eval loss)
+        self.losses, self.sizes = [], []
 
     def add(self, batches: list, total: int | None = None) -> None:
         runner, kind = self.runner, self.metric["kind"]
@@ -46,6 +48,9 @@ class Evaluation:
             t = runner.tensors(batch)
             output = runner.eval_forward(t)
             with runner.no_grad():
+                if self.with_loss:
+                    self.losses.append(float(runner.scalar(runner.run_loss(output, t))))
+                    self.sizes.append(_rows(batch, self.label_key))
                 if kind == "pair":
                     self.per_batch.append(_pair_values(runner, output, t))
                 else:
@@ -74,6 +79,18 @@ class Evaluation:
         predictions = np.concatenate([v.reshape(len(v), -1) if kind == "topk" else v.reshape(-1) for v in views])
         return count_metric(kind, predictions, np.concatenate([lab.reshape(-1) for lab in self.labels]),
                             self.metric["k"])
+
+
+    def loss(self) -> dict:
+        """The mean loss over the batches, each weighted by its rows, and the per-batch losses."""
+        losses, sizes = np.asarray(self.losses, np.float64), np.asarray(self.sizes, np.float64)
+        return {"loss": np.float64(losses @ sizes / sizes.sum()) if sizes.sum() else np.float64(np.nan),
+                "losses": losses, "sizes": sizes.astype(np.int64)}
+
+
+def _rows(batch: dict, label_key: str | None) -> int:
+    arr = batch[label_key] if label_key in batch else next(iter(batch.values()))
+    return int(np.shape(arr)[0]) if np.ndim(arr) else 1
 
 
 def evaluate(runner, batches: list, metric: dict, label_key: str | None) -> dict:

@@ -50,7 +50,7 @@ class Split:
         self.collate = (getattr(obj, "collate_fn", None) or collate) if self.loader else None
         self.batch_sampler = getattr(obj, "batch_sampler", None) if self.loader else None
         self.passing = None  # the iterator of the pass under way, its position and its generators' states
-        self.position, self.rng = 0, None
+        self.position, self.rng, self.seed = 0, None, None
 
     @property
     def kind(self) -> str:
@@ -84,12 +84,13 @@ class DataOps:
         return made
 
     @contextlib.contextmanager
-    def _data_rng(self, split: Split | None, *, fresh: bool):
-        """Python's, numpy's and the framework's generators seeded from the run seed (fresh) or as
-        the split's pass left them; the model's own draws are restored afterwards."""
+    def _data_rng(self, split: Split | None, *, fresh: bool, seed: int | None = None):
+        """Python's, numpy's and the framework's generators seeded from the run seed (fresh; `seed`
+        instead: an epoch's pass of the training run) or as the split's pass left them; the model's
+        own draws are restored afterwards."""
         outer = (random.getstate(), np.random.get_state(), self.rng_state())
         if fresh or split is None or split.rng is None:
-            seed = self.cfg["data"]["seed"]
+            seed = self.cfg["data"]["seed"] if seed is None else seed
             random.seed(seed)
             np.random.seed(seed)
             self.seed_all(seed)
@@ -124,7 +125,7 @@ class DataOps:
             out["sampler"] = type(sampler if sampler is not None else s.batch_sampler).__name__ if s.loader else None
         return out
 
-    def _index_lists(self, s: Split) -> list | None:
+    def _index_lists(self, s: Split, seed: int | None = None) -> list | None:
         if s.kind == "dataset":
             n, size = s.length(), self.cfg["data"]["batch_size"]
             return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
@@ -132,7 +133,7 @@ class DataOps:
             return None  # no order to read, or none that says where it ends
         limit = s.batch_count() + SAMPLER_SLACK
         lists = []
-        with self._data_rng(None, fresh=True), calling(f"{s.where}'s batch sampler"):
+        with self._data_rng(None, fresh=True, seed=seed), calling(f"{s.where}'s batch sampler"):
             for idx in s.batch_sampler:
                 lists.append(list(idx))
                 if len(lists) > limit:
@@ -154,16 +155,18 @@ class DataOps:
         return out
 
     def data_batches(self, split: str, start: int = 0, count: int = 1, max_bytes: int = 64 << 20,
-                     indices: list | None = None) -> dict:
+                     indices: list | None = None, seed: int | None = None) -> dict:
         """Batches start.. of the split's pass (at most `count`, and no more once `max_bytes` are
         made), continuing the pass under way when it is there; `end` once the split has no more.
-        With `indices`: each batch collated by this side from its dataset's items at those indices."""
+        With `indices`: each batch collated by this side from its dataset's items at those indices.
+        seed: the pass's own (an epoch of the training run), instead of the run seed."""
         s = self._split(split)
         if indices is not None:
-            with self._data_rng(None, fresh=True):
+            with self._data_rng(None, fresh=True, seed=seed):
                 return {"batches": list(self._collated(s, indices)), "end": False}
-        restart = s.passing is None or start != s.position
-        with self._data_rng(s, fresh=restart):
+        restart = s.passing is None or start != s.position or seed != s.seed
+        s.seed = seed
+        with self._data_rng(s, fresh=restart, seed=seed):
             if restart:
                 with calling(s.where):
                     s.passing, s.position = self._restart(s), 0
@@ -284,9 +287,14 @@ def _is_loader(obj) -> bool:
 
 
 def _is_map_style(obj) -> bool:
-    if isinstance(obj, (list, tuple, dict, str, bytes)) or _is_loader(obj):
+    if isinstance(obj, (list, tuple, dict, str, bytes)) or _is_loader(obj) or _iterable_dataset(obj):
         return False
     return hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and not hasattr(obj, "__next__")
+
+
+def _iterable_dataset(obj) -> bool:
+    """torch's or paddle's IterableDataset (paddle's defines __getitem__ and __len__, which raise)."""
+    return any(c.__name__ == "IterableDataset" for c in type(obj).__mro__)
 
 
 def _iterable(obj) -> bool:
@@ -301,7 +309,7 @@ def _dict_like(value) -> bool:
 def _len(obj) -> int | None:
     try:
         return int(len(obj))
-    except (TypeError, NotImplementedError, AttributeError):  # an IterableDataset behind a loader, a generator
+    except (TypeError, ValueError, NotImplementedError, AttributeError, RuntimeError):  # an IterableDataset, a loader of one
         return None
 
 

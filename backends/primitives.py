@@ -99,6 +99,15 @@ class Stepper(abc.ABC):
     @abc.abstractmethod
     def zero_grad(self) -> None: ...
 
+    @abc.abstractmethod
+    def state(self) -> dict:
+        """The optimizer's and the schedule's state (tensors as they are), to continue from later."""
+
+    @abc.abstractmethod
+    def load(self, state: dict, moments: bool = True) -> None:
+        """Continue from `state` (numpy arrays where state() had tensors), in this worker's precision;
+        without `moments`, only the schedule's place and the settings: each parameter's state afresh."""
+
 
 class Primitives(abc.ABC):
     framework = ""
@@ -172,6 +181,8 @@ class Primitives(abc.ABC):
     @abc.abstractmethod
     def dropout_off(self, model): """Context: every dropout of the model and the framework off (see dropout_off)."""
     @abc.abstractmethod
+    def dropout_shared(self, model, masks): """Context: dropout masks from `masks` (backends/masks.py)."""
+    @abc.abstractmethod
     def rng_state(self): """The framework's random generators' state (on this worker's device too)."""
     @abc.abstractmethod
     def set_rng_state(self, state) -> None: ...
@@ -189,6 +200,16 @@ class Primitives(abc.ABC):
             yield
         finally:
             self.set_rng_state(state)
+
+    def plain(self, value):
+        """A nested state (an optimizer's) as numpy arrays and plain containers: what a kept file holds."""
+        if isinstance(value, self.tensor_types):
+            return np.array(self.to_numpy(value))
+        if isinstance(value, dict):
+            return {k: self.plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.plain(v) for v in value]
+        return value
 
     def snapshot(self, tensors: dict) -> dict:
         """Numpy copies that later training cannot change."""

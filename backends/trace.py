@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+
+from backends.masks import SharedMasks
+from harness.safety.safeload import load_npy_dict
+
 
 def entered_modules(runner, model, run) -> list:
     """The structured name of every module call in entry order (parents before the children
@@ -106,16 +111,23 @@ def _gradients(runner, model, held: dict) -> dict:
 
 
 class Tracer:
-    """One traced training (or evaluation) run: begin() once, then step() per batch."""
+    """One traced training (or evaluation) run: begin() once, then step() per batch. masks: dropout
+    masks shared with the other side (backends/masks.py, a training run's steps from `start`)."""
 
-    def __init__(self, runner, mode: str, total_steps: int, cfg: dict):
-        self.runner, self.mode = runner, mode
+    def __init__(self, runner, mode: str, total_steps: int, cfg: dict, masks=None, start: int = 0):
+        self.runner, self.mode, self.masks, self.index = runner, mode, masks, start
         runner.set_train(runner.model, mode == "train")
         self.stepper = runner.make_stepper(runner.model, cfg, total_steps)
 
     def step(self, batch: dict, backward: bool, update: bool, with_loss: bool) -> dict:
-        # dropout off in train mode, as in the checks: each framework would draw its own masks
-        with self.runner.dropout_off(self.runner.model) if self.mode == "train" else contextlib.nullcontext():
+        # dropout off in train mode, as in the checks: each framework would draw its own masks; or
+        # the masks both sides draw alike, as the training run drew them
+        runner, masks = self.runner, self.masks
+        if masks is not None:
+            masks.begin(self.index)
+        self.index += 1
+        off = runner.dropout_off(runner.model) if self.mode == "train" else contextlib.nullcontext()
+        with runner.dropout_shared(runner.model, masks) if masks is not None else off:
             return self._step(batch, backward, update, with_loss)
 
     def _step(self, batch: dict, backward: bool, update: bool, with_loss: bool) -> dict:
@@ -170,11 +182,21 @@ class TraceOps:
                 return {"calls": None, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
         return {"calls": names, "error": None}
 
-    def trace_begin(self, mode: str, total_steps: int, overrides: dict | None = None) -> dict:
-        """Start a hooked run from the initial weights (harness/locate/ drives it step by step)."""
+    def trace_begin(self, mode: str, total_steps: int, overrides: dict | None = None, kept: str | None = None,
+                    masks: dict | None = None) -> dict:
+        """Start a hooked run from the initial weights, or from a training run's kept evaluation
+        (`kept`: its model and the schedule's place, each parameter's optimizer state afresh on both
+        sides: the two kept states carry their own float32 round-off, which would read as a
+        difference of the update; masks: as run_begin's), step by step (harness/locate/ drives it)."""
         self._restore()
         self._dirty = True
-        self._tracer = Tracer(self, mode, total_steps, self._config(overrides))
+        state = load_npy_dict(kept) if kept is not None else None
+        start = int(state["step"]) if state is not None else 0
+        shared = SharedMasks(self.cfg["data"]["seed"], 0, masks) if masks is not None else None
+        self._tracer = Tracer(self, mode, total_steps, self._config(overrides), shared, start)
+        if state is not None:
+            self.load_state(self.model, {k: np.asarray(v) for k, v in state["model"].items()})
+            self._tracer.stepper.load(state["optimizer"], moments=False)
         return {**traced_state(self), "decay": self._tracer.stepper.decay}
 
     def trace_step(self, batch: dict, backward: bool = False, update: bool = False, with_loss: bool = True,

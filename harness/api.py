@@ -56,7 +56,7 @@ def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, start
             benchmark: Path | None = None, weights: Path | None = None, locate: bool = False, layout=None,
             dp_equivalence: bool = False, save_tensors: bool = False, arbitrate: bool = True,
             threads: int | None = None, torch_python: str | Path | None = None,
-            paddle_python: str | Path | None = None):
+            paddle_python: str | Path | None = None, early_stop: bool = True, resume: bool = False):
     """RunOptions, every argument checked before any worker starts (a usage error costs nothing)."""
     from harness.mapping import checkpoints
     from harness.session import RunOptions
@@ -81,10 +81,25 @@ def options(cfg, *, out: str | Path | None = None, timeout: float = 900.0, start
         raise UsageError("--dp-equivalence compares N ranks with 1 on one machine: give --nprocs 2 or more, no --nnodes")
     chosen = interpreters(cfg, torch_python=torch_python, paddle_python=paddle_python)
     out_dir = Path(out) if out is not None else Path("artifacts") / cfg.name
+    if resume:
+        _resumable(cfg, out_dir)
     return RunOptions(out_dir=out_dir.resolve(), timeout=timeout, startup_timeout=startup_timeout, device=device,
                       benchmark=benchmark,
                       weights=weights, locate=locate, layout=layout, dp_equivalence=dp_equivalence,
-                      save_tensors=save_tensors, arbitrate=arbitrate, threads=threads, interpreters=chosen)
+                      save_tensors=save_tensors, arbitrate=arbitrate, threads=threads, interpreters=chosen,
+                      early_stop=early_stop, resume=resume)
+
+
+def _resumable(cfg, out_dir: Path) -> None:
+    """--resume needs a training run, and an interrupted one kept beside --out: else exit 2 now."""
+    from harness.trainrun.keep import folder_of
+
+    if not ("train" in cfg.checks and cfg.train.is_run):
+        raise UsageError("--resume continues a training run: the train check with [train] epochs or steps")
+    kept = folder_of(out_dir.resolve())
+    if not (kept / "run.json").is_file():
+        raise UsageError(f"--resume: {kept} holds no interrupted training run (no run.json): run without --resume "
+                         "to start it")
 
 
 def check(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks: Iterable[str] | str | None = None,
@@ -92,11 +107,12 @@ def check(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks
           timeout: float = 900.0, device: str = "auto", weights: str | Path | None = None, locate: bool = False,
           benchmark: str | Path | None = None, dp_equivalence: bool = False, save_tensors: bool = False,
           arbitrate: bool = True, torch_python: str | Path | None = None, paddle_python: str | Path | None = None,
-          progress: Callable[[str], None] | None = None):
+          early_stop: bool = True, resume: bool = False, progress: Callable[[str], None] | None = None):
     """Run the checks of a pair (a TOML path, or zoo=NAME) and write the artifacts to `out`
     (default artifacts/<name>); returns the RunReport, aligned or not. torch_python / paddle_python:
     each worker's interpreter when the frameworks live in separate environments (default: [workers]
-    of the TOML, else this interpreter)."""
+    of the TOML, else this interpreter). early_stop, resume: a training run's ([train] epochs or
+    steps) stop when its curves part, and continuing an interrupted one."""
     from harness import coordinator
     from harness.workers.ranks import Layout
 
@@ -106,5 +122,5 @@ def check(pair_toml: str | Path | None = None, *, zoo: str | None = None, checks
     layout = Layout(nprocs=nprocs or cfg.distributed.nprocs, backend=cfg.distributed.backend)
     opts = options(cfg, out=out, timeout=timeout, device=device, weights=weights, locate=locate, layout=layout,
                    benchmark=benchmark, dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=arbitrate,
-                   torch_python=torch_python, paddle_python=paddle_python)
+                   torch_python=torch_python, paddle_python=paddle_python, early_stop=early_stop, resume=resume)
     return coordinator.run(cfg, opts, progress or (lambda message: None))

@@ -92,7 +92,10 @@ def _execute(cfg, *, out_dir: Optional[Path], timeout: float, startup_timeout: f
              quiet: bool = False, verbose: bool = False, benchmark: Optional[Path] = None,
              weights: Optional[Path] = None, locate: bool = False, layout=None, dp_equivalence: bool = False,
              save_tensors: bool = False, arbitrate: bool = True, threads: Optional[int] = None,
-             torch_python: Optional[Path] = None, paddle_python: Optional[Path] = None):
+             torch_python: Optional[Path] = None, paddle_python: Optional[Path] = None, early_stop: bool = True,
+             resume: bool = False):
+    if device not in ("auto", "cpu", "gpu"):
+        raise UsageError(f"--device: expected auto, cpu or gpu, got '{device}'")
     from multiprocess import resource_tracker
 
     # the process multiprocess starts beside the first worker, started now on the core this
@@ -103,18 +106,24 @@ def _execute(cfg, *, out_dir: Optional[Path], timeout: float, startup_timeout: f
     opts = api.options(cfg, out=out_dir, timeout=timeout, startup_timeout=startup_timeout, device=device,
                        benchmark=benchmark, weights=weights, locate=locate, layout=layout,
                        dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=arbitrate,
-                       threads=threads, torch_python=torch_python, paddle_python=paddle_python)
+                       threads=threads, torch_python=torch_python, paddle_python=paddle_python,
+                       early_stop=early_stop, resume=resume)
     # SIGTERM unwinds like Ctrl-C, so the workers are stopped and the shared-memory folder removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if "train" in cfg.checks and cfg.train.is_run:  # a long run outlives its terminal (progress.log keeps going)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     with Progress(err, quiet or as_json) as progress:
         report = coordinator.run(cfg, opts, progress)
     data = report.to_json()
-    if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    else:
-        from harness.report.console import print_report
+    try:
+        if as_json:
+            sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        else:
+            from harness.report.console import print_report
 
-        print_report(out, data, str(opts.out_dir), verbose=verbose, quiet=quiet)
+            print_report(out, data, str(opts.out_dir), verbose=verbose, quiet=quiet)
+    except OSError:
+        pass  # the terminal went away (a hung-up ssh session): the report is in the artifacts folder
     raise typer.Exit(EXIT_ALIGNED if report.aligned else EXIT_MISALIGNED)
 
 
@@ -152,6 +161,10 @@ PYTHON_HELP = ("The {side} worker's Python, from an environment of its own with 
 PYTHON_DEFAULT = "[workers] {side}_python of the TOML, else this interpreter"
 
 
+NO_EARLY_STOP = typer.Option(False, "--no-early-stop", help="A training run ([train] epochs or steps) trains to the end even when its curves leave the band.", show_default="off: it stops after [train] patience evaluations outside the band")
+RESUME = typer.Option(False, "--resume", help="Continue an interrupted training run from the last evaluation it kept (in <out>.training), its curves so far kept.", show_default="off")
+
+
 def _python_option(side: str, default_shown: str = PYTHON_DEFAULT):
     return typer.Option(None, f"--{side}-python", help=PYTHON_HELP.format(side=side),
                         show_default=default_shown.format(side=side))
@@ -186,6 +199,7 @@ def run(
     float32_only: bool = typer.Option(False, "--float32-only", help="Never re-run a failed check in float64 to tell round-off from a real difference; float32's own rules decide (labelled fallback in report.json).", show_default="off: a failed check is arbitrated in float64"),
     save_tensors: bool = typer.Option(False, "--save-tensors", help="Save parameters and gradients whole (bp_params_*.npy, bp_grads_*.npy) whatever their size; beyond 64 MiB only per-tensor statistics are saved otherwise.", show_default="off"),
     torch_python: Optional[Path] = _python_option("torch"), paddle_python: Optional[Path] = _python_option("paddle"),
+    no_early_stop: bool = NO_EARLY_STOP, resume: bool = RESUME,
 ):
     """Run the checks of a pair and write the artifacts (report.html among them).
 
@@ -198,17 +212,16 @@ def run(
       reprod-harness run pair.toml -q            # the verdict line and the artifacts path
       reprod-harness run pair.toml --json > report.json
       reprod-harness run pair.toml --nprocs 2 --dp-equivalence
+      reprod-harness run examples/digits/pair.toml --resume   # continue an interrupted training run
       reprod-harness run pair.toml --torch-python .venv-torch/bin/python --paddle-python .venv-paddle/bin/python
     """
     cfg = _resolve(pair_toml, zoo, checks=checks, iters=iters)
-    if device not in ("auto", "cpu", "gpu"):
-        raise UsageError(f"--device: expected auto, cpu or gpu, got '{device}'")
     layout = _layout(cfg, nprocs=nprocs, devices=devices, placement=placement, nnodes=nnodes, node_rank=node_rank,
                      master=master, ips=ips)
     _execute(cfg, out_dir=out_dir, timeout=timeout, startup_timeout=startup_timeout, device=device, as_json=as_json,
              quiet=quiet, verbose=verbose, benchmark=benchmark, weights=weights, locate=locate, layout=layout,
              dp_equivalence=dp_equivalence, save_tensors=save_tensors, arbitrate=not float32_only, threads=threads,
-             torch_python=torch_python, paddle_python=paddle_python)
+             torch_python=torch_python, paddle_python=paddle_python, early_stop=not no_early_stop, resume=resume)
 
 
 @app.command()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from harness import trainrun
 from harness.checks import CHECKS, PRECISION_FREE
 from harness.checks.common import finish
 from harness.checks.parallel import dp_equivalence
@@ -46,15 +47,19 @@ def _run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None], *, w
     located = None
     try:
         session.start()
-        steps = {name: CHECKS[name].steps for name in session.cfg.checks}
+        steps = {name: check_steps(name) for name in session.cfg.checks}
         if opts.dp_equivalence:
             steps["dp_equivalence"] = dp_equivalence.steps
         report.checks += run_checks(session, steps, progress)
         model_checks = [c for c in report.checks if c.name not in PRECISION_FREE]
-        failed = [c for c in model_checks if not c.passed]
+        # a training run decides its own keys: it is never re-run in float64, and it localized itself
+        failed = [c for c in model_checks if not c.passed and c.run is None]
         if failed:
             arbitrate(session, failed, steps, progress)
-        if needs_models(session.cfg) and (opts.locate or not all(c.passed for c in model_checks)):
+        first = next((c for c in model_checks if not c.passed), None)
+        if first is not None and first.located is not None:
+            located = first.located
+        elif needs_models(session.cfg) and (opts.locate or first is not None):
             progress("locating the first divergence (hooks on every module)")
             from harness import locate
 
@@ -78,6 +83,12 @@ def _run(cfg: RunConfig, opts: RunOptions, progress: Callable[[str], None], *, w
     _write_html(session.root_writer, report)
     session.root_writer.report(report)  # last: report.json exists only for a finished run
     return report
+
+
+def check_steps(name: str):
+    """A check's generator function: the train check is the training run's when [train] epochs or
+    steps is given (harness/trainrun/, which runs the plain train check otherwise)."""
+    return trainrun.train.steps if name == "train" else CHECKS[name].steps
 
 
 def run_checks(session: Session, steps: dict, progress: Callable[[str], None]) -> list:

@@ -44,6 +44,8 @@ class RunOptions:
     save_tensors: bool = False  # full parameter and gradient dumps whatever their size
     arbitrate: bool = True  # re-run a failed check in float64 to tell round-off from a difference
     interpreters: dict = field(default_factory=dict)  # side -> Interpreter of another environment; absent: ours
+    early_stop: bool = True  # a training run stops when its curves leave the band ([train] patience)
+    resume: bool = False  # a training run continues from the last evaluation its <out>.training kept
 
 
 def worker_threads(requested: int | None) -> int:
@@ -199,7 +201,9 @@ class Session(SetupView):
         artifacts go to a subfolder named after the precision."""
         self.precision = precision
         root = self.root_writer
-        self.writer = ArtifactWriter(root.out_dir / precision, shown=root.shown / precision)
+        # float32, the run's own precision (back from a training run's float64 localization): the root folder
+        self.writer = root if precision == "float32" else ArtifactWriter(root.out_dir / precision,
+                                                                        shown=root.shown / precision)
         self._setup(initial=self.initial_torch)
 
     def restart(self) -> None:

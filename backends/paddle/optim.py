@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import paddle
 from paddle.optimizer import lr as S
 
@@ -10,14 +13,23 @@ from harness.config.optim_table import decay_label, decay_mode, decays, warmup_l
 
 
 class PaddleStepper(Stepper):
-    def __init__(self, optimizer, scheduler=None):
+    def __init__(self, optimizer, scheduler=None, names: dict | None = None):
         self.optimizer, self.scheduler = optimizer, scheduler
+        # paddle keys its optimizer state by each parameter's generated name (linear_3.w_0), which a
+        # rebuild of the model renames: kept by structured name instead
+        self.names = dict(names or {})  # generated name -> structured name
+        self._fresh_names = False  # a state was loaded: its accumulators are made at the next step
 
     def lr(self) -> float:
         return float(self.optimizer.get_lr())
 
     def step(self, metric: float | None = None) -> None:
-        self.optimizer.step()
+        if self._fresh_names:  # the loaded accumulators are made now, named as load() keyed them
+            with paddle.utils.unique_name.guard():
+                self.optimizer.step()
+            self._fresh_names = False
+        else:
+            self.optimizer.step()
         self.advance(metric)
 
     def advance(self, metric: float | None = None) -> None:
@@ -29,6 +41,45 @@ class PaddleStepper(Stepper):
 
     def zero_grad(self) -> None:
         self.optimizer.clear_grad(set_to_zero=False)
+
+    def state(self) -> dict:
+        state = {}
+        for key, value in self.optimizer.state_dict().items():
+            if key == "LR_Scheduler" or not isinstance(value, paddle.Tensor):
+                state[key] = value
+                continue
+            owner = max((n for n in self.names if key.startswith(n + "_")), key=len, default=None)
+            # "<param name>_moment1_<n>": n counts the accumulators of that name the process made
+            state[f"{self.names[owner]}/{re.sub(r'_[0-9]+$', '', key[len(owner) + 1:])}" if owner else key] = value
+        return {"optimizer": state, "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+
+    def load(self, state: dict, moments: bool = True) -> None:
+        if not moments:  # the schedule's place only: paddle asks for every accumulator once it has any
+            lr = getattr(self.optimizer, "_learning_rate", None)
+            kept = state["optimizer"].get("LR_Scheduler")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="There are some unused values in state_dict")
+                if isinstance(lr, S.LRScheduler) and kept is not None:
+                    lr.set_state_dict(kept)
+                if self.scheduler is not None and self.scheduler is not lr and state.get("scheduler") is not None:
+                    self.scheduler.set_state_dict(state["scheduler"])
+            return
+        generated = {structured: name for name, structured in self.names.items()}
+        wide = paddle.get_default_dtype()  # a float64 rebuild keeps its accumulators in float64
+        restored = {}
+        for key, value in state["optimizer"].items():
+            structured, _, accumulator = key.rpartition("/")
+            if structured in generated:  # made under a fresh name generator (step): index 0
+                key = f"{generated[structured]}_{accumulator}_0"
+            if hasattr(value, "dtype") and value.dtype.kind == "f":
+                value = value.astype(wide)
+            restored[key] = value
+        with warnings.catch_warnings():  # LinearWarmup warns of its own nested scheduler's entry (paddle 3.3)
+            warnings.filterwarnings("ignore", message="There are some unused values in state_dict")
+            self.optimizer.set_state_dict(restored)
+            if self.scheduler is not None and state.get("scheduler") is not None:
+                self.scheduler.set_state_dict(state["scheduler"])
+        self._fresh_names = True
 
 
 def _scheduler(sched: dict, lr: float, total: int):
@@ -70,9 +121,10 @@ def _scheduler(sched: dict, lr: float, total: int):
 def build_stepper(model, cfg: dict, total_steps: int, custom=None, names: dict | None = None) -> Stepper:
     """names: this side's parameter name -> torch's (through the weight pairing): `no_decay` is
     matched against torch's structured names, so both sides decay the same parameters."""
+    generated = {p.name: n for n, p in model.named_parameters()}
     if custom is not None:
         optimizer, scheduler = custom(model, total_steps)
-        stepper = PaddleStepper(optimizer, scheduler)
+        stepper = PaddleStepper(optimizer, scheduler, generated)
         stepper.decay = optimizer_decay(optimizer, model)
         return stepper
     opt, sched = cfg["optimizer"], cfg["lr_scheduler"]
@@ -97,7 +149,8 @@ def build_stepper(model, cfg: dict, total_steps: int, custom=None, names: dict |
     params = [p for _, p in named]
     # apply_decay_param_fun is called with param.name (e.g. linear_11.w_0), not structured names
     decay_names = {p.name for n, p in named if n in chosen}
-    stepper = PaddleStepper(_optimizer(opt, params, decay_names, learning_rate=lr, grad_clip=clip), scheduler)
+    optimizer = _optimizer(opt, params, decay_names, learning_rate=lr, grad_clip=clip)
+    stepper = PaddleStepper(optimizer, scheduler, generated)
     stepper.decay = {n: decay_label(mode, opt["weight_decay"]) for n in chosen} if mode else {}
     return stepper
 

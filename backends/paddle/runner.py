@@ -12,6 +12,7 @@ import paddle
 import paddle.nn.functional as F
 
 from backends import base
+from backends.masks import counted, shared_dropout
 from backends.paddle.optim import build_stepper
 from backends.primitives import Stepper, class_path, dropout_off, dropout_site, identity, no_dropout_p
 from harness.safety.safeload import load_pdparams
@@ -119,6 +120,9 @@ class Runner(base.Runner):
             functional.append((F, "scaled_dot_product_attention", no_dropout_p(F.scaled_dot_product_attention)))
         return dropout_off(model.named_sublayers(include_self=True), functional)
 
+    def dropout_shared(self, model, masks):
+        return shared_dropout(self, model, masks, _shared_functional(masks))
+
     def allow_backward_in_eval(self, model) -> None:
         # paddle's RNN kernels keep no reserve space in eval mode, so backward fails there
         # ("Tensor holds no memory", paddle 3.3). Without inter-layer dropout train mode computes
@@ -196,3 +200,34 @@ class Runner(base.Runner):
 def paddle_dtype_name(dtype) -> str:
     return str(dtype).replace("paddle.", "")
 
+
+
+def _shared_functional(masks) -> list:
+    """paddle's functional dropouts over shared masks (backends/masks.py), each with its mode; the
+    ones that draw inside a kernel are counted there and left to draw their own."""
+    def apply(x, shape, p, scale):
+        keep = paddle.to_tensor(masks.keep(shape, p, scale=scale), dtype=x.dtype, place=x.place)
+        return x * keep
+
+    def dropout(x=None, p=0.5, axis=None, training=True, inplace=False, mode="upscale_in_train", name=None, input=None):
+        x = input if x is None else x
+        if not training or not p:
+            return paddle.scale(x, 1.0 - p) if not training and p and mode == "downscale_in_infer" else x
+        axes = None if axis is None else {a % x.ndim for a in ([axis] if isinstance(axis, int) else axis)}
+        shape = x.shape if axes is None else [d if i in axes else 1 for i, d in enumerate(x.shape)]
+        return apply(x, shape, p, mode == "upscale_in_train")
+
+    def channels(channel_last_format: str):
+        def dropout_nd(x, p=0.5, training=True, data_format=None, name=None):
+            if not training or not p:
+                return x
+            last = data_format == channel_last_format
+            shape = [d if i == 0 or i == (x.ndim - 1 if last else 1) else 1 for i, d in enumerate(x.shape)]
+            return apply(x, shape, p, True)
+        return dropout_nd
+
+    out = [(F, "dropout", dropout), (F, "dropout2d", channels("NHWC")), (F, "dropout3d", channels("NDHWC")),
+           (F, "alpha_dropout", counted(F.alpha_dropout, masks, 1, 2))]
+    if hasattr(F, "scaled_dot_product_attention"):
+        out.append((F, "scaled_dot_product_attention", counted(F.scaled_dot_product_attention, masks, 4, 6)))
+    return out

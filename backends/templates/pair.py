@@ -30,7 +30,8 @@ def make_batch(rng: np.random.Generator, step: int) -> dict:
 # Your own data (guide Step 2; optional, and then make_batch is too): each side's pipeline as your code
 # already builds it, for split "train" or "eval": a DataLoader, a map-style dataset or any iterable of
 # batches (dicts, tuples or arrays). The data check compares them; [data] source = "torch" runs every
-# other check on torch's batches (the metric over the whole eval split).
+# other check on torch's batches (the metric over the whole eval split); [train] epochs = N makes the
+# train check a training run of both sides on them (guide Step 5; examples/digits).
 # def data_torch(split):
 #     return torch.utils.data.DataLoader(MyTorchDataset(split), batch_size=8, collate_fn=my_collate)
 # def data_paddle(split):

@@ -46,6 +46,29 @@ class TorchStepper(Stepper):
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
+    def state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+
+    def load(self, state: dict, moments: bool = True) -> None:
+        # the optimizer casts each state tensor to its parameter's dtype and device (a float64 rebuild too)
+        self.optimizer.load_state_dict(_tensors(state["optimizer"]))
+        if not moments:
+            self.optimizer.state.clear()
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+
+def _tensors(value):
+    """A kept optimizer state back as torch's: arrays as tensors, everything else as it is."""
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, dict):
+        return {k: _tensors(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tensors(v) for v in value]
+    return value
+
 
 def _optimizer(opt: dict, groups: list):
     name, lr = opt["name"], opt["lr"]

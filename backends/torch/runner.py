@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from backends import base
+from backends.masks import channel_shape, counted, shared_dropout
 from backends.primitives import Stepper, class_path, dropout_off, dropout_site, identity, no_dropout_p
 from backends.torch.optim import build_stepper
 
@@ -112,6 +113,9 @@ class Runner(base.Runner):
         functional.append((F, "scaled_dot_product_attention", no_dropout_p(F.scaled_dot_product_attention)))
         return dropout_off(model.named_modules(), functional)
 
+    def dropout_shared(self, model, masks):
+        return shared_dropout(self, model, masks, _shared_functional(masks))
+
     def allow_backward_in_eval(self, model) -> None:
         pass  # torch backpropagates through every module in eval mode
 
@@ -179,3 +183,21 @@ class Runner(base.Runner):
         if tensor.requires_grad:
             tensor.register_hook(lambda g: fn(g) and None)
 
+
+def _shared_functional(masks) -> list:
+    """torch's functional dropouts over shared masks (backends/masks.py); the ones that draw inside
+    a kernel are counted there and left to draw their own."""
+    def masked(shape_of):
+        def dropout(input, p=0.5, training=True, inplace=False):
+            if not training or not p:
+                return input
+            keep = torch.from_numpy(masks.keep(shape_of(input.shape), p, scale=True)).to(input.device, input.dtype)
+            return input.mul_(keep) if inplace else input * keep
+        return dropout
+
+    out = [(F, "dropout", masked(tuple))]
+    out += [(F, f"dropout{n}d", masked(lambda shape, n=n: channel_shape(shape, n + 2))) for n in (1, 2, 3)]
+    out += [(F, name, counted(getattr(F, name), masks, 1, 2, training=False))
+            for name in ("alpha_dropout", "feature_alpha_dropout")]
+    out.append((F, "scaled_dot_product_attention", counted(F.scaled_dot_product_attention, masks, 4)))
+    return out

@@ -228,10 +228,16 @@ def _cross_checks(src: Source, cfg: RunConfig) -> None:
         ("data", "batches", cfg.data.batches, 0),
         ("train", "iters", cfg.train.iters, 1),
         ("train", "train_iters", cfg.train.train_iters, 1),
+        ("train", "epochs", cfg.train.epochs, 1),
+        ("train", "steps", cfg.train.steps, 1),
+        ("train", "eval_every", cfg.train.eval_every, 1),
+        ("train", "patience", cfg.train.patience, 1),
         ("distributed", "nprocs", cfg.distributed.nprocs, 1),
     ):
-        if value < low:
+        if value is not None and value < low:
             raise src.error(f"{sec}.{key}", f"must be >= {low}, got {value}")
+    if cfg.train.epochs is not None and cfg.train.steps is not None:
+        raise src.error("train.steps", "[train] epochs and steps both set the training run's length: give one")
     if cfg.optimizer.lr <= 0:
         raise src.error("optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
     try:

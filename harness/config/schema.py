@@ -87,6 +87,16 @@ class TrainConfig:
     iters: int = 5
     train_iters: int = 50
     mode: str = "eval"  # the backward check runs in eval mode so dropout cannot differ
+    # the training run (the train check on the pair's data, harness/trainrun/): either sets its length
+    epochs: int | None = None
+    steps: int | None = None
+    eval_every: int | None = None  # steps between evaluations; None: once per epoch
+    patience: int = 2  # evaluations in a row outside the band that stop the run
+
+    @property
+    def is_run(self) -> bool:
+        """The train check is a training run (epochs or steps given), not train_iters steps."""
+        return self.epochs is not None or self.steps is not None
 
 
 @dataclass(frozen=True)

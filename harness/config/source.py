@@ -27,6 +27,9 @@ KEY_ALIASES = {
     "torchinterpreter": "torch_python", "torchexecutable": "torch_python", "pythontorch": "torch_python",
     "paddleinterpreter": "paddle_python", "paddleexecutable": "paddle_python", "pythonpaddle": "paddle_python",
     "interpreters": "workers", "environments": "workers", "envs": "workers",
+    "numtrainepochs": "epochs", "numepochs": "epochs", "epoch": "epochs", "maxepochs": "epochs",
+    "evalsteps": "eval_every", "evalinterval": "eval_every", "evalfreq": "eval_every", "evalperiod": "eval_every",
+    "earlystoppingpatience": "patience",
 }
 VALUE_ALIASES = {
     "adamwoptimizer": "adamw", "sgdmomentum": "momentum",

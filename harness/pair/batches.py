@@ -105,13 +105,17 @@ class BatchSource:
         """The train check's held-out batches: make_batch at steps no training step uses."""
         return self.batches(range(HELDOUT_STEP, HELDOUT_STEP + self.cfg.data.eval_batches))
 
-    def batch(self, step: int) -> dict:
+    def batch(self, step: int, keep: bool = True) -> dict:
+        """make_batch's batch of `step`, kept for the run unless `keep` is false (a training run's
+        thousands of steps: each made when its turn comes, then let go)."""
         if step not in self._cache:
             self.start()
             first = not self._cache  # made at start-up, and it may warm the pair's own caches
-            self._cache[step] = self._ask(DataOp.MAKE_BATCH, {"step": step}, f"make_batch(step={step})",
-                                          self.startup_timeout if first else self.timeout,
-                                          STARTUP_HINT if first else BATCH_HINT)
+            made = self._ask(DataOp.MAKE_BATCH, {"step": step}, f"make_batch(step={step})",
+                             self.startup_timeout if first else self.timeout, STARTUP_HINT if first else BATCH_HINT)
+            if not keep:
+                return made
+            self._cache[step] = made
         return self._cache[step]
 
     def batches(self, steps) -> list:

@@ -7,10 +7,11 @@ train_curve.png, and the `compare` command's diff of two reprod_log files.
   summary.py    the verdict line and each check's worst key against its named limit
   console.py    the console report (rich), answer first
   progress.py   the live progress display
-  curves.py     per-step curves read back from the artifacts
+  curves.py     per-step curves read back from the artifacts (a training run's too)
   svg.py        curves drawn as inline SVG
   html.py       report.html, self-contained
   plot.py       train_curve.png (matplotlib, when installed)
+  runplot.py    train_curve.png of a training run
   compare.py    two reprod_log files diffed
 
 May import: harness.errors, harness.safety, harness.verdict

@@ -12,6 +12,7 @@ import numpy as np
 
 from harness.report.artifacts import STEMS
 from harness.safety.safeload import UnsafeFile, load_npy_dict
+from harness.verdict.band import LR_RTOL
 
 # report key -> step, for the keys that form a curve (rank and framework prefixed keys do not)
 STEP_KEY = {"backward": re.compile(r"loss_(\d+)"), "train": re.compile(r"loss_(\d+)"),
@@ -71,5 +72,54 @@ def curve(out_dir: Path, check: dict) -> Curve | None:
 
 
 def curves(out_dir: Path, report: dict) -> list:
-    found = (curve(out_dir, check) for check in report["checks"])
+    found = []
+    for check in report["checks"]:
+        if check.get("run"):  # a training run: its evaluations in report.json, its steps in train_align_*.npy
+            series = {fw: _side(Path(out_dir) / f"{STEMS['train']}_{fw}.npy") for fw in ("torch", "paddle")}
+            found += run_curves(check["run"], series)
+        else:
+            found.append(curve(out_dir, check))
     return [c for c in found if c is not None]
+
+
+MAX_POINTS = 2000  # a per-step curve of a long run is drawn from every k-th step
+
+
+def run_curves(run: dict, series: dict) -> list:
+    """A training run's curves: the train loss and the learning rate per step (from `series`, each
+    side's train_align arrays, where there), then per evaluation every series it was judged on,
+    each with the |d| the band allowed it and whether it was inside."""
+    evals = run.get("evaluations", [])
+    out = [_steps_curve("train loss per step (band: its interval's mean)", series, "train_loss", evals),
+           _steps_curve("learning rate per step", series, "lr", evals)]
+    names = list(dict.fromkeys(pt["series"] for e in evals for pt in e["points"]))
+    for name in names:
+        rows = [(e, pt) for e in evals for pt in e["points"] if pt["series"] == name]
+        out.append(Curve("train", f"training run: {name} per evaluation", [e["step"] for e, _ in rows],
+                         [pt["torch"] for _, pt in rows], [pt["paddle"] for _, pt in rows],
+                         [pt["limit"] or 0.0 for _, pt in rows],
+                         [bool(pt["inside"] or e.get("arbitrated")) for e, pt in rows]))
+    return [c for c in out if c is not None and c.steps]
+
+
+def _steps_curve(title: str, series: dict, name: str, evals: list) -> Curve | None:
+    t, p = (np.asarray(series.get(fw, {}).get(name, []), np.float64).reshape(-1) for fw in ("torch", "paddle"))
+    n = min(t.size, p.size)
+    if n < 2:
+        return None
+    steps = np.arange(n)
+    allowed, passed = np.zeros(n), np.ones(n, bool)
+    if name == "lr":
+        allowed = LR_RTOL * np.maximum(np.abs(t[:n]), np.abs(p[:n]))
+        passed = np.abs(t[:n] - p[:n]) <= allowed
+    else:
+        start = 0
+        for e in evals:  # each step shows its interval's band, and its verdict
+            pt = next((x for x in e["points"] if x["series"] == "train_loss"), None)
+            if pt is not None:
+                allowed[start:e["step"]] = pt["limit"] or 0.0
+                passed[start:e["step"]] = pt["inside"] or bool(e.get("arbitrated"))
+            start = e["step"]
+    keep = steps[:: max(1, n // MAX_POINTS)]
+    return Curve("train", f"training run: {title}", keep.tolist(), t[keep].tolist(), p[keep].tolist(),
+                 allowed[keep].tolist(), passed[keep].tolist())

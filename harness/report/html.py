@@ -16,7 +16,7 @@ STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:16px;color:#1d2330}
 h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 8px;border-bottom:1px solid #d9dde5}
 .verdict{padding:12px 16px;border-radius:6px;color:#fff;font-weight:600}
-.verdict.ok{background:#1f7a3a} .verdict.bad{background:#b3261e}
+.verdict.ok{background:#1f7a3a} .verdict.bad{background:#b3261e} .verdict.live{background:#5a6270}
 table{border-collapse:collapse;margin:6px 0} td,th{padding:3px 10px;text-align:left;vertical-align:top}
 th{background:#eef0f4} tr:nth-child(even) td{background:#f8f9fb}
 td.key{font-family:ui-monospace,monospace;white-space:nowrap} td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -28,6 +28,8 @@ details{margin:2px 0 2px 14px} summary{cursor:pointer} code{font-family:ui-monos
 .key-torch{fill:#e07b00} .key-paddle{fill:#1f5fbf} .key-band{fill:#9ec5f0}
 .filter{margin:8px 0} .muted{color:#667}
 """
+
+LIVE_RELOAD_S = 10  # how often a browser reloads the report of a training run still going
 
 # The key filter: a substring and "failing only", also readable from the address
 # (report.html#q=param:&failing=1), so a link can point at the keys that matter.
@@ -169,13 +171,18 @@ def _facts(report: dict) -> str:
             + _table(["", ""], rows, "facts"))
 
 
-def build(report: dict, found: list) -> str:
+def build(report: dict, found: list, live: str | None = None) -> str:
+    """The page. live: a run still going (a training run's report of its curves so far): this banner
+    instead of the verdict, and the browser reloads the page every LIVE_RELOAD_S."""
     ok = bool(report.get("aligned"))
-    body = (f'<h1>reprod-harness: {_e(report["name"])}</h1>'
-            f'<div id="verdict" class="verdict {"ok" if ok else "bad"}">{_e(summary.headline(report))}</div>'
+    verdict = (f'<div id="verdict" class="verdict live">{_e(live)}</div>' if live else
+               f'<div id="verdict" class="verdict {"ok" if ok else "bad"}">{_e(summary.headline(report))}</div>')
+    body = (f'<h1>reprod-harness: {_e(report["name"])}</h1>{verdict}'
             + _checks(report) + _divergence(report) + _curves(found) + _keys(report) + _facts(report))
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>reprod-harness: {_e(report["name"])} '
-            f'{"ALIGNED" if ok else "MISALIGNED"}</title><style>{STYLE}</style></head><body>{body}'
+    title = "in progress" if live else "ALIGNED" if ok else "MISALIGNED"
+    reload = f'<meta http-equiv="refresh" content="{LIVE_RELOAD_S}">' if live else ""
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{reload}<title>reprod-harness: '
+            f'{_e(report["name"])} {title}</title><style>{STYLE}</style></head><body>{body}'
             f"<script>{SCRIPT}</script></body></html>\n")
 
 

@@ -69,6 +69,12 @@ def train_curve(path: Path, result, torch_side: dict, paddle_side: dict, title: 
     for ax, panel in zip(axes[2:], s["panels"]):
         _panel(ax, panel)
     fig.suptitle(textwrap.fill(s["verdict"], 90), color="tab:green" if result.passed else "tab:red", fontsize=10, fontweight="bold")
+    save_figure(plt, fig, path)
+    return None
+
+
+def save_figure(plt, fig, path) -> None:
+    """The figure into `path` through a temporary name beside it, then closed."""
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -80,7 +86,6 @@ def train_curve(path: Path, result, torch_side: dict, paddle_side: dict, title: 
         raise
     finally:
         plt.close(fig)
-    return None
 
 
 def _losses(ax, s: dict, title: str) -> None:

@@ -51,7 +51,27 @@ class Progress:
         if self.status is not None:
             self._show()
         else:
+            self._plain(message)
+
+    def live(self, message: str) -> None:
+        """A stage that changes every few steps (a training run's latest values): shown at once on a
+        terminal; off one, a line every PLAIN_EVERY_S at most."""
+        self.stage = message
+        if self.quiet:
+            return
+        if self.status is not None:
+            self._show()
+            return
+        now = time.perf_counter()
+        if now - self._printed >= PLAIN_EVERY_S:
+            self._printed = now
+            self._plain(message)
+
+    def _plain(self, message: str) -> None:
+        try:
             self.console.print(f"[{self._elapsed():5.1f}s] {escape(message)}", highlight=False)
+        except OSError:  # the terminal went away: the run goes on without a display
+            self.quiet = True
 
     def steps(self, worker: str, op: str, done: int, total: int) -> None:
         """A worker finished `done` of the `total` steps of `op` (rank 0 of each framework shown)."""
@@ -67,7 +87,7 @@ class Progress:
             self._show()
         elif now - self._printed >= PLAIN_EVERY_S and self.line() != self.stage:
             self._printed = now
-            self.console.print(f"[{self._elapsed():5.1f}s] {escape(self.line())}", highlight=False)
+            self._plain(self.line())
 
     def line(self) -> str:
         """e.g. `train  torch 12/20  paddle 9/20  ETA 41 s` (ops that are still running)."""

@@ -6,6 +6,7 @@ may change a key's verdict (applied in one place, after the diff). Pure numpy, n
   diff.py       comparing two arrays or dicts of them: never cast, broadcast or transpose
   updates.py    parameters after training judged by their update, relative to its size
   rules.py      the named verdict rules (float64 arbitration, update scale, ...)
+  band.py       a training run's band: how far apart its curves may be at an evaluation
 
 May import: nothing else of harness
 """

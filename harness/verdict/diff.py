@@ -74,6 +74,8 @@ class CheckResult:
     tensor_dumps: str = ""  # "full" | "statistics": how parameters and gradients were saved
     arbitration: str = ""  # "float64", or why float32's own rules decided ("fallback: ...")
     decay: dict = field(default_factory=dict)  # training checks: per side, torch name -> how its optimizer decays it
+    run: dict | None = None  # a training run's account (harness/trainrun/): its plan, evaluations, where it stopped
+    located: object = None  # what a training run's own localization found (harness/locate Outcome); not in JSON
 
     @property
     def compared(self) -> int:
@@ -110,6 +112,8 @@ class CheckResult:
             d["arbitration"] = self.arbitration
         if self.decay:
             d["decay"] = self.decay
+        if self.run is not None:
+            d["run"] = self.run
         return d
 
 

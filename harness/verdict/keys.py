@@ -2,7 +2,7 @@
 
 The text forms are the artifact names users and reprod_log know: `out.logits`, `loss_3`,
 `rank1:loss_3`, `step_0_constant_lr`, `param:fc.weight`, `grad:fc.weight`, `buffer:bn.running_mean`,
-`metric_accuracy`, `benchmark:accuracy`, `sync:paddle:rank1`, and, for the data-parallel
+`metric_accuracy`, `benchmark:accuracy`, `sync:paddle:rank1`, `band:eval_loss`, and, for the data-parallel
 equivalence check, any of them behind the framework that ran both sides (`torch:loss_0`).
 """
 
@@ -24,6 +24,7 @@ class Kind(str, Enum):
     SYNC = "sync"  # one rank's parameters against rank 0 of the same framework
     LOCATE = "locate"  # a divergence that only localization saw
     DROPOUT = "dropout"  # a paired dropout's probability and mode
+    BAND = "band"  # a training run's curve (train_loss, eval_loss, metric_<name>, lr) against its band
 
 
 @dataclass(frozen=True)

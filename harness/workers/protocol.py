@@ -49,6 +49,13 @@ class Op(str, Enum):
     DATA_OPEN = "data_open"  # the pair's own data (data_torch/data_paddle): what a split is
     DATA_ITEMS = "data_items"  # its items at given indices
     DATA_BATCHES = "data_batches"  # its batches, in order (a pass kept open between calls) or collated
+    # the training run (backends/trainrun.py): begun from the initial or a kept state, trained chunk
+    # by chunk, evaluated, its whole state kept at each evaluation
+    RUN_BEGIN = "run_begin"
+    RUN_ORDER = "run_order"  # an epoch's batches as index lists, as the train loader's sampler draws them
+    RUN_STEPS = "run_steps"
+    RUN_EVAL = "run_eval"
+    RUN_KEEP = "run_keep"
 
     def __str__(self) -> str:  # messages name the op as the wire does
         return self.value
@@ -62,6 +69,26 @@ class DataOp(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of the training run's pass over the train split in `epoch` (both ends compute it):
+    the run seed for the first, as every check's pass; another for each later epoch, so a
+    shuffling sampler draws a new order every epoch, the same in a resumed run."""
+    return int(seed) + 1000003 * int(epoch)
+
+
+def shard_rows(batch: dict, rank: int, nprocs: int) -> dict:
+    """Rank `rank`'s contiguous rows of every field of a batch, as paddle's DistributedBatchSampler
+    without shuffling gives them (the coordinator's shards and a rank's own pass alike)."""
+    out = {}
+    for key, arr in batch.items():
+        rows = arr.shape[0] if arr.ndim else 0
+        if rows % nprocs:
+            raise ValueError(f"batch key '{key}' has {rows} rows: not divisible by {nprocs} ranks")
+        per = rows // nprocs
+        out[key] = arr[rank * per:(rank + 1) * per]
+    return out
+
+
 def probe(name: str, shape: tuple, dtype) -> np.ndarray:
     """The values both workers put in torch's tensor `name` (in torch's layout) to measure which
     way a square weight goes (backends/layout.py): random, at the scale of a default init, the

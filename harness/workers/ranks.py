@@ -11,6 +11,7 @@ import socket
 from dataclasses import dataclass
 
 from harness.errors import UsageError
+from harness.workers.protocol import shard_rows
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,10 @@ def validate(layout: Layout, batch_rows: int | None = None) -> None:
 
 
 def shard(batch: dict, rank: int, nprocs: int) -> dict:
-    out = {}
-    for key, arr in batch.items():
-        rows = arr.shape[0] if arr.ndim else 0
-        if rows % nprocs:
-            raise UsageError(f"batch key '{key}' has {rows} rows: not divisible by {nprocs} ranks")
-        per = rows // nprocs
-        out[key] = arr[rank * per:(rank + 1) * per]
-    return out
+    try:
+        return shard_rows(batch, rank, nprocs)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def free_ports(n: int) -> list:
