@@ -171,11 +171,6 @@ class Runner(StateOps, TraceOps, LayoutOps, TrainOps, RunOps, DataOps, MetricOps
                 "custom_mapping": callable(getattr(self.pair, "torch_to_paddle", None)),
                 "custom_optimizer": self.pair_fn("optimizer") is not None}
 
-    def set_reference_names(self, names: dict) -> None:
-        """The torch name of each of this side's parameters, from the weight pairing: `[optimizer]
-        no_decay` patterns are matched against torch's structured names on both sides."""
-        self.reference_names = dict(names)
-
     def _config(self, overrides: dict | None) -> dict:
         """The run config with some sections replaced (the optimizer matrix reuses one session)."""
         cfg = dict(self.cfg)

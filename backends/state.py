@@ -13,6 +13,11 @@ import numpy as np
 
 
 class StateOps:
+    def set_reference_names(self, names: dict) -> None:
+        """The torch name of each of this side's parameters, from the weight pairing: `[optimizer]
+        no_decay` patterns are matched against torch's structured names on both sides."""
+        self.reference_names = dict(names)
+
     def read_state_file(self, path: str) -> dict:
         state = self.read_checkpoint(path)
         if not isinstance(state, dict) or not state:
