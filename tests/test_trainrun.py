@@ -89,6 +89,20 @@ def test_without_early_stop_the_run_trains_to_the_end_and_still_names_the_place(
     assert not bands["band:train_loss"] and bands["band:lr"]
 
 
+# each torch step 0.2 s slower, its numbers unchanged: the run cannot end between a poll and a signal
+SLOW_STEPS = """
+
+import time as _time
+
+_loss_torch = loss_torch
+
+
+def loss_torch(logits, batch):
+    _time.sleep(0.2)
+    return _loss_torch(logits, batch)
+"""
+
+
 def _wait_for(path, proc, limit=300):
     deadline = time.monotonic() + limit
     while not path.exists():
@@ -104,7 +118,7 @@ def _start(*args, env=None):
 
 
 def test_an_interrupted_run_resumes_from_its_last_kept_evaluation_to_the_same_curves(tmp_path):
-    short = pair_folder(tmp_path, "short", (ROOT / "examples" / "digits" / "pair.py").read_text(),
+    short = pair_folder(tmp_path, "short", (ROOT / "examples" / "digits" / "pair.py").read_text() + SLOW_STEPS,
                         DIGITS_BODY + "[train]\nepochs = 1\neval_every = 11\n")
     args = ("--checks", "train", "--threads", "1")
     whole = cli("run", short, "--out", tmp_path / "whole", *args, timeout=600)
