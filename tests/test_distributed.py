@@ -340,6 +340,7 @@ def _fake_group(behaviours: dict) -> WorkerGroup:
     return group
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("dead", ["die_soon", "die_later", "sleep"], ids=["dies_at_once", "dies_after", "nobody_dies"])
 def test_a_dead_rank_is_named_as_the_cause_not_its_peer(dead):
     """When a rank dies, its peer's collective fails too, at about the same moment; whichever the
