@@ -119,7 +119,7 @@ def _judge_tensor(result: CheckResult, key: KeyResult, ref, other, evidence: Evi
     keep = unconstrained_mask(name, evidence, largest, by_update=by_update) if key.id.kind is Kind.PARAM else None
     if keep is not None and not keep.any():
         g = np.maximum(np.abs(evidence.grads_ref[name]), np.abs(evidence.grads_other[name]))
-        _release(result, key, UNCONSTRAINED,
+        _release(key, UNCONSTRAINED,
                  f"unconstrained: its gradient is rounding noise (max |g| {g.max():.2g} vs {largest:.2g} largest), "
                  "and so is its update (an adaptive optimizer makes it a step of size lr); its value is not judged")
         return
@@ -147,7 +147,7 @@ def _judge_tensor(result: CheckResult, key: KeyResult, ref, other, evidence: Evi
     why = (f"{int((~keep).sum())} of {keep.size} elements unconstrained (their gradient and update are rounding "
            "noise), the others ") if partial else ""
     why += f"within {what}" if by_update else f"within {SCALE_RTOL:g} of the size of {what} (mean {size:.2g})"
-    _release(result, key, UNCONSTRAINED if partial else UPDATE_SCALE, why, noted=partial)
+    _release(key, UNCONSTRAINED if partial else UPDATE_SCALE, why)
 
 
 def rank_loss_drift(result: CheckResult, key: KeyResult, ref: dict, other: dict) -> None:
@@ -159,9 +159,10 @@ def rank_loss_drift(result: CheckResult, key: KeyResult, ref: dict, other: dict)
     moved = abs(float(np.float64(ref[key.id])) - float(np.float64(ref[start])))
     d = abs(float(np.float64(ref[key.id])) - float(np.float64(other[key.id])))
     if d <= RANK_DRIFT_RTOL * moved:
-        _release(result, key, RANK_DRIFT,
+        _release(key, RANK_DRIFT,
                  f"within {RANK_DRIFT_RTOL:g} of how far training moved this rank's loss ({moved:.3g}): an adaptive "
                  "optimizer steps rounding-noise gradient elements by lr")
+        result.notes.append(f"{key.key}: {key.note}")
 
 
 def arbitrate(narrow: CheckResult, wide: CheckResult) -> None:
@@ -221,8 +222,6 @@ def within_variance_gap(torch_var: np.ndarray, paddle_var: np.ndarray, count: in
     return bool(np.all(gap <= np.abs(torch_var) / count * VARIANCE_GAP_SLACK + max_abs))
 
 
-def _release(result: CheckResult, key: KeyResult, rule: str, why: str, noted: bool = True) -> None:
+def _release(key: KeyResult, rule: str, why: str) -> None:
     key.note = f"{why} [{key.reason}]"
     key.passed, key.reason, key.rule = True, "", rule
-    if noted and rule != UNCONSTRAINED:  # those are noted together (_note_unconstrained)
-        result.notes.append(f"{key.key}: {why}" if rule != RANK_DRIFT else f"{key.key}: {key.note}")
