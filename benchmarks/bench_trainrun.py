@@ -7,13 +7,20 @@ The plain scripts get the threads the harness gives its workers: one after the o
 machine's cores; at once, half each (the harness: half each, a worker taking over the cores of one
 that has finished).
 
-Usage: python benchmarks/bench_trainrun.py [PAIR_TOML]   (default: examples/digits/pair.toml)
+Start-up (importing both frameworks) costs each side seconds whatever the run's length; --epochs N
+runs the pair for N epochs instead of its own (a copy of its folder), so the ratio shows what a long
+run costs.
+
+Usage: python benchmarks/bench_trainrun.py [PAIR_TOML] [--epochs N]   (default: examples/digits/pair.toml)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,8 +41,26 @@ def _result(proc: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def _longer(toml: Path, epochs: int, tmp: Path) -> Path:
+    folder = shutil.copytree(toml.parent, tmp / "pair")
+    text, found = re.subn(r"(?m)^epochs = \d+", f"epochs = {epochs}", toml.read_text())
+    if not found:
+        raise SystemExit(f"{toml}: no [train] epochs line to change")
+    (folder / toml.name).write_text(text)
+    return folder / toml.name
+
+
 def main() -> None:
-    toml = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "examples" / "digits" / "pair.toml").resolve()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("toml", nargs="?", type=Path, default=ROOT / "examples" / "digits" / "pair.toml")
+    ap.add_argument("--epochs", type=int)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        toml = args.toml.resolve()
+        _compare(_longer(toml, args.epochs, Path(tmp)) if args.epochs else toml)
+
+
+def _compare(toml: Path) -> None:
     cores = len(os.sched_getaffinity(0))
     start = time.perf_counter()
     alone = [_result(_plain(toml, side, cores)) for side in ("torch", "paddle")]

@@ -4,14 +4,14 @@ correct port trained with several seeds, and each gap divided by the limit the b
 - paired: each side its own items in the torch loader's order, the same dropout masks (the example
   as it is). Its curves part by round-off that training amplifies; the paired band triggers the
   float64 arbitration, which must find every traced step agreeing.
-- independent: the same port with paddle reading its own order (an IterableDataset shuffled by
-  numpy): two samples of one random process, judged in standard errors. Z must leave the correct
+- independent: the same port with paddle reading its own order (DIGITS_ORDER=own: an
+  IterableDataset shuffled by numpy): two samples of one random process, judged in standard errors. Z must leave the correct
   port's largest gap/limit well inside.
 
 Also every injected mistake (DIGITS_BUG) with early stop and with --no-early-stop: the steps and the
 seconds the early stop saved.
 
-Usage: python benchmarks/bench_trainrun_band.py [--seeds 6] [--skip-mistakes]
+Usage: python benchmarks/bench_trainrun_band.py [--seeds 6] [--epochs 3] [--skip-mistakes]
 """
 
 from __future__ import annotations
@@ -29,22 +29,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "examples" / "digits"
-OWN_ORDER = '''
-
-class _OwnOrder(paddle.io.IterableDataset):  # paddle reads its own order: the independent regime
-    def __init__(self, split):
-        self.data, self.split = PaddleDigits(split), split
-
-    def __iter__(self):
-        order = np.random.permutation(len(self.data)) if self.split == "train" else range(len(self.data))
-        for i in order:
-            yield self.data[i]
-
-
-def data_paddle(split):
-    return paddle.io.DataLoader(_OwnOrder(split), batch_size=BATCH if split == "train" else EVAL_BATCH,
-                                drop_last=split == "train")
-'''
 
 
 def _run(folder: Path, out: Path, *args, env=None) -> tuple:
@@ -59,11 +43,12 @@ def _run(folder: Path, out: Path, *args, env=None) -> tuple:
     return proc.returncode, wall, next(c for c in report["checks"] if c["name"] == "train"), report
 
 
-def _pair(tmp: Path, name: str, seed: int, own_order: bool) -> Path:
+def _pair(tmp: Path, name: str, seed: int, epochs: int = 3) -> Path:
     folder = tmp / name
     folder.mkdir()
-    (folder / "pair.py").write_text((DIGITS / "pair.py").read_text() + (OWN_ORDER if own_order else ""))
-    (folder / "pair.toml").write_text((DIGITS / "pair.toml").read_text().replace("[data]\n", f"[data]\nseed = {seed}\n"))
+    (folder / "pair.py").write_text((DIGITS / "pair.py").read_text())
+    toml = (DIGITS / "pair.toml").read_text().replace("[data]\n", f"[data]\nseed = {seed}\n")
+    (folder / "pair.toml").write_text(toml.replace("epochs = 3", f"epochs = {epochs}"))
     return folder
 
 
@@ -81,13 +66,14 @@ def _ratios(train: dict) -> tuple:
     return paired, independent
 
 
-def seeds(tmp: Path, n: int) -> None:
+def seeds(tmp: Path, n: int, epochs: int) -> None:
     for own in (False, True):
         label = "independent (paddle's own order)" if own else "paired (the example as it is)"
         rows, all_paired, all_independent = [], {}, {}
         for seed in range(n):
-            folder = _pair(tmp, f"{'own' if own else 'paired'}{seed}", seed, own)
-            rc, wall, train, _ = _run(folder, tmp / f"o_{folder.name}", "--no-early-stop")
+            folder = _pair(tmp, f"{'own' if own else 'paired'}{seed}", seed, epochs)
+            rc, wall, train, _ = _run(folder, tmp / f"o_{folder.name}", "--no-early-stop",
+                                      env={"DIGITS_ORDER": "own"} if own else None)
             p, i = _ratios(train)
             for gathered, found in ((all_paired, p), (all_independent, i)):
                 for series, values in found.items():
@@ -108,25 +94,30 @@ def seeds(tmp: Path, n: int) -> None:
 
 
 def mistakes(tmp: Path) -> None:
-    folder = _pair(tmp, "mistakes", 0, False)
-    print("injected mistakes (early stop vs --no-early-stop):")
-    for bug in ("label_smoothing", "bn_momentum", "warmup", "decay_norms", "dropout"):
-        env = {"DIGITS_BUG": bug}
-        _, wall, train, report = _run(folder, tmp / f"stop_{bug}", env=env)
-        _, full_wall, full, _ = _run(folder, tmp / f"full_{bug}", "--no-early-stop", env=env)
-        run, div = train["run"], report["first_divergence"] or {}
-        print(f"  {bug:16s} stopped at step {run['steps_done']} of {run['steps']} ({run['stopped']['why']}); located "
-              f"{div.get('where')} {div.get('layer') or ''} step {div.get('step')}; wall {wall:.1f} s vs {full_wall:.1f} s "
-              f"to the end ({1 - wall / full_wall:.0%} saved); training {run['train_s']} s vs {full['run']['train_s']} s")
+    folder = _pair(tmp, "mistakes", 0)
+    for order in ("", "own"):
+        print(f"injected mistakes, {'paddle in its own order' if order else 'the example as it is'} (early stop vs "
+              "--no-early-stop):")
+        for bug in ("label_smoothing", "bn_momentum", "warmup", "decay_norms", "dropout"):
+            env = {"DIGITS_BUG": bug, "DIGITS_ORDER": order}
+            _, wall, train, report = _run(folder, tmp / f"stop_{order}{bug}", env=env)
+            _, full_wall, full, _ = _run(folder, tmp / f"full_{order}{bug}", "--no-early-stop", env=env)
+            run, div = train["run"], report["first_divergence"] or {}
+            stopped = f"stopped at step {run['steps_done']} of {run['steps']} ({run['stopped']['why']})" \
+                if run["stopped"] else "NOT STOPPED"
+            print(f"  {bug:16s} {stopped}; located {div.get('where')} {div.get('layer') or ''} step {div.get('step')}; "
+                  f"wall {wall:.1f} s vs {full_wall:.1f} s to the end ({1 - wall / full_wall:.0%} saved); training "
+                  f"{run['train_s']} s vs {full['run']['train_s']} s")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=3, help="of the seeds' runs (the example's: 3)")
     ap.add_argument("--skip-mistakes", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        seeds(Path(tmp), args.seeds)
+        seeds(Path(tmp), args.seeds, args.epochs)
         if not args.skip_mistakes:
             mistakes(Path(tmp))
 

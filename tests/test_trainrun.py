@@ -89,6 +89,23 @@ def test_without_early_stop_the_run_trains_to_the_end_and_still_names_the_place(
     assert not bands["band:train_loss"] and bands["band:lr"]
 
 
+def test_in_its_own_order_the_correct_port_passes_and_a_mistake_chance_hides_is_caught_by_the_spot_check(tmp_path):
+    proc = cli("run", DIGITS, "--checks", "train", "--out", tmp_path / "ok", env={"DIGITS_ORDER": "own"}, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    train = check(report(tmp_path / "ok"), "train")
+    assert train["run"]["regime"] == "independent" and train["run"]["steps_done"] == 102
+    assert any(n.startswith("the first 10 steps, re-run from the initial weights") for n in train["notes"])
+    # weight decay on BatchNorm's weights: the curves stay within two seeds' spread (measured), the step does not
+    proc = cli("run", DIGITS, "--checks", "train", "--out", tmp_path / "bug", timeout=600,
+               env={"DIGITS_ORDER": "own", "DIGITS_BUG": "decay_norms"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rep = report(tmp_path / "bug")
+    run = check(rep, "train")["run"]
+    assert run["stopped"]["why"] == "spot_check" and run["steps_done"] == 11
+    div = rep["first_divergence"]
+    assert (div["where"], div["layer"]) == ("update", "bn1.weight"), div
+
+
 # each torch step 0.2 s slower, its numbers unchanged: the run cannot end between a poll and a signal
 SLOW_STEPS = """
 
@@ -147,6 +164,7 @@ def test_progress_lines_log_and_live_report_while_it_runs_and_a_hangup_does_not_
     _wait_for(live, proc)
     page = live.read_text()
     assert "training run in progress" in page and "<svg" in page and 'http-equiv="refresh"' in page
+    assert proc.poll() is None  # the page appears at the first of ten evaluations: most of the run is still ahead
     proc.send_signal(signal.SIGHUP)  # the terminal went away: the run goes on
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out

@@ -5,7 +5,9 @@ biases), a linear warmup then a linear decay, and each side's own DataLoader (th
 shuffles): trained for [train] epochs on both sides at once by `reprod-harness run`.
 
 The paddle side is a correct port. Set DIGITS_BUG to put one of Step 5's classic mistakes into it
-(the README lists them): label_smoothing, bn_momentum, warmup, decay_norms, dropout.
+(the README lists them): label_smoothing, bn_momentum, warmup, decay_norms, dropout. Set
+DIGITS_ORDER=own and paddle's train loader shuffles by itself, in an order the harness cannot share
+(an IterableDataset): the two runs see different batches, as ports with their own samplers do.
 """
 
 import os
@@ -18,6 +20,7 @@ BUG = os.environ.get("DIGITS_BUG", "")
 BUGS = ("label_smoothing", "bn_momentum", "warmup", "decay_norms", "dropout")
 if BUG not in ("", *BUGS):
     raise ValueError(f"DIGITS_BUG={BUG!r}: expected one of {', '.join(BUGS)}")
+OWN_ORDER = os.environ.get("DIGITS_ORDER", "") == "own"
 
 # the last 700 of a fixed shuffle of the 1,797 images evaluate (one prediction is 0.14 % of them, within
 # the guide's 0.15 %), the other 1,097 train
@@ -108,9 +111,23 @@ class PaddleDigits(paddle.io.Dataset):
         return self.images[i], self.labels[i]
 
 
+class PaddleShuffled(paddle.io.IterableDataset):
+    """DIGITS_ORDER=own: the train items in an order numpy draws, which only this side knows."""
+
+    def __init__(self, split):
+        self.data = PaddleDigits(split)
+
+    def __iter__(self):
+        for i in np.random.permutation(len(self.data)):
+            yield self.data[i]
+
+
 def data_paddle(split):
-    return paddle.io.DataLoader(PaddleDigits(split), batch_size=BATCH if split == "train" else EVAL_BATCH,
-                                shuffle=split == "train", drop_last=split == "train")
+    size = BATCH if split == "train" else EVAL_BATCH
+    if OWN_ORDER and split == "train":
+        return paddle.io.DataLoader(PaddleShuffled(split), batch_size=size, drop_last=True)
+    return paddle.io.DataLoader(PaddleDigits(split), batch_size=size, shuffle=split == "train",
+                                drop_last=split == "train")
 
 
 class PaddleNet(paddle.nn.Layer):

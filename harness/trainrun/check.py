@@ -174,6 +174,11 @@ class TrainingRun:
 
             if arbitration.curves(self, index) and self.stop is None:
                 return self._start_from(self.keeper.kept[index])  # both continue from this evaluation
+        elif index == 1 and self.plan.mode == OWN and not self.unshared and self.located is None:
+            from harness.trainrun import arbitration
+
+            if arbitration.spot_check(self, index) and self.stop is None:
+                return self._start_from(self.keeper.kept[index])
         return 0
 
     def save(self) -> None:

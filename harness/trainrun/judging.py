@@ -151,9 +151,10 @@ def _notes(run) -> list:
              "calls allow (backends/masks.py)"]
     stop = acc["stopped"]
     if stop is not None:
-        what = (f"the learning rates parted at step {stop['step']}" if stop["why"] == "lr" else
-                f"the curves stayed outside the band for {run.cfg.train.patience} evaluations in a row "
-                f"({', '.join(map(str, run.patience.streak))})")
+        what = {"lr": f"the learning rates parted at step {stop['step']}",
+                "spot_check": "a step of the first ones, re-run from the same state on both sides, differs",
+                "band": f"the curves stayed outside the band for {run.cfg.train.patience} evaluations in a row "
+                        f"({', '.join(map(str, run.patience.streak))})"}[stop["why"]]
         saved = f", about {stop['seconds_saved_estimate']:g} s of training" if stop["seconds_saved_estimate"] else ""
         notes.append(f"stopped early at step {stop['steps_done']} of {plan.total}: {what}; {stop['steps_saved']} steps "
                      f"not trained{saved} (--no-early-stop trains to the end)")

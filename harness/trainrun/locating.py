@@ -38,8 +38,9 @@ class RunLocator(Locator):
         return None
 
 
-def locate_run(run) -> Outcome:
-    """What the run's first divergence is, as localization's Outcome (harness/locate/driver.py)."""
+def locate_run(run, *, since: int | None = None, steps: int = MAX_STEPS) -> Outcome:
+    """What the run's first divergence is, as localization's Outcome (harness/locate/driver.py): at
+    most `steps` steps traced from evaluation `since` (default: the last agreeing one; 0: the start)."""
     outcome = Outcome()
     if run.lr_gap is not None:
         t, p = run.records.lr["torch"][run.lr_gap], run.records.lr["paddle"][run.lr_gap]
@@ -47,12 +48,12 @@ def locate_run(run) -> Outcome:
                                   f"the learning rate schedules part at step {run.lr_gap} of the training run: torch "
                                   f"{t:.6g}, paddle {p:.6g} (warmup, decay length or the schedule itself differs)")
         return outcome
-    agreed = run.patience.agreed
+    agreed = run.patience.agreed if since is None else since
     start = next((e["step"] for e in run.records.evals if e["index"] == agreed), 0)
     end = run.stop["step"] if run.stop else run.records.steps
     batches = []
     try:
-        batches = run.feeder.traced(start, max(1, min(end - start, MAX_STEPS)))
+        batches = run.feeder.traced(start, max(1, min(end - start, steps)))
         precision = _wide(run.session, outcome)
         try:
             outcome.finding = _trace(run, batches, start, run.keeper.kept.get(agreed), outcome)

@@ -166,7 +166,7 @@ def within_chance(key, point: dict | None) -> bool:
     differently (each its own order or dropout: the independent regime), released when its gap is
     inside the band of the last evaluation (the two runs' chance spread, measured in the run). The
     guide's 0.15 % cannot tell a port from chance there: measured on examples/digits with paddle's
-    own order, three of six seeds of a correct port ended 0.43-0.58 % apart. Says so on the key."""
+    own order, two of ten seeds of a correct port ended 0.43 % and 0.58 % apart. Says so on the key."""
     if key.passed or point is None or point.get("limit") is None or not point["inside"]:
         return False
     key.passed, key.rule = True, CHANCE
