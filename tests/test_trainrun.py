@@ -106,20 +106,6 @@ def test_in_its_own_order_the_correct_port_passes_and_a_mistake_chance_hides_is_
     assert (div["where"], div["layer"]) == ("update", "bn1.weight"), div
 
 
-# each torch step 0.2 s slower, its numbers unchanged: the run cannot end between a poll and a signal
-SLOW_STEPS = """
-
-import time as _time
-
-_loss_torch = loss_torch
-
-
-def loss_torch(logits, batch):
-    _time.sleep(0.2)
-    return _loss_torch(logits, batch)
-"""
-
-
 def _wait_for(path, proc, limit=300):
     deadline = time.monotonic() + limit
     while not path.exists():
@@ -129,19 +115,23 @@ def _wait_for(path, proc, limit=300):
 
 
 def _start(*args, env=None):
+    # under a shell's `&` SIGINT is ignored and stays so in the children: Python never raises
+    # KeyboardInterrupt then, so the run is given the default back, as a terminal's process has it
     return subprocess.Popen([sys.executable, "-m", "harness", "run", *map(str, args)], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+                            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_an_interrupted_run_resumes_from_its_last_kept_evaluation_to_the_same_curves(tmp_path):
-    short = pair_folder(tmp_path, "short", (ROOT / "examples" / "digits" / "pair.py").read_text() + SLOW_STEPS,
+    short = pair_folder(tmp_path, "short", (ROOT / "examples" / "digits" / "pair.py").read_text(),
                         DIGITS_BODY + "[train]\nepochs = 1\neval_every = 11\n")
     args = ("--checks", "train", "--threads", "1")
     whole = cli("run", short, "--out", tmp_path / "whole", *args, timeout=600)
     assert whole.returncode == 0, whole.stdout + whole.stderr
     proc = _start(short, "--out", tmp_path / "o", *args)
     _wait_for(tmp_path / "o.training" / "state" / "eval_2_torch.npy", proc)
+    assert proc.poll() is None  # evaluation 2 of 4: 12 steps and the report are still ahead
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 130
     assert (tmp_path / "o.training" / "run.json").exists() and not (tmp_path / "o").exists()
