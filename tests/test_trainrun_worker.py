@@ -20,6 +20,8 @@ CFG = {"optimizer": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.1, "decay": 
                         "milestones": [], "gamma": 0.1, "power": 1.0, "end_lr": 0.0, "num_cycles": 0.5,
                         "max_lr": None, "pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4,
                         "patience": 2, "threshold": 1e-4, "cooldown": 0, "min_lr": 0.0}}
+pytestmark = pytest.mark.e2e  # both frameworks in the test process: not the pure layer's seconds
+
 X = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
 
 
