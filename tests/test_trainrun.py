@@ -55,6 +55,7 @@ MISTAKES = {  # DIGITS_BUG -> (where, layer) localization names
     "warmup": ("lr", None),
     "decay_norms": ("update", "bn1.weight"),
     "dropout": ("forward", "drop"),
+    "normalize": ("data", "image"),  # the pipeline: each side collates its own items
 }
 
 
@@ -74,6 +75,8 @@ def test_each_step5_mistake_stops_the_run_early_and_is_located(tmp_path, bug):
         assert div["step"] == 1 and run["stopped"]["why"] == "lr" and "torch 0.0005, paddle 0.00025" in div["detail"]
     if bug == "bn_momentum":
         assert "momentum convention is confused" in div["detail"]
+    if bug == "normalize":
+        assert "the two sides' batches of step" in div["detail"] and "each collated by its own pipeline" in div["detail"]
     assert "stopped early at step" in proc.stdout
 
 

@@ -5,7 +5,7 @@ biases), a linear warmup then a linear decay, and each side's own DataLoader (th
 shuffles): trained for [train] epochs on both sides at once by `reprod-harness run`.
 
 The paddle side is a correct port. Set DIGITS_BUG to put one of Step 5's classic mistakes into it
-(the README lists them): label_smoothing, bn_momentum, warmup, decay_norms, dropout. Set
+(the README lists them): label_smoothing, bn_momentum, warmup, decay_norms, dropout, normalize. Set
 DIGITS_ORDER=own and paddle's train loader shuffles by itself, in an order the harness cannot share
 (an IterableDataset): the two runs see different batches, as ports with their own samplers do.
 """
@@ -17,7 +17,7 @@ import paddle
 import torch
 
 BUG = os.environ.get("DIGITS_BUG", "")
-BUGS = ("label_smoothing", "bn_momentum", "warmup", "decay_norms", "dropout")
+BUGS = ("label_smoothing", "bn_momentum", "warmup", "decay_norms", "dropout", "normalize")
 if BUG not in ("", *BUGS):
     raise ValueError(f"DIGITS_BUG={BUG!r}: expected one of {', '.join(BUGS)}")
 OWN_ORDER = os.environ.get("DIGITS_ORDER", "") == "own"
@@ -103,6 +103,8 @@ def optimizer_torch(model, total_steps):
 class PaddleDigits(paddle.io.Dataset):
     def __init__(self, split):
         self.images, self.labels = digits(split)
+        if BUG == "normalize":  # a transform's Normalize(mean=0.5, std=0.5) the reference does not have
+            self.images = (self.images - 0.5) / 0.5
 
     def __len__(self):
         return len(self.labels)

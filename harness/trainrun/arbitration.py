@@ -5,12 +5,13 @@ re-runs the steps since the last agreeing evaluation (harness/trainrun/locating.
 diverges is the run's divergence. In the paired regime, every traced step agreeing means the gap
 is round-off that training amplified: the curves are judged by the independent band from there.
 
-The first steps (spot_check): where each side reads its own order, the curves are two samples of
-one random process, and a mistake smaller than their chance spread (BatchNorm's momentum, weight
-decay on the norms: measured on examples/digits, both ended a 3-epoch run inside the band) never
-shows in them. So at the first evaluation the first SPOT_STEPS steps are re-run from the initial
-weights on both sides, on torch's batches, with hooks on every module, as localization does: each
-step must agree, or it is the run's divergence.
+The first steps (spot_check): where each side reads its own order, or a kernel draws dropout masks
+of its own, the curves are two samples of one random process, and a mistake smaller than their
+chance spread (BatchNorm's momentum, weight decay on the norms: measured on examples/digits, both
+ended a 3-epoch run inside the band) never shows in them. So at the first evaluation the first
+SPOT_STEPS steps are re-run from the initial weights on both sides, on torch's batches, with hooks
+on every module, as localization does (where each side collates its own items, its batches are
+compared first): each step must agree, or it is the run's divergence.
 
 The final metric (final_metric): when a run whose curves never parted ends with metrics further
 apart than [tolerance] train (a prediction or two flipped by round-off), both sides train again in
@@ -67,8 +68,8 @@ SPOT_STEPS = 10  # the steps the spot check traces (every Step 5 mistake of exam
 def spot_check(run, index: int) -> bool:
     """The first steps of a run in the independent regime re-run from the same state on both sides
     (see above). True: the workers were rebuilt, so the run continues from this evaluation's kept state."""
-    run.session.progress("train: each side reads its own order, so the curves cannot show a small mistake: re-running "
-                         "the first steps on torch's batches on both sides, with hooks on every module")
+    run.session.progress("train: the curves are compared as two samples, which cannot show a small mistake: "
+                         "re-running the first steps on torch's batches on both sides, with hooks on every module")
     outcome = locate_run(run, since=0, steps=SPOT_STEPS)
     if outcome.finding is None:
         traced = min(SPOT_STEPS, run.records.evals[0]["step"])

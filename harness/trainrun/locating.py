@@ -9,9 +9,11 @@ rate that differs needs no trace: the step it parts at is the place."""
 
 from __future__ import annotations
 
+from harness.checks.datadiff import judge_field
 from harness.errors import WorkerError
 from harness.locate.driver import Context, Locator
 from harness.locate.leaves import Finding, Outcome
+from harness.trainrun.plan import ORDERED
 from harness.workers.protocol import SIDES, Op, Request
 
 MAX_STEPS = 50  # traced steps at most (each ships every activation home)
@@ -54,6 +56,9 @@ def locate_run(run, *, since: int | None = None, steps: int = MAX_STEPS) -> Outc
     batches = []
     try:
         batches = run.feeder.traced(start, max(1, min(end - start, steps)))
+        outcome.finding = _batches_differ(run, start, batches)
+        if outcome.finding is not None:
+            return outcome
         precision = _wide(run.session, outcome)
         try:
             outcome.finding = _trace(run, batches, start, run.keeper.kept.get(agreed), outcome)
@@ -70,6 +75,27 @@ def locate_run(run, *, since: int | None = None, steps: int = MAX_STEPS) -> Outc
             f"(step {start}) diverges when both sides start it from the same state: the difference builds up over "
             "the run (or arises later)")
     return outcome
+
+
+def _batches_differ(run, start: int, batches: list) -> Finding | None:
+    """Where each side collates its own items (`ordered`), paddle's batches of the traced steps
+    against torch's, which the trace gives both sides: a pipeline that differs (a tokenizer, a
+    transform) parts the curves while every step agrees on the same batch."""
+    if run.plan.mode != ORDERED:
+        return None
+    epoch, offset = run.plan.epoch_of(start)
+    own = run.session.one("paddle", Op.DATA_BATCHES, split="train",
+                          indices=run.feeder.order(epoch)[offset:offset + len(batches)])["batches"]
+    for k, (a, b) in enumerate(zip(batches, own)):
+        for name in list(a) + [n for n in b if n not in a]:
+            where = f"train.batch_{offset + k}.{name}"
+            key = judge_field(where, a.get(name), b.get(name), run.cfg.tolerance.for_key("data", where))
+            if not key.passed:
+                return Finding("train", "data", name, start + k,
+                               f"the two sides' batches of step {start + k} differ, each collated by its own pipeline "
+                               f"from the same items (epoch {epoch}, batch {offset + k}): {name}: {key.reason} "
+                               "(the data check, Step 2, compares the pipelines item by item)")
+    return None
 
 
 def _wide(session, outcome: Outcome) -> str:
@@ -94,7 +120,12 @@ def _trace(run, batches: list, start: int, kept: dict | None, outcome: Outcome) 
                   dropout=session.dropout(), steps=steps)
     locator = RunLocator(ctx)
     total = run.cfg.lr_scheduler.total_steps or run.plan.total
-    found = locator.trace_from(batches, start=start, total=total, kept=kept, masks=run.sites())
+    masks = run.sites()
+    if run.unshared:  # a kernel draws masks of its own: the traced steps drop nothing, as in the checks
+        masks = dict.fromkeys(SIDES)
+        outcome.notes.append("dropout at p 0 in the re-run steps: a kernel of the model draws its own masks, which "
+                             "cannot be shared")
+    found = locator.trace_from(batches, start=start, total=total, kept=kept, masks=masks)
     locator.summarize()
     outcome.notes += locator.outcome.notes
     return found

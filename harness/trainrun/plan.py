@@ -97,7 +97,8 @@ def make_plan(cfg, mode: str, descs: dict, nprocs: int = 1) -> Plan:
             mode = ORDERED
         else:
             notes.append(f"each side reads its own train loader in its own order ({why}): the curves are compared "
-                         "as two samples of one random process (the independent band)")
+                         "as two samples of one random process (the independent band), and the two sides' batches "
+                         "cannot be compared here (the data check, Step 2, compares the pipelines)")
     per_epoch = None if mode == GIVEN else descs[source]["batches"]
     if mode != GIVEN and per_epoch is None and cfg.train.epochs is not None:
         raise UsageError(f"{cfg.source}: [train] epochs needs a train split whose length is known: "
