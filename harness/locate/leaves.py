@@ -71,9 +71,10 @@ def compare_loose(key: str, a, b, tol: Tolerance, *, grad: bool = False, scaled:
     differs = not res.passed
     rel = None
     if res.mean_abs is not None:
-        scale = float(np.mean(np.abs(a.astype(np.float64)))) if a.size else 0.0
+        with np.errstate(over="ignore"):  # a float64 mask's finfo.min: no scale to judge against
+            scale = float(np.mean(np.abs(a.astype(np.float64)))) if a.size else 0.0
         rel = res.mean_abs / scale if scale > 0 else (0.0 if res.mean_abs == 0 else float("inf"))
-        if differs and scaled and not res.nonfinite and rules.gradient_within_scale(rel):
+        if differs and scaled and not res.nonfinite and np.isfinite(scale) and rules.gradient_within_scale(rel):
             differs = False
     why = res.reason or note
     return LeafDiff(key, differs, shape, other if other != shape else None, res.mean_abs, res.max_abs, rel, why)
@@ -145,3 +146,4 @@ class Finding:
 class Outcome:
     finding: Finding | None = None
     notes: list = field(default_factory=list)
+    failed: str | None = None  # why localization could not finish: no finding then proves nothing

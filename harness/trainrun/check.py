@@ -174,7 +174,7 @@ class TrainingRun:
 
             if arbitration.curves(self, index) and self.stop is None:
                 return self._start_from(self.keeper.kept[index])  # both continue from this evaluation
-        elif index == 1 and (self.plan.mode == OWN or self.unshared) and self.located is None:
+        elif index == 1 and self.located is None:
             from harness.trainrun import arbitration
 
             if arbitration.spot_check(self, index) and self.stop is None:

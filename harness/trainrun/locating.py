@@ -66,10 +66,12 @@ def locate_run(run, *, since: int | None = None, steps: int = MAX_STEPS) -> Outc
             if precision != "float32":
                 run.session.use_precision("float32")
     except WorkerError as exc:
-        outcome.notes.append(f"localization stopped: {exc}")
+        outcome.failed = f"localization stopped: {exc}"
     except Exception as exc:  # noqa: BLE001 - a bug of ours must not cost the user the run's verdict
-        outcome.notes.append(f"localization failed (internal error, please report it): {type(exc).__name__}: {exc}")
-    if outcome.finding is None:
+        outcome.failed = f"localization failed (internal error, please report it): {type(exc).__name__}: {exc}"
+    if outcome.failed:
+        outcome.notes.append(outcome.failed)
+    elif outcome.finding is None:
         outcome.notes.append(
             f"no step of the {len(batches)} re-run from evaluation {agreed or 0} "
             f"(step {start}) diverges when both sides start it from the same state: the difference builds up over "

@@ -203,6 +203,12 @@ class _Sums:
     def add(self, x: np.ndarray, y: np.ndarray, offset: int) -> None:
         if not x.size:
             return
+        # values near float64's largest (a float64 attention mask's finfo.min) overflow the sums to
+        # inf, which the statistics carry, instead of warnings on the console
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._add(x, y, offset)
+
+    def _add(self, x: np.ndarray, y: np.ndarray, offset: int) -> None:
         d, ax, ay = np.abs(x - y), np.abs(x), np.abs(y)
         i = int(np.argmax(d))
         if d[i] > self.max_d:
@@ -224,7 +230,10 @@ class _Sums:
         res.worst_index = [int(i) for i in np.unravel_index(self.arg, shape)]
         res.mean_rel, res.max_rel = self.sum_rel / self.count, self.max_rel
         na, nb = np.sqrt(self.sq_a), np.sqrt(self.sq_b)
-        res.cosine = 1.0 if na == 0 and nb == 0 else float(self.dot / (na * nb)) if na and nb else 0.0
+        if not np.isfinite([self.dot, na, nb]).all():
+            res.cosine = None  # beyond float64's range
+        else:
+            res.cosine = 1.0 if na == 0 and nb == 0 else float(self.dot / (na * nb)) if na and nb else 0.0
 
 
 class _NonFinite:
