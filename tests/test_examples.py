@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import PAIRS, ROOT, check, cli, needs_bert_libs, report
+from conftest import PAIRS, ROOT, check, cli, needs_bert_libs, pair_folder, report
 
 pytestmark = pytest.mark.e2e  # every test here starts workers
 
@@ -85,6 +85,29 @@ def test_llama_hf_transformers_vs_paddleformers_every_check_with_parameters_and_
     assert how["lm_head.weight"][1:] == ("copy", "shape")  # PaddleFormers keeps torch's [vocab, hidden]
     q = how["model.layers.0.self_attn.q_proj.weight"]
     assert q[1] == "transpose" and q[2].startswith("measured (transposed")  # square: measured
+
+
+def test_a_llama_training_run_names_a_rope_theta_too_small_to_part_the_curves(tmp_path):
+    """HF transformers 5 vs PaddleFormers trained 16 steps side by side; paddle's rope_theta 500,000
+    against 10,000 keeps the train losses within 1e-4 of each other (measured 1.8e-5 at 40 steps),
+    inside the paired band: the spot check at the first evaluation traces it to the rotary embedding."""
+    args, why = todays_stack()
+    if args is None:
+        pytest.fail(why) if REQUIRED else pytest.skip(why)
+    source = (ROOT / "examples" / "llama" / "pair.py").read_text()
+    bug = "LlamaConfig(**dict(CONFIG, rope_theta=500000.0), fuse_rms_norm=False)"
+    buggy = source.replace("LlamaConfig(**CONFIG, fuse_rms_norm=False)", bug)
+    assert bug in buggy
+    body = ('[data]\ninputs = ["input_ids"]\nlabels = ["labels"]\n[loss]\nkind = "cross_entropy"\n[metric]\n'
+            'kind = "accuracy"\n[optimizer]\nname = "adamw"\nlr = 1e-3\n[train]\nsteps = 16\neval_every = 8\n')
+    for name, text, code in (("ok", source, 0), ("rope", buggy, 1)):
+        toml = pair_folder(tmp_path, name, text, body)
+        proc = cli("run", toml, "--checks", "train", "--out", tmp_path / f"o_{name}", *args, timeout=600)
+        assert proc.returncode == code, proc.stdout + proc.stderr
+    run = check(report(tmp_path / "o_rope"), "train")["run"]
+    assert run["stopped"]["why"] == "spot_check" and run["steps_done"] == 8
+    assert report(tmp_path / "o_rope")["first_divergence"]["layer"] == "model.rotary_emb"
+    assert any("the first 8 steps, re-run" in n for n in check(report(tmp_path / "o_ok"), "train")["notes"])
 
 
 def test_paconvert_output_as_is_aligns_without_a_converter(tmp_path):
