@@ -67,25 +67,24 @@ def curves(run, index: int) -> bool:
 SPOT_STEPS = 10  # the steps the spot check traces (every mistake of examples/digits shows by step 1)
 
 
-def spot_check(run, index: int) -> bool:
-    """The first steps of the run re-run from the same state on both sides (see above). True: the
-    workers were rebuilt, so the run continues from this evaluation's kept state."""
+def spot_check(run, index: int) -> None:
+    """The first steps of the run re-run from the same state on both sides (see above). The workers
+    may have been rebuilt: a run that goes on continues from this evaluation's kept state."""
     run.session.progress("train: the spot check: the first steps again from the initial weights on torch's batches "
                          "on both sides, with hooks on every module (a mistake too small for the curves shows there)")
     outcome = locate_run(run, since=0, steps=SPOT_STEPS)
     if outcome.failed:
         run.notes.append(f"the spot check did not finish ({outcome.failed}): the curves alone judge this run")
-        return True
+        return
     if outcome.finding is None:
         traced = min(SPOT_STEPS, run.records.evals[0]["step"])
         run.notes.append(f"the first {traced} steps, re-run from the initial weights on torch's batches on both sides, "
                          f"agreed step by step{' in float64' if run.session.options.arbitrate else ''} (forward, loss, "
                          "gradients, updates, buffers): the spot check, for what is too small to part the curves")
-        return True
+        return
     run.located = outcome
     if run.session.options.early_stop:
         run.stop = {"why": "spot_check", "step": run.records.evals[-1]["step"], "evaluation": index}
-    return True
 
 
 def final_metric(run) -> dict | None:

@@ -177,7 +177,8 @@ class TrainingRun:
         elif index == 1 and self.located is None:
             from harness.trainrun import arbitration
 
-            if arbitration.spot_check(self, index) and self.stop is None:
+            arbitration.spot_check(self, index)
+            if self.stop is None:
                 return self._start_from(self.keeper.kept[index])
         return 0
 
