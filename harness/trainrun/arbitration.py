@@ -73,6 +73,7 @@ def spot_check(run, index: int) -> None:
     run.session.progress("train: the spot check: the first steps again from the initial weights on torch's batches "
                          "on both sides, with hooks on every module (a mistake too small for the curves shows there)")
     outcome = locate_run(run, since=0, steps=SPOT_STEPS)
+    run.spot_checked = True
     if outcome.failed:
         run.notes.append(f"the spot check did not finish ({outcome.failed}): the curves alone judge this run")
         return

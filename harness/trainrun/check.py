@@ -55,6 +55,7 @@ class TrainingRun:
         self.located = None  # what localization found (harness/locate Outcome), once it ran
         self.wide: dict | None = None  # each side's final metric trained again in float64, when it was
         self.unshared = False  # a kernel drew dropout masks of its own: the two runs are not the same computation
+        self.spot_checked = False  # kept with the run: one interrupted during the spot check does it on resuming
         self.resumed: int | None = None  # the step a resumed run continued from
         self.seconds = 0.0  # training and evaluating, localization apart
 
@@ -108,6 +109,7 @@ class TrainingRun:
             self.patience.agreed = saved["agreed"]
             self.regime, kept, self.resumed = saved["regime"], self.keeper.kept[index], start
             self.unshared = saved.get("unshared", False)
+            self.spot_checked = saved.get("spot_checked", False)
             self.notes += saved.get("notes", [])
             self.notes.append(f"resumed from evaluation {index} (step {start}) kept in {self.keeper.folder}")
         elif self.keeper.replaced:
@@ -174,7 +176,7 @@ class TrainingRun:
 
             if arbitration.curves(self, index) and self.stop is None:
                 return self._start_from(self.keeper.kept[index])  # both continue from this evaluation
-        elif index == 1 and self.located is None:
+        elif not self.spot_checked and self.located is None:
             from harness.trainrun import arbitration
 
             arbitration.spot_check(self, index)
@@ -184,7 +186,8 @@ class TrainingRun:
 
     def save(self) -> None:
         self.keeper.save({"records": self.records.to_json(), "streak": self.patience.streak, "notes": self.notes,
-                          "agreed": self.patience.agreed, "regime": self.regime, "unshared": self.unshared})
+                          "agreed": self.patience.agreed, "regime": self.regime, "unshared": self.unshared,
+                          "spot_checked": self.spot_checked})
 
     def view(self) -> tuple:
         """The run so far as report.json will hold it, and each side's curves (the live report)."""
